@@ -1,0 +1,99 @@
+"""The run configuration's schema and defaults; `configs/*.py` start from here and override.
+
+Every key a run can use is here, so `--config.x.y=...` typos fail loudly (ml_collections
+refuses unknown keys) and one test can load every config.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 1000
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.log_every = 10
+    c.sample_every = 0  # 0: no periodic sampling
+    c.num_sample_clips = 2
+    c.batch_size = 8  # global batch
+
+    # ---- model: turned into a frozen `ModelConfig` once; layers never see the run config.
+    m = c.model = ml_collections.ConfigDict()
+    m.depth = 2  # blocks per tower = number of interaction modules
+    m.text_dim = 32  # text-encoder width (4096 for umT5-XXL)
+    m.freq_dim = 256  # sinusoidal timestep features
+    m.eps = 1e-6
+    m.video = ml_collections.ConfigDict(
+        dict(dim=32, heads=2, ffn_dim=64, in_channels=3, patch=(1, 2, 2)))
+    m.audio = ml_collections.ConfigDict(dict(dim=32, heads=2, ffn_dim=64, in_channels=16))
+    m.transcript = ml_collections.ConfigDict(
+        dict(vocab_size=256, dim=32, conv_layers=1, conv_mult=2, max_len=64))
+    m.interaction = ml_collections.ConfigDict(
+        dict(mode="gldi", window=2.0, rope_align=True))  # window in video latent frames
+    m.attention = "xla"  # 'xla' | 'cudnn' | 'auto': jax.nn.dot_product_attention implementation
+    m.dtype = "float32"  # compute dtype; params stay float32
+    m.param_dtype = "float32"
+    m.scan_layers = True
+    m.remat = "none"  # 'none' | 'full' | 'dots' | 'dots_no_batch'
+
+    # ---- codecs: latent rate and frame times come from here, never hard-coded in the model.
+    k = c.codecs = ml_collections.ConfigDict()
+    k.video = ml_collections.ConfigDict(dict(name="pixel"))
+    k.audio = ml_collections.ConfigDict(
+        dict(name="mel", n_mels=16, n_fft=1024, hop_length=256, griffin_lim_iters=32))
+    k.text = ml_collections.ConfigDict(dict(name="demo", max_len=16))
+
+    # ---- data
+    d = c.data = ml_collections.ConfigDict()
+    d.source = "sounding_shapes"  # 'sounding_shapes' | 'clip_folder'
+    d.fps = 8.0
+    d.num_frames = 16
+    d.height = 32
+    d.width = 32
+    d.sample_rate = 16000
+    d.num_clips = 4096  # sounding shapes: size of the (deterministic) world
+    d.root = ""  # clip folder: directory holding the mp4 files and captions.jsonl
+    d.skip_bad_files = False
+    d.num_workers = 0
+    d.ref_audio_seconds = 0.0  # 0: no reference-voice prefix
+
+    # ---- flow matching + Cross-Task Synergy
+    c.flow = ml_collections.ConfigDict(dict(shift=5.0))
+    c.cts = ml_collections.ConfigDict(dict(
+        mode="split",  # 'split' | 'all' | 'joint_only'
+        fractions=(0.5, 0.25, 0.25),  # joint, audio-driven video, video-driven audio
+        lambda_v=0.1, lambda_a=0.3,
+        ref_image_prob=0.0))  # fraction of samples whose first latent frame is a clean reference
+
+    # ---- sampling (SyncCFG)
+    c.sample = ml_collections.ConfigDict(dict(
+        steps=40, shift=5.0, guidance="syncfg", s_v=3.0, s_a=2.0, cfg_scale=5.0, solver="euler"))
+
+    # ---- optimizer
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=1e-4, warmup_steps=100, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0,
+        ema_decay=0.0, grad_accum=1, freeze=""))  # freeze: regex of parameter paths
+
+    # ---- parallelism: mesh axis sizes (-1 = the rest) and logical-axis rules.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.axis_rules = (
+        # parameters
+        ("embed", "fsdp"),
+        ("kv_embed", "fsdp"),
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+        ("text_embed", None),
+        ("embed_out", None),
+        ("channels", None),
+        ("freq", None),
+        ("vocab", None),
+        ("layers", None),
+        # activations
+        ("batch", ("data", "fsdp")),
+        ("act_length", None),
+        ("act_embed", None),
+        ("act_heads", "tensor"),
+        ("kv", None),
+    )
+    return c

@@ -1,0 +1,87 @@
+"""Global-Local Decoupled Interaction (GLDI) between the video and audio towers.
+
+Local: A2V (video queries, audio keys) and V2A (audio queries, video keys) cross-attention
+restricted to a temporal band |time_q - time_k| <= window, with 1D RoPE on one common time axis.
+Global: reference-audio tokens attend to all video tokens (style), so the next audio
+self-attention sees their updated state (paper eq. 7). Every output projection starts at zero.
+`mode='global'` replaces all of it with one unmasked bidirectional cross-attention (Ovi-like).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from harmony_jax.model.attention import Attention
+from harmony_jax.model.config import ModelConfig
+from harmony_jax.model.layers import LayerNorm32
+
+
+@flax.struct.dataclass
+class CrossModalGeometry:
+    """Per-call, layer-independent tensors of the interaction (computed once, broadcast in scan)."""
+
+    video_angles: jax.Array  # [B, Lv, Hd_v/2] rotary angles of video tokens on the common axis
+    audio_angles: jax.Array  # [B, Ta, Hd_a/2] same for the (noisy) audio tokens, video head dim
+    audio_angles_a: jax.Array  # [B, Ta, Hd_a/2] audio tokens, audio head dim
+    video_angles_a: jax.Array  # [B, Lv, Hd_a/2] video tokens, audio head dim
+    a2v_mask: Optional[jax.Array]  # [B, 1, Lv, Ta] bool, None = unmasked
+    v2a_mask: Optional[jax.Array]  # [B, 1, Ta, Lv] bool
+
+
+def band_mask(q_time: jax.Array, k_time: jax.Array, window_seconds: float) -> jax.Array:
+    """[B, Tq, Tk] True where |q_time - k_time| <= window (times in seconds, [B, Tq] / [B, Tk])."""
+    # A tiny slack keeps boundary pairs (exactly `window` apart) in despite float rounding.
+    return jnp.abs(q_time[:, :, None] - k_time[:, None, :]) <= window_seconds * (1 + 1e-6)
+
+
+class CrossModalAttention(nn.Module):
+    """x + Attn(LN(x), LN(context)) with a zero-initialised output projection."""
+
+    dim: int
+    heads: int
+    eps: float
+    implementation: str
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x, context, *, q_angles=None, k_angles=None, mask=None):
+        q_in = LayerNorm32(self.eps, affine=True, param_dtype=self.param_dtype, name="norm_q_in")(x)
+        kv_in = LayerNorm32(self.eps, affine=True, param_dtype=self.param_dtype,
+                            name="norm_kv_in")(context)
+        y = Attention(self.dim, self.heads, self.eps, zero_out=True,
+                      implementation=self.implementation, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="attn")(
+            q_in.astype(self.dtype), kv_in.astype(self.dtype), q_angles=q_angles,
+            k_angles=k_angles, mask=mask)
+        return x + y.astype(x.dtype)
+
+
+class Interaction(nn.Module):
+    """One GLDI (or global-baseline) module, placed after each (video block, audio block) pair."""
+
+    config: ModelConfig
+    num_ref: int  # reference-audio tokens at the front of the audio sequence
+
+    @nn.compact
+    def __call__(self, x_v: jax.Array, x_a: jax.Array, geo: CrossModalGeometry):
+        # x_v [B, Lv, Dv]; x_a [B, Tr + Ta, Da]
+        cfg = self.config
+        kw = dict(eps=cfg.eps, implementation=cfg.attention, dtype=cfg.dtype,
+                  param_dtype=cfg.param_dtype)
+        to_video = CrossModalAttention(cfg.video.dim, cfg.video.heads, name="a2v", **kw)
+        to_audio = CrossModalAttention(cfg.audio.dim, cfg.audio.heads, name="v2a", **kw)
+        ref, audio = x_a[:, : self.num_ref], x_a[:, self.num_ref:]
+        new_v = to_video(x_v, audio, q_angles=geo.video_angles, k_angles=geo.audio_angles,
+                         mask=geo.a2v_mask)
+        new_a = to_audio(audio, x_v, q_angles=geo.audio_angles_a, k_angles=geo.video_angles_a,
+                         mask=geo.v2a_mask)
+        if cfg.interaction.mode == "gldi":
+            # Global style path: timbre tokens read the whole video, no band, no positions.
+            ref = CrossModalAttention(cfg.audio.dim, cfg.audio.heads, name="global", **kw)(ref, x_v)
+        return new_v, jnp.concatenate([ref, new_a], axis=1)

@@ -1,0 +1,12 @@
+"""Test-wide setup: 8 simulated CPU devices (before jax is imported) and a persistent compile cache."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+_CACHE = os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
+jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
