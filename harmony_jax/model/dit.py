@@ -16,7 +16,7 @@ from einops import rearrange
 from harmony_jax.model.blocks import DiTBlock, Head, TimeEmbedding
 from harmony_jax.model.conditioning import Conditioning
 from harmony_jax.model.config import ModelConfig
-from harmony_jax.model.interaction import CrossModalGeometry, Interaction, band_mask
+from harmony_jax.model.interaction import CrossModalGeometry, Interaction, cross_modal_geometry
 from harmony_jax.model.layers import MLP, dense, gelu_tanh
 from harmony_jax.model.rope import sequence_angles, video_grid_angles
 from harmony_jax.model.transcript import TranscriptEncoder
@@ -109,7 +109,7 @@ class HarmonyDiT(nn.Module):
             angles_v=jnp.asarray(video_grid_angles(tv, hv, wv, cfg.video.head_dim)),
             angles_a=sequence_angles(jnp.arange(-num_ref, audio.shape[1], dtype=jnp.float32),
                                      cfg.audio.head_dim),
-            geo=self._geometry(cond, tv, hv * wv, audio.shape[1], pt))
+            geo=cross_modal_geometry(cfg, cond, tv, hv * wv, audio.shape[1]))
         (x_v, x_a), _ = self._layers(num_ref)((x_v, x_a), inputs)
 
         # ---- heads
@@ -138,32 +138,6 @@ class HarmonyDiT(nn.Module):
                 carry, _ = layer(cfg, num_ref, name=f"layers_{i}")(carry, inputs)
             return carry, None
         return unrolled
-
-    def _geometry(self, cond: Conditioning, tv: int, tokens_per_frame: int, ta: int,
-                  pt: int) -> CrossModalGeometry:
-        """Cross-modal RoPE angles and band masks from the per-frame times in seconds."""
-        cfg = self.config
-        v_time = cond.video_time[:, ::pt]  # [B, Tv]
-        a_time = cond.audio_time  # [B, Ta]
-        if cfg.interaction.rope_align:
-            v_pos, a_pos = v_time * cfg.video_latent_rate, a_time * cfg.video_latent_rate
-        else:
-            b = v_time.shape[0]
-            v_pos = jnp.broadcast_to(jnp.arange(tv, dtype=jnp.float32), (b, tv))
-            a_pos = jnp.broadcast_to(jnp.arange(ta, dtype=jnp.float32), (b, ta))
-        v_pos_tokens = jnp.repeat(v_pos, tokens_per_frame, axis=1)  # [B, Lv]
-        hd_v, hd_a = cfg.video.head_dim, cfg.audio.head_dim
-        a2v = v2a = None
-        if cfg.interaction.mode == "gldi":
-            frame_mask = band_mask(v_time, a_time, cfg.interaction.window / cfg.video_latent_rate)
-            a2v = jnp.repeat(frame_mask, tokens_per_frame, axis=1)[:, None]  # [B, 1, Lv, Ta]
-            v2a = jnp.swapaxes(a2v, -1, -2)  # [B, 1, Ta, Lv]
-        return CrossModalGeometry(
-            video_angles=sequence_angles(v_pos_tokens, hd_v),
-            audio_angles=sequence_angles(a_pos, hd_v),
-            audio_angles_a=sequence_angles(a_pos, hd_a),
-            video_angles_a=sequence_angles(v_pos_tokens, hd_a),
-            a2v_mask=a2v, v2a_mask=v2a)
 
     def _check_shapes(self, video, audio, t_video, t_audio) -> None:
         cfg = self.config

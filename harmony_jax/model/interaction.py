@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from harmony_jax.model.attention import Attention
+from harmony_jax.model.conditioning import Conditioning
 from harmony_jax.model.config import ModelConfig
 from harmony_jax.model.layers import LayerNorm32
+from harmony_jax.model.rope import sequence_angles
 
 
 @flax.struct.dataclass
@@ -37,6 +39,37 @@ def band_mask(q_time: jax.Array, k_time: jax.Array, window_seconds: float) -> ja
     """[B, Tq, Tk] True where |q_time - k_time| <= window (times in seconds, [B, Tq] / [B, Tk])."""
     # A tiny slack keeps boundary pairs (exactly `window` apart) in despite float rounding.
     return jnp.abs(q_time[:, :, None] - k_time[:, None, :]) <= window_seconds * (1 + 1e-6)
+
+
+def cross_modal_geometry(cfg: ModelConfig, cond: Conditioning, frames: int, tokens_per_frame: int,
+                         audio_frames: int) -> CrossModalGeometry:
+    """Cross-modal RoPE angles and band masks from the per-latent-frame times in seconds.
+
+    Positions are time x video latent rate (`rope_align`) or raw frame indices (the ablation).
+    The band always uses real time: the local window is a statement about synchrony.
+    """
+    pt = cfg.video.patch[0]
+    v_time = cond.video_time[:, ::pt]  # [B, Tv]
+    a_time = cond.audio_time  # [B, Ta]
+    if cfg.interaction.rope_align:
+        v_pos, a_pos = v_time * cfg.video_latent_rate, a_time * cfg.video_latent_rate
+    else:
+        b = v_time.shape[0]
+        v_pos = jnp.broadcast_to(jnp.arange(frames, dtype=jnp.float32), (b, frames))
+        a_pos = jnp.broadcast_to(jnp.arange(audio_frames, dtype=jnp.float32), (b, audio_frames))
+    v_pos_tokens = jnp.repeat(v_pos, tokens_per_frame, axis=1)  # [B, Lv]
+    hd_v, hd_a = cfg.video.head_dim, cfg.audio.head_dim
+    a2v = v2a = None
+    if cfg.interaction.mode == "gldi":
+        frame_mask = band_mask(v_time, a_time, cfg.interaction.window / cfg.video_latent_rate)
+        a2v = jnp.repeat(frame_mask, tokens_per_frame, axis=1)[:, None]  # [B, 1, Lv, Ta]
+        v2a = jnp.swapaxes(a2v, -1, -2)  # [B, 1, Ta, Lv]
+    return CrossModalGeometry(
+        video_angles=sequence_angles(v_pos_tokens, hd_v),
+        audio_angles=sequence_angles(a_pos, hd_v),
+        audio_angles_a=sequence_angles(a_pos, hd_a),
+        video_angles_a=sequence_angles(v_pos_tokens, hd_a),
+        a2v_mask=a2v, v2a_mask=v2a)
 
 
 class CrossModalAttention(nn.Module):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from harmony_jax.model.config import TranscriptConfig
-from harmony_jax.model.layers import dense
+from harmony_jax.model.layers import LayerNorm32, dense
 
 
 def sinusoidal_table(length: int, dim: int, theta: float = 10000.0) -> np.ndarray:
@@ -41,8 +41,10 @@ class ConvNeXtV2Block(nn.Module):
         dim = x.shape[-1]
         h = nn.Conv(dim, (7,), padding=3, feature_group_count=dim, name="dwconv",
                     kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                             (None, None, "embed")))(x)
-        h = nn.LayerNorm(epsilon=1e-6, name="norm")(h)
+                                                             (None, None, "embed")),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                           ("embed",)))(x)
+        h = LayerNorm32(1e-6, affine=True, name="norm")(h)
         h = dense(dim * self.mult, ("embed", "mlp"), name="pwconv1", dtype=jnp.float32,
                   param_dtype=jnp.float32)(h)
         h = GRN(name="grn")(jax.nn.gelu(h, approximate=False))

@@ -1,0 +1,43 @@
+"""Logical axis names -> mesh shardings, and parameters created directly in their sharded layout."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def axis_rules(config) -> tuple[tuple[str, Any], ...]:
+    """`config.axis_rules` as the tuple-of-pairs linen expects (lists from the CLI become tuples)."""
+    return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                 for name, axes in config.axis_rules)
+
+
+def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules) -> Any:
+    """NamedShardings for a tree of `nn.LogicallyPartitioned` (e.g. `jax.eval_shape(model.init)`)."""
+    specs = nn.get_partition_spec(abstract_boxed)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules, *args) -> tuple[Any, Any]:
+    """Runs `init_fn(*args)` with every parameter born on its shard; returns (unboxed, shardings).
+
+    The abstract pass (`jax.eval_shape`) reads the logical axis names, so no host ever holds a
+    whole parameter of a model that does not fit on one device.
+    """
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract = jax.eval_shape(init_fn, *args)
+        shardings = logical_shardings(abstract, mesh, rules)
+        variables = jax.jit(init_fn, out_shardings=shardings)(*args)
+    return nn.meta.unbox(variables), nn.meta.unbox(shardings)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over data x fsdp, the rest replicated."""
+    return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
