@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
     k.video = ml_collections.ConfigDict(dict(name="pixel"))
     k.audio = ml_collections.ConfigDict(
         dict(name="mel", n_mels=16, n_fft=1024, hop_length=256, griffin_lim_iters=32))
-    k.text = ml_collections.ConfigDict(dict(name="demo", max_len=16))
+    k.text = ml_collections.ConfigDict(dict(name="demo", max_len=16, vocab_size=4096))
 
     # ---- data
     d = c.data = ml_collections.ConfigDict()
@@ -73,7 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     # ---- optimizer
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-4, warmup_steps=100, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0,
-        ema_decay=0.0, grad_accum=1, freeze=""))  # freeze: regex of parameter paths
+        ema_decay=0.0, grad_accum=1,
+        freeze="",  # regex of parameter paths kept fixed, e.g. "^dit/(video|layers/video)"
+        on_nonfinite="skip"))  # "skip": drop the update and count it; "halt": stop the run
 
     # ---- parallelism: mesh axis sizes (-1 = the rest) and logical-axis rules.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -88,6 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
         ("channels", None),
         ("freq", None),
         ("vocab", None),
+        ("length", None),
         ("layers", None),
         # activations
         ("batch", ("data", "fsdp")),

@@ -82,7 +82,7 @@ class TimeEmbedding(nn.Module):
     @nn.compact
     def __call__(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         kw = dict(dtype=jnp.float32, param_dtype=self.param_dtype)
-        temb = MLP(self.dim, self.dim, nn.silu, axes=("freq", "embed"), name="time_embedder",
+        temb = MLP(self.dim, self.dim, nn.silu, axes=("freq", "mlp"), name="time_embedder",
                    **kw)(timestep_features(t, self.freq_dim))
         mod = dense(6 * self.dim, ("embed", "mlp"), name="time_proj", **kw)(nn.silu(temb))
         return temb, mod.reshape(*mod.shape[:-1], 6, self.dim)

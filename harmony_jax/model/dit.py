@@ -82,7 +82,7 @@ class HarmonyDiT(nn.Module):
             x_v.astype(cfg.dtype))  # [B, Lv, Dv]
         temb_v, mod_v = TimeEmbedding(cfg.video.dim, cfg.freq_dim, name="video_time",
                                       param_dtype=cfg.param_dtype)(t_video[:, ::pt])
-        ctx_v = MLP(cfg.video.dim, cfg.video.dim, gelu_tanh, axes=("text_embed", "embed"),
+        ctx_v = MLP(cfg.video.dim, cfg.video.dim, gelu_tanh, axes=("text_embed", "mlp"),
                     name="video_text_embedder", **kw)(cond.video_text.astype(cfg.dtype))
 
         # ---- audio tower inputs: reference-voice tokens first, at timestep 0
@@ -96,7 +96,7 @@ class HarmonyDiT(nn.Module):
             t_a = jnp.concatenate([jnp.zeros((b, num_ref), t_audio.dtype), t_audio], axis=1)
         temb_a, mod_a = TimeEmbedding(cfg.audio.dim, cfg.freq_dim, name="audio_time",
                                       param_dtype=cfg.param_dtype)(t_a)
-        caption = MLP(cfg.audio.dim, cfg.audio.dim, gelu_tanh, axes=("text_embed", "embed"),
+        caption = MLP(cfg.audio.dim, cfg.audio.dim, gelu_tanh, axes=("text_embed", "mlp"),
                       name="audio_text_embedder", **kw)(cond.audio_text.astype(cfg.dtype))
         speech = TranscriptEncoder(cfg.transcript, cfg.audio.dim, name="transcript")(
             cond.transcript)
@@ -155,13 +155,6 @@ class HarmonyDiT(nn.Module):
             raise ValueError(f"timesteps must be per latent frame: t_video {t_video.shape} vs "
                              f"video {video.shape[:2]}, t_audio {t_audio.shape} vs "
                              f"audio {audio.shape[:2]}")
-
-
-def model_config_from(config) -> ModelConfig:
-    """The frozen model config of a run config (video latent rate from the data fps and patch)."""
-    from harmony_jax.codecs import make_video_codec  # codecs know their latent rate
-    return ModelConfig.from_config(config.model,
-                                   video_latent_rate=make_video_codec(config).latent_rate)
 
 
 def num_params(tree) -> int:

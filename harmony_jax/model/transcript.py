@@ -28,7 +28,9 @@ class GRN(nn.Module):
         init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, None, "mlp"))
         gamma = self.param("gamma", init, (1, 1, dim))
         beta = self.param("beta", init, (1, 1, dim))
-        gx = jnp.sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True))
+        sumsq = jnp.sum(jnp.square(x), axis=1, keepdims=True)
+        # sqrt has an infinite slope at 0 (an all-padding transcript): use torch.norm's 0 there.
+        gx = jnp.where(sumsq > 0, jnp.sqrt(jnp.where(sumsq > 0, sumsq, 1.0)), 0.0)
         nx = gx / (jnp.mean(gx, axis=-1, keepdims=True) + 1e-6)
         return gamma * (x * nx) + beta + x
 

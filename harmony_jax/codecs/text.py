@@ -1,0 +1,109 @@
+"""The demo text encoder (hashed word ids + a small trainable embedder) and transcript ids.
+
+Word ids: lowercase, split on anything that is not a letter, id = 2 + crc32(word) mod
+(vocab_size - 2). crc32 is stable across processes and Python versions (unlike `hash`), so ids
+never change between runs. Id 0 is padding and id 1 an end token appended to every prompt (as T5
+does): an empty prompt (the unconditional one of classifier-free guidance) still has one real
+token, so attention over it is never fully masked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import zlib
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+PAD_ID = 0
+END_ID = 1
+_WORD = re.compile(r"[^\W\d_]+")  # runs of letters (any script)
+
+
+def word_ids(text: str, vocab_size: int) -> list[int]:
+    """Hashed ids of the words of `text`, without padding or end token."""
+    return [2 + zlib.crc32(w.encode("utf-8")) % (vocab_size - 2)
+            for w in _WORD.findall(text.lower())]
+
+
+def _named(init, *axes: str):
+    return nn.with_logical_partitioning(init, axes)
+
+
+class DemoTextEmbedder(nn.Module):
+    """ids [B, L] -> [B, L, Dt]: token + learned position embedding, one pre-LN MLP, LayerNorm."""
+
+    vocab_size: int
+    max_len: int
+    dim: int
+
+    @nn.compact
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        if ids.shape[-1] > self.max_len:
+            raise ValueError(
+                f"DemoTextEmbedder: ids {ids.shape} longer than max_len={self.max_len}")
+        normal, zeros, ones = (nn.initializers.normal(0.02), nn.initializers.zeros,
+                               nn.initializers.ones)
+        kernel = nn.initializers.lecun_normal()
+        x = nn.Embed(self.vocab_size, self.dim, name="token",
+                     embedding_init=_named(normal, "vocab", "embed"))(ids)  # [B, L, Dt]
+        pos = self.param("position", _named(normal, "length", "embed"),
+                         (self.max_len, self.dim))  # [Lmax, Dt]
+        x = x + pos[: ids.shape[-1]]
+        h = nn.LayerNorm(name="mlp_norm", scale_init=_named(ones, "embed"),
+                         bias_init=_named(zeros, "embed"))(x)
+        h = nn.Dense(2 * self.dim, name="mlp_in", kernel_init=_named(kernel, "embed", "mlp"),
+                     bias_init=_named(zeros, "mlp"))(h)  # [B, L, 2 Dt]
+        h = nn.Dense(self.dim, name="mlp_out", kernel_init=_named(kernel, "mlp", "embed"),
+                     bias_init=_named(zeros, "embed"))(nn.gelu(h))
+        return nn.LayerNorm(name="out_norm", scale_init=_named(ones, "embed"),
+                            bias_init=_named(zeros, "embed"))(x + h)  # [B, L, Dt]
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoTextEncoder:
+    """Host word tokenizer + `DemoTextEmbedder`, trained with the model."""
+
+    vocab_size: int
+    max_len: int
+    dim: int
+    trainable: bool = dataclasses.field(default=True, init=False)
+
+    def __post_init__(self):
+        if self.vocab_size < 3 or self.max_len < 1:
+            raise ValueError(f"DemoTextEncoder needs vocab_size >= 3 and max_len >= 1 "
+                             f"(config.codecs.text), got {self.vocab_size}, {self.max_len}")
+
+    @property
+    def module(self) -> DemoTextEmbedder:
+        return DemoTextEmbedder(self.vocab_size, self.max_len, self.dim)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.zeros((len(texts), self.max_len), np.int32)  # [B, L]
+        for row, text in enumerate(texts):
+            words = word_ids(text, self.vocab_size)
+            if len(words) > self.max_len - 1:
+                logging.warning("Text prompt truncated to %d words (config.codecs.text.max_len=%d)"
+                                ": %r", self.max_len - 1, self.max_len, text)
+                words = words[: self.max_len - 1]
+            ids[row, : len(words) + 1] = words + [END_ID]
+        return ids, ids != PAD_ID
+
+
+def encode_transcript(texts: Sequence[str], max_len: int) -> np.ndarray:
+    """Character ids for the transcript encoder: UTF-8 byte value + 1, 0 = padding -> int32
+    [B, max_len]; longer transcripts are truncated with a warning. Valid UTF-8 never holds bytes
+    0xF5-0xFF, so ids stay <= 245, inside `config.model.transcript.vocab_size` = 256."""
+    ids = np.zeros((len(texts), max_len), np.int32)  # [B, Lc]
+    for row, text in enumerate(texts):
+        codes = np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + 1
+        if len(codes) > max_len:
+            logging.warning("Transcript truncated to %d bytes (config.model.transcript.max_len): "
+                             "%r", max_len, text)
+            codes = codes[:max_len]
+        ids[row, : len(codes)] = codes
+    return ids

@@ -1,0 +1,1 @@
+"""Grain data sources: the sounding-shapes world, clip folders, latent records."""

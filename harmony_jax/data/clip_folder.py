@@ -1,0 +1,145 @@
+"""A grain random-access source over a folder of .mp4 clips described by `captions.jsonl`.
+
+`captions.jsonl` holds one JSON object per line: `path` (relative to the folder),
+`video_caption`, `audio_caption` and optionally `transcript`. Each item is the first `num_frames`
+frames of the clip at `fps`, centre-cropped and resized to `height` x `width`, with the mono
+audio at `sample_rate` that plays over exactly those frames, in the sounding-shapes layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import librosa
+import numpy as np
+from PIL import Image
+
+from harmony_jax.media import MediaError, read_av
+
+CAPTIONS_FILE = "captions.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    path: str  # absolute
+    video_caption: str
+    audio_caption: str
+    transcript: str = ""
+
+
+def read_captions(root: str) -> list[Clip]:
+    """Parses `root/captions.jsonl`; a malformed line raises ValueError naming file and line."""
+    file = os.path.join(root, CAPTIONS_FILE)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file}: no such file (config.data.root={root!r})")
+    clips = []
+    with open(file, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                if not isinstance(entry, dict):
+                    raise ValueError("not a JSON object")
+                fields = {k: entry[k] for k in ("path", "video_caption", "audio_caption")}
+                fields["transcript"] = entry.get("transcript", "")
+                if not all(isinstance(v, str) for v in fields.values()):
+                    raise ValueError("path, captions and transcript must be strings")
+            except (ValueError, KeyError) as e:  # json.JSONDecodeError is a ValueError
+                raise ValueError(f"{file}:{number}: bad line ({type(e).__name__}: {e})") from e
+            fields["path"] = os.path.join(root, fields["path"])
+            clips.append(Clip(**fields))
+    if not clips:
+        raise ValueError(f"{file}: no clips")
+    return clips
+
+
+def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre crop to the target aspect, then bicubic (antialiased) resize:
+    uint8 [F, H0, W0, 3] -> [F, H, W, 3]."""
+    h0, w0 = frames.shape[1:3]
+    crop_h, crop_w = min(h0, round(w0 * height / width)), min(w0, round(h0 * width / height))
+    top, left = (h0 - crop_h) // 2, (w0 - crop_w) // 2
+    frames = frames[:, top:top + crop_h, left:left + crop_w]
+    if (crop_h, crop_w) == (height, width):
+        return frames
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height),
+                                                          Image.Resampling.BICUBIC))
+                     for f in frames])
+
+
+def _to_mono(audio: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """float32 [S0, C] at `rate` -> mono float32 [S] at `sample_rate`."""
+    mono = audio.mean(axis=1)
+    if rate != sample_rate:
+        mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)
+    return mono.astype(np.float32)
+
+
+class ClipFolder:
+    """grain RandomAccessDataSource: index -> dict(video [F, H, W, 3] float32 in [-1, 1],
+    audio [S] float32, video_caption, audio_caption, transcript).
+
+    A clip that cannot be used (unreadable, no audio, shorter than num_frames / fps) raises
+    MediaError naming the file, or with `skip_bad_files` logs a warning and yields the next good
+    clip in index order (wrapping), so an index always maps to the same clip."""
+
+    def __init__(self, root: str, *, fps: float, num_frames: int, height: int, width: int,
+                 sample_rate: int, skip_bad_files: bool = False):
+        self.root = root
+        self.clips = read_captions(root)
+        self.fps, self.num_frames = float(fps), int(num_frames)
+        self.height, self.width, self.sample_rate = int(height), int(width), int(sample_rate)
+        self.skip_bad_files = skip_bad_files
+        self.num_samples = round(self.num_frames * self.sample_rate / self.fps)  # S
+        self._bad: set[int] = set()  # known-bad indices: warn once, never decode twice
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __repr__(self) -> str:
+        return (f"ClipFolder({len(self)} clips, {self.num_frames} frames of "
+                f"{self.height}x{self.width} at {self.fps:g} fps)")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for k in range(len(self)):
+            i = (index + k) % len(self)
+            if i in self._bad:
+                continue
+            try:
+                return self.load(i)
+            except MediaError as e:
+                if not self.skip_bad_files:
+                    raise
+                logging.warning("Skipping bad clip %d: %s", i, e)
+                self._bad.add(i)
+        raise MediaError(f"no usable clip among the {len(self)} in "
+                         f"{os.path.join(self.root, CAPTIONS_FILE)}")
+
+    def load(self, index: int) -> dict[str, Any]:
+        """Clip `index`, no skipping."""
+        clip = self.clips[index]
+        frames, src_fps, audio, rate = read_av(clip.path)
+        if audio is None:
+            raise MediaError(f"{clip.path}: no audio stream")
+        # Output frame i covers [i, i + 1) / fps: take the source frame whose interval centre is
+        # nearest to (i + 0.5) / fps.
+        centres = (np.arange(self.num_frames) + 0.5) * src_fps / self.fps - 0.5
+        source = np.floor(centres + 0.5).astype(int)  # [F]
+        if source[-1] >= len(frames):
+            raise MediaError(f"{clip.path}: {len(frames)} frames at {src_fps:g} fps is shorter "
+                             f"than {self.num_frames} frames at {self.fps:g} fps")
+        video = _resize(frames[source], self.height, self.width)  # [F, H, W, 3] uint8
+        wave = _to_mono(audio, rate, self.sample_rate)  # [S0]
+        missing = self.num_samples - len(wave)
+        if missing > self.sample_rate / self.fps:  # tolerate one frame of codec padding loss
+            raise MediaError(f"{clip.path}: {len(wave) / self.sample_rate:.3f} s of audio, "
+                             f"{self.num_samples / self.sample_rate:.3f} s needed")
+        wave = np.pad(wave, (0, max(0, missing)))[: self.num_samples]  # [S]
+        return dict(video=video.astype(np.float32) / 127.5 - 1.0, audio=wave,
+                    video_caption=clip.video_caption, audio_caption=clip.audio_caption,
+                    transcript=clip.transcript)

@@ -1,0 +1,108 @@
+"""Grain training pipelines over any clip source: shuffle, repeat, shard, tokenise, batch.
+
+Determinism: the pipeline is a random-access `MapDataset` up to the batch, so the batch at step k
+is a pure function of (seed, k): resuming at `start_step` slices the batched dataset, and worker
+processes receive whole batches round-robin, so neither restarts nor `num_workers` change what a
+step sees. Sharding happens after shuffling and repeating: process p takes elements p, p + P, ...
+of one global stream, so the union of the processes' batches at step k is the global batch at
+step k whatever the process count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+
+from harmony_jax.codecs.base import TextEncoder
+from harmony_jax.codecs.text import encode_transcript
+
+SOURCES = ("sounding_shapes", "clip_folder")
+READ_THREADS = 2  # per process: overlap decoding (ffmpeg, numpy: mostly GIL-free) with training
+
+
+def make_source(config: ml_collections.ConfigDict):
+    """The grain random-access source named by `config.data.source`."""
+    d = config.data
+    shape = dict(fps=d.fps, num_frames=d.num_frames, height=d.height, width=d.width,
+                 sample_rate=d.sample_rate)
+    if d.source == "sounding_shapes":
+        from harmony_jax.data.sounding_shapes import SoundingShapes
+        return SoundingShapes(num_clips=d.num_clips, seed=config.seed, **shape)
+    if d.source == "clip_folder":
+        from harmony_jax.data.clip_folder import ClipFolder
+        if not d.root:
+            raise ValueError("config.data.source='clip_folder' needs config.data.root")
+        return ClipFolder(d.root, skip_bad_files=d.skip_bad_files, **shape)
+    raise ValueError(f"Unknown config.data.source={d.source!r}; valid: {list(SOURCES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareExample(grain.transforms.Map):
+    """Source item -> training example: arrays only, captions tokenised on host."""
+
+    text_encoder: TextEncoder
+    transcript_len: int
+
+    def map(self, item: dict[str, Any]) -> dict[str, np.ndarray]:
+        video_ids, video_mask = self.text_encoder.tokenize([item["video_caption"]])
+        audio_ids, audio_mask = self.text_encoder.tokenize([item["audio_caption"]])
+        return dict(
+            video=np.asarray(item["video"], np.float32),  # [F, H, W, 3]
+            audio=np.asarray(item["audio"], np.float32),  # [S]
+            video_text_ids=video_ids[0], video_text_mask=video_mask[0],  # [L]
+            audio_text_ids=audio_ids[0], audio_text_mask=audio_mask[0],  # [L]
+            transcript_ids=encode_transcript([item.get("transcript", "")],
+                                             self.transcript_len)[0],  # [Lc]
+        )
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    """Worker processes: absl flags readable (grain reads its own), accelerators untouched."""
+    del worker_index, worker_count
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_dataset(source, config: ml_collections.ConfigDict, text_encoder: TextEncoder, *,
+                       seed: int, start_step: int = 0, process_index: int = 0,
+                       process_count: int = 1) -> grain.IterDataset:
+    """Batches of this process's share of `config.batch_size`, from step `start_step` on."""
+    if config.batch_size % process_count:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
+                         f"process count {process_count}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} outside [0, {process_count})")
+    batch = config.batch_size // process_count
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()  # new order each epoch
+    ds = ds[process_index::process_count]
+    ds = ds.map(PrepareExample(text_encoder, config.model.transcript.max_len))
+    ds = ds.batch(batch, drop_remainder=True)[start_step:]
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
+                                              prefetch_buffer_size=READ_THREADS))
+    if config.data.num_workers > 0:
+        if not flags.FLAGS.is_parsed():  # grain reads absl flags when it starts workers
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers),
+                            worker_init_fn=_init_worker)
+    return ds
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, text_encoder: TextEncoder, *,
+                        seed: int, start_step: int = 0, process_index: int | None = None,
+                        process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite iterator of per-process numpy batches from `make_source(config)`:
+    video [b, F, H, W, 3], audio [b, S], {video,audio}_text_{ids,mask} [b, L], transcript_ids
+    [b, Lc], with b = config.batch_size / process_count. Processes default to JAX's."""
+    ds = make_train_dataset(
+        make_source(config), config, text_encoder, seed=seed, start_step=start_step,
+        process_index=jax.process_index() if process_index is None else process_index,
+        process_count=jax.process_count() if process_count is None else process_count)
+    return iter(ds)

@@ -1,0 +1,52 @@
+"""Rectified flow as in Wan: `x_t = (1 - s) x0 + s e`, the model predicts `v = e - x0`.
+
+`s` (sigma) runs from 0 (clean) to 1 (pure noise); the model sees the timestep `1000 * s`.
+Training sigmas are `U(0, 1)` pushed towards noise by the timestep shift, and the sampling
+schedule is the same shift applied to an even grid, so training and sampling agree.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from harmony_jax.model.conditioning import Conditioning
+
+TIMESTEP_SCALE = 1000.0
+
+# The velocity field both the loss and the sampler drive (contract in model/conditioning.py):
+# (video, audio, t_video, t_audio, cond) -> (v_video, v_audio).
+Denoiser = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, Conditioning],
+                    tuple[jax.Array, jax.Array]]
+
+
+def shift_sigma(u: jax.Array, shift: float) -> jax.Array:
+    """Maps [0, 1] onto itself, fixing both ends; shift > 1 spends more time at high noise."""
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def timestep(sigma: jax.Array) -> jax.Array:
+    """The timestep the denoiser is conditioned on."""
+    return TIMESTEP_SCALE * sigma
+
+
+def sample_training_sigmas(rng: jax.Array, shape: tuple[int, ...], shift: float) -> jax.Array:
+    """One sigma per sample: `shift_sigma(u, shift)` with `u ~ U(0, 1)`."""
+    return shift_sigma(jax.random.uniform(rng, shape, jnp.float32), shift)
+
+
+def add_noise(x0: jax.Array, noise: jax.Array, sigma: jax.Array) -> jax.Array:
+    """`x_t = (1 - s) x0 + s e`; `sigma` has a prefix of x0's shape ([B] or per-frame [B, T])."""
+    s = jnp.reshape(sigma, sigma.shape + (1,) * (x0.ndim - sigma.ndim))
+    return ((1.0 - s) * x0 + s * noise).astype(x0.dtype)
+
+
+def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
+    """The velocity `d x_t / d s = e - x0` the model learns."""
+    return noise - x0
+
+
+def sigma_schedule(steps: int, shift: float) -> jax.Array:
+    """[steps + 1] sigmas from exactly 1 down to exactly 0: a shifted even grid."""
+    sigmas = shift_sigma(jnp.linspace(1.0, 0.0, steps + 1, dtype=jnp.float32), shift)
+    return sigmas.at[0].set(1.0)  # shift * 1 / (1 + (shift - 1)) may round below 1

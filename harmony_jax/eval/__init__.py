@@ -1,0 +1,1 @@
+"""Synchronisation metrics for generated and real sounding videos."""

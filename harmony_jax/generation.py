@@ -1,0 +1,94 @@
+"""From prompts (and optionally a given audio, video or reference image) to decoded clips.
+
+One jitted function per (mode, guidance, steps, solver) runs the whole sampler; encoding of the
+given media happens inside it, decoding (Griffin-Lim for the mel codec) on the host after it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from harmony_jax.codecs.text import encode_transcript
+from harmony_jax.diffusion.syncfg import sample
+from harmony_jax.system import System
+
+MODES = ("t2av", "a2v", "v2a")
+
+
+def prompt_batch(system: System, video_captions: Sequence[str],
+                 audio_captions: Optional[Sequence[str]] = None,
+                 transcripts: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+    """Token ids of N prompts (sound caption defaults to the video caption)."""
+    n = len(video_captions)
+    audio_captions = list(video_captions) if audio_captions is None else list(audio_captions)
+    transcripts = [""] * n if transcripts is None else list(transcripts)
+    if not len(audio_captions) == len(transcripts) == n:
+        raise ValueError(f"{n} video captions but {len(audio_captions)} audio captions and "
+                         f"{len(transcripts)} transcripts")
+    v_ids, v_mask = system.text_encoder.tokenize(list(video_captions))
+    a_ids, a_mask = system.text_encoder.tokenize(audio_captions)
+    return dict(video_text_ids=v_ids, video_text_mask=v_mask, audio_text_ids=a_ids,
+                audio_text_mask=a_mask,
+                transcript_ids=encode_transcript(transcripts, system.model_config.transcript.max_len))
+
+
+@functools.lru_cache(maxsize=16)
+def _sampler(system: System, mode: str, guidance: str, steps: int, solver: str):
+    s = system.config.sample
+
+    @jax.jit
+    def run(params, rng, batch, uncond_batch, given_video, given_audio, ref_image, scales):
+        cond = system.conditioning(params, batch)
+        uncond = system.conditioning(params, uncond_batch) if guidance == "cfg" else None
+        n = batch["video_text_ids"].shape[0]
+        silent = system.audio_codec.encode(jnp.zeros((1, system.num_samples), jnp.float32))
+        encode_v = lambda x: None if x is None else system.video_codec.encode(x)
+        return sample(
+            system.denoiser(params), rng, cond, video_shape=(n, *system.video_latent_shape),
+            audio_shape=(n, *system.audio_latent_shape), mode=mode, guidance=guidance,
+            steps=steps, shift=s.shift, s_v=scales[0], s_a=scales[1], cfg_scale=scales[2],
+            solver=solver, given_video=encode_v(given_video),
+            given_audio=None if given_audio is None else system.audio_codec.encode(given_audio),
+            ref_image=None if ref_image is None else encode_v(ref_image[:, None]),
+            uncond=uncond, silent_audio=silent)
+    return run
+
+
+def generate(system: System, params: Any, rng: jax.Array, batch: dict[str, np.ndarray], *,
+             mode: str = "t2av", guidance: Optional[str] = None, steps: Optional[int] = None,
+             solver: Optional[str] = None, s_v: Optional[float] = None,
+             s_a: Optional[float] = None, cfg_scale: Optional[float] = None,
+             given_video: Optional[np.ndarray] = None, given_audio: Optional[np.ndarray] = None,
+             ref_image: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded clips: (frames [N, F, H, W, 3] in [-1, 1], waveforms [N, S]).
+
+    `batch` comes from `prompt_batch`. A2V returns `given_audio` [N, S] sample for sample and
+    V2A returns `given_video` [N, F, H, W, 3] frame for frame; unset options come from
+    `config.sample`.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {MODES}")
+    if mode == "a2v" and given_audio is None:
+        raise ValueError("mode='a2v' needs the driving audio (given_audio)")
+    if mode == "v2a" and given_video is None:
+        raise ValueError("mode='v2a' needs the driving video (given_video)")
+    s = system.config.sample
+    guidance = guidance or s.guidance
+    n = batch["video_text_ids"].shape[0]
+    uncond = prompt_batch(system, [""] * n)
+    run = _sampler(system, mode, guidance, int(steps or s.steps), solver or s.solver)
+    scales = jnp.asarray([s.s_v if s_v is None else s_v, s.s_a if s_a is None else s_a,
+                          s.cfg_scale if cfg_scale is None else cfg_scale], jnp.float32)
+    as_f32 = lambda x: None if x is None else jnp.asarray(x, jnp.float32)
+    video_lat, audio_lat = run(params, rng, batch, uncond, as_f32(given_video),
+                               as_f32(given_audio), as_f32(ref_image), scales)
+    frames = (np.asarray(given_video, np.float32) if mode == "v2a"
+              else np.clip(system.video_codec.decode(video_lat), -1.0, 1.0))
+    waves = (np.asarray(given_audio, np.float32) if mode == "a2v"
+             else np.clip(system.audio_codec.decode(audio_lat), -1.0, 1.0))
+    return frames, waves

@@ -1,0 +1,132 @@
+"""The assembled system of a run: DiT + codecs + text encoder, and the glue from raw media and
+token ids to latents and `Conditioning`. Train, sample, plan and the benchmarks all build one.
+
+Trainable parameters live in one tree `{'dit': ..., 'text': ...}` ('text' only when the text
+encoder is trained with the model, as the demo's is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from harmony_jax.codecs import (AudioCodec, TextEncoder, VideoCodec, make_audio_codec,
+                                make_text_encoder, make_video_codec)
+from harmony_jax.model import Conditioning, HarmonyDiT, ModelConfig
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: jit and caches key on it
+class System:
+    config: ml_collections.ConfigDict
+    model_config: ModelConfig
+    video_codec: VideoCodec
+    audio_codec: AudioCodec
+    text_encoder: TextEncoder
+
+    @property
+    def model(self) -> HarmonyDiT:
+        return HarmonyDiT(self.model_config)
+
+    # ---- geometry of one clip, from the data config and the codecs
+    @property
+    def num_samples(self) -> int:
+        d = self.config.data
+        return int(round(d.num_frames / d.fps * d.sample_rate))
+
+    @property
+    def video_latent_shape(self) -> tuple[int, int, int, int]:
+        d = self.config.data
+        tv, h, w = self.video_codec.latent_shape(d.num_frames, d.height, d.width)
+        return tv, h, w, self.video_codec.latent_channels
+
+    @property
+    def audio_latent_shape(self) -> tuple[int, int]:
+        return self.audio_codec.num_latent_frames(self.num_samples), self.audio_codec.latent_channels
+
+    @property
+    def text_len(self) -> int:
+        return self.text_encoder.max_len
+
+    # ---- raw -> model inputs
+    def embed_text(self, params: Params, ids: jax.Array) -> jax.Array:
+        text_params = params.get("text", {})
+        emb = self.text_encoder.module.apply({"params": text_params}, ids)
+        return emb if self.text_encoder.trainable else jax.lax.stop_gradient(emb)
+
+    def conditioning(self, params: Params, batch: dict[str, jax.Array]) -> Conditioning:
+        """Conditioning of a batch with token ids (keys as `data.pipeline` produces them)."""
+        b = batch["video_text_ids"].shape[0]
+        tv, ta = self.video_latent_shape[0], self.audio_latent_shape[0]
+        ref = batch.get("ref_audio")
+        return Conditioning(
+            video_text=self.embed_text(params, batch["video_text_ids"]),
+            video_text_mask=batch["video_text_mask"],
+            audio_text=self.embed_text(params, batch["audio_text_ids"]),
+            audio_text_mask=batch["audio_text_mask"],
+            transcript=batch["transcript_ids"],
+            video_time=jnp.broadcast_to(self.video_codec.frame_times(tv).astype(np.float32), (b, tv)),
+            audio_time=jnp.broadcast_to(self.audio_codec.frame_times(ta).astype(np.float32), (b, ta)),
+            ref_audio=None if ref is None else self.audio_codec.encode(ref))
+
+    def encode_media(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """Clean latents (video [B, Tv, h, w, Cv], audio [B, Ta, Ca]) of a batch's media."""
+        return self.video_codec.encode(batch["video"]), self.audio_codec.encode(batch["audio"])
+
+    def denoiser(self, params: Params) -> Callable:
+        """The denoiser contract of `model.conditioning` bound to these parameters."""
+        model = self.model
+        return lambda v, a, tv, ta, cond: model.apply({"params": params["dit"]}, v, a, tv, ta,
+                                                      cond)
+
+    # ---- parameters
+    def example_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        d = self.config.data
+        S = jax.ShapeDtypeStruct
+        L, Lc = self.text_len, self.model_config.transcript.max_len
+        return dict(
+            video=S((batch_size, d.num_frames, d.height, d.width, 3), jnp.float32),
+            audio=S((batch_size, self.num_samples), jnp.float32),
+            video_text_ids=S((batch_size, L), jnp.int32), video_text_mask=S((batch_size, L), bool),
+            audio_text_ids=S((batch_size, L), jnp.int32), audio_text_mask=S((batch_size, L), bool),
+            transcript_ids=S((batch_size, Lc), jnp.int32))
+
+    def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> Params:
+        """Boxed (logically partitioned) parameters; wrap in `parallel.sharded_init` to shard."""
+        k_text, k_dit = jax.random.split(rng)
+        params = {}
+        if self.text_encoder.trainable:
+            params["text"] = self.text_encoder.module.init(
+                k_text, batch["video_text_ids"])["params"]
+        cond = self.conditioning(params, batch)
+        video, audio = self.encode_media(batch)
+        b = video.shape[0]
+        t_v = jnp.zeros((b, video.shape[1]), jnp.float32)
+        t_a = jnp.zeros((b, audio.shape[1]), jnp.float32)
+        params["dit"] = self.model.init(k_dit, video, audio, t_v, t_a, cond)["params"]
+        return params
+
+
+def build_system(config: ml_collections.ConfigDict) -> System:
+    """Codecs and text encoder from `config.codecs`, the model from `config.model`; their widths
+    must agree, and a mismatch names both keys."""
+    video_codec, audio_codec = make_video_codec(config), make_audio_codec(config)
+    text_encoder = make_text_encoder(config)
+    m = config.model
+    for key, want, have in (
+            ("model.video.in_channels", m.video.in_channels, video_codec.latent_channels),
+            ("model.audio.in_channels", m.audio.in_channels, audio_codec.latent_channels),
+            ("model.text_dim", m.text_dim, text_encoder.dim)):
+        if want != have:
+            raise ValueError(f"config.{key}={want} but the codec configured in config.codecs "
+                             f"produces {have} channels")
+    return System(
+        config=config,
+        model_config=ModelConfig.from_config(m, video_latent_rate=video_codec.latent_rate),
+        video_codec=video_codec, audio_codec=audio_codec, text_encoder=text_encoder)

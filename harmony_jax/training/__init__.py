@@ -1,0 +1,1 @@
+"""Train state, optimizer, the jitted train step and checkpointing."""

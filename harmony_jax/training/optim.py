@@ -1,0 +1,42 @@
+"""The optimizer of `config.optim`: AdamW with linear warmup, clipping and a freeze mask."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import optax
+
+
+def learning_rate(optim_cfg) -> optax.Schedule:
+    """Linear warmup to `lr`, then constant (the paper fine-tunes at a constant 1e-5)."""
+    warmup = int(optim_cfg.warmup_steps)
+    if warmup <= 0:
+        return optax.constant_schedule(optim_cfg.lr)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, optim_cfg.lr, warmup), optax.constant_schedule(optim_cfg.lr)],
+        [warmup])
+
+
+def trainable_labels(params: Any, freeze_regex: str) -> Any:
+    """'frozen' for every parameter whose path ('dit/layers/video_block/...') matches the regex."""
+    pattern = re.compile(freeze_regex) if freeze_regex else None
+
+    def label(path, _):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        return "frozen" if pattern is not None and pattern.search(name) else "trained"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(optim_cfg, params: Any) -> optax.GradientTransformation:
+    adamw = optax.adamw(learning_rate(optim_cfg), b1=optim_cfg.b1, b2=optim_cfg.b2,
+                        weight_decay=optim_cfg.weight_decay)
+    tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), adamw) \
+        if optim_cfg.grad_clip > 0 else adamw
+    if not optim_cfg.freeze:
+        return tx
+    labels = trainable_labels(params, optim_cfg.freeze)
+    if "trained" not in jax.tree.leaves(labels):
+        raise ValueError(f"config.optim.freeze={optim_cfg.freeze!r} freezes every parameter")
+    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)

@@ -1,0 +1,94 @@
+"""The train state and the jitted train step: CTS loss, gradient accumulation, non-finite guard,
+EMA. Randomness is `fold_in(seed, step)`, so a resumed run draws exactly what it would have."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from harmony_jax.diffusion.cts import cts_loss
+from harmony_jax.system import System
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 []
+    params: Any  # {'dit': ..., 'text': ...}
+    opt_state: Any
+    ema_params: Any  # same tree as params, or None when config.optim.ema_decay == 0
+    skipped: jax.Array  # int32 []: updates dropped because the loss or a gradient was not finite
+
+
+def create_train_state(params: Any, tx: optax.GradientTransformation, ema: bool) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+                      skipped=jnp.zeros((), jnp.int32))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_loss_fn(system: System, config) -> Callable:
+    cts = config.cts
+
+    def loss_fn(params, batch: Batch, rng: jax.Array):
+        video0, audio0 = system.encode_media(batch)  # [B, Tv, h, w, Cv], [B, Ta, Ca]
+        cond = system.conditioning(params, batch)
+        return cts_loss(system.denoiser(params), video0, audio0, cond, rng, mode=cts.mode,
+                        fractions=tuple(cts.fractions), lambda_v=cts.lambda_v,
+                        lambda_a=cts.lambda_a, shift=config.flow.shift,
+                        ref_image_prob=cts.ref_image_prob)
+    return loss_fn
+
+
+def _grads(loss_fn: Callable, params: Any, batch: Batch, rng: jax.Array, accum: int):
+    """Mean loss, metrics and gradients over `accum` equal microbatches (a scan: one compile)."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum == 1:
+        (_, metrics), grads = grad_fn(params, batch, rng)
+        return metrics, grads
+    micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+    def body(carry, xs):
+        mb, i = xs
+        (_, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (metrics, grads)), None
+
+    (_, metrics_shape), grads_shape = jax.eval_shape(
+        grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (metrics_shape, grads_shape))
+    (metrics, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+    return jax.tree.map(lambda x: x / accum, (metrics, grads))
+
+
+def make_train_step(system: System, tx: optax.GradientTransformation, config
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    loss_fn = make_loss_fn(system, config)
+    accum, ema_decay = int(config.optim.grad_accum), float(config.optim.ema_decay)
+    if config.batch_size % accum:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
+                         f"config.optim.grad_accum={accum}")
+
+    def train_step(state: TrainState, batch: Batch):
+        rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
+        metrics, grads = _grads(loss_fn, state.params, batch, rng, accum)
+        finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        ema = state.ema_params
+        if ema is not None:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                       finite=finite.astype(jnp.float32))
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             ema_params=ema, skipped=state.skipped + (~finite)), metrics
+    return train_step
