@@ -37,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
     m.scan_layers = True
     m.remat = "none"  # 'none' | 'full' | 'dots' | 'dots_no_batch'
 
+    # ---- initial weights of a fresh run (a resumed run restores its own checkpoint instead)
+    c.init = ml_collections.ConfigDict(dict(
+        video_from=""))  # `python -m harmony_jax.convert wan` output: the Wan2.2 video tower
+
     # ---- codecs: latent rate and frame times come from here, never hard-coded in the model.
     k = c.codecs = ml_collections.ConfigDict()
     k.video = ml_collections.ConfigDict(dict(name="pixel"))
@@ -77,12 +81,15 @@ def base_config() -> ml_collections.ConfigDict:
         freeze="",  # regex of parameter paths kept fixed, e.g. "^dit/(video|layers/video)"
         on_nonfinite="skip"))  # "skip": drop the update and count it; "halt": stop the run
 
-    # ---- parallelism: mesh axis sizes (-1 = the rest) and logical-axis rules.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.axis_rules = (
+    # ---- parallelism: mesh axis sizes per slice (-1 = the rest) and logical-axis rules.
+    # sequence > 1 adds a 'sequence' axis: video tokens split over it, Ulysses self-attention.
+    # dcn_data / dcn_fsdp > 1: multi-slice, each of those axes spans that many slices.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1,
+                                            dcn_data=1, dcn_fsdp=1))
+    c.axis_rules = (  # mesh axes the mesh lacks ('sequence' when 1) drop out
         # parameters
-        ("embed", "fsdp"),
-        ("kv_embed", "fsdp"),
+        ("embed", ("fsdp", "sequence")),
+        ("kv_embed", ("fsdp", "sequence")),
         ("heads", "tensor"),
         ("mlp", "tensor"),
         ("text_embed", None),
@@ -94,7 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
         ("layers", None),
         # activations
         ("batch", ("data", "fsdp")),
-        ("act_length", None),
+        ("act_length", "sequence"),
         ("act_embed", None),
         ("act_heads", "tensor"),
         ("kv", None),

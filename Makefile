@@ -1,0 +1,30 @@
+# Two commands: `make demo` (train + sample + sync table on CPU) and `make test` (the suite).
+# Both create the virtual environment they need on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test install install-dev clean
+
+$(VENV)/.run-deps: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.run-deps
+install-dev: $(VENV)/.dev-deps
+
+demo: $(VENV)/.run-deps
+	JAX_PLATFORMS=cpu $(PY) -m harmony_jax.demo --config configs/demo.py --workdir runs/demo
+
+test: $(VENV)/.dev-deps
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --durations=15 tests
+
+clean:
+	rm -rf runs .jax_cache

@@ -1,0 +1,151 @@
+"""The training loop: `train_and_evaluate(config, workdir)` reads top to bottom in sections
+(workdir, mesh, system, init, resume, data, step, loop), resuming from the latest checkpoint."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from harmony_jax import generation
+from harmony_jax.data.pipeline import make_source, make_train_iterator
+from harmony_jax.media import write_av
+from harmony_jax.parallel import distributed
+from harmony_jax.parallel.mesh import make_mesh
+from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated, sharded_init
+from harmony_jax.system import System, build_system
+from harmony_jax.training.checkpoint import Checkpointer, write_config
+from harmony_jax.training.optim import make_optimizer
+from harmony_jax.training.step import TrainState, create_train_state, make_train_step
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _check_workdir(workdir: str) -> None:
+    if "://" in workdir:  # a bucket: orbax/etils handle it
+        return
+    os.makedirs(workdir, exist_ok=True)
+    if not os.access(workdir, os.W_OK):
+        raise PermissionError(f"--workdir {workdir} is not writable")
+
+
+def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    """This process's rows -> one global array per key, laid out on the mesh's batch axes."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def write_samples(system: System, params, step: int, workdir: str) -> list[str]:
+    """A few text-to-AV clips with the run's sampler settings, as DIR/samples/step_N[_i].mp4."""
+    config = system.config
+    source = make_source(config)
+    items = [source[i] for i in range(config.num_sample_clips)]
+    batch = generation.prompt_batch(system, [it["video_caption"] for it in items],
+                                    [it["audio_caption"] for it in items],
+                                    [it.get("transcript", "") for it in items])
+    frames, waves = generation.generate(system, params, jax.random.key(config.seed), batch)
+    paths = []
+    if jax.process_index() == 0:
+        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        for i, (video, audio) in enumerate(zip(frames, waves)):
+            suffix = "" if i == 0 else f"_{i}"
+            path = os.path.join(workdir, "samples", f"step_{step}{suffix}.mp4")
+            write_av(path, video, config.data.fps, audio, config.data.sample_rate,
+                     overwrite=True)
+            paths.append(path)
+    return paths
+
+
+def _log(step: int, metrics: dict[str, float], steps_per_s: float, remaining: int, writer):
+    eta = remaining / max(steps_per_s, 1e-9)
+    terms = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+    logging.info("step %d %s | %.2f steps/s | ETA %dm%02ds", step, terms, steps_per_s,
+                 eta // 60, eta % 60)
+    if writer is not None:
+        for k, v in metrics.items():
+            writer.add_scalar(f"train/{k}", v, step)
+        writer.add_scalar("train/steps_per_s", steps_per_s, step)
+        writer.flush()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains to `config.total_steps`, resuming from `workdir` if it holds a checkpoint."""
+    # ---- workdir, processes, mesh
+    _check_workdir(workdir)
+    distributed.maybe_initialize()
+    if jax.process_index() == 0:
+        write_config(workdir, config)
+    mesh = make_mesh(config.mesh)
+    rules = axis_rules(config)
+    logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
+
+    # ---- system, parameters (born sharded), optimizer
+    system = build_system(config)
+    example = system.example_batch(1)
+    zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
+    params, _ = sharded_init(lambda rng: system.init(rng, zeros()), mesh, rules,
+                             jax.random.key(config.seed))
+    tx = make_optimizer(config.optim, params)
+    with jax.set_mesh(mesh):
+        state = jax.jit(lambda p: create_train_state(p, tx, config.optim.ema_decay > 0))(params)
+    del params
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    logging.info("parameters: %s", {k: int(sum(np.prod(x.shape) for x in jax.tree.leaves(v)))
+                                    for k, v in state.params.items()})
+
+    # ---- resume
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state = checkpointer.restore(latest, state)
+        logging.info("resumed from %s at step %d", checkpointer.directory, latest)
+    start = int(state.step)
+
+    # ---- data: batch k is a pure function of (seed, k), so resuming replays nothing
+    data_sharding = batch_sharding(mesh)
+    batches = make_train_iterator(config, system.text_encoder, seed=config.seed,
+                                  start_step=start)
+
+    # ---- the jitted step
+    train_step = jax.jit(make_train_step(system, tx, config),
+                         in_shardings=(state_shardings, data_sharding),
+                         out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+
+    writer = None
+    if jax.process_index() == 0:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(os.path.join(workdir, "tb"))
+
+    # ---- loop
+    t_last, steps_since = time.time(), 0
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        for step in range(start, config.total_steps):
+            state, metrics = train_step(state, _global_batch(next(batches), data_sharding))
+            steps_since += 1
+            done = step + 1
+            if done % config.log_every == 0 or done == config.total_steps:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not np.isfinite(metrics["loss"]) and config.optim.on_nonfinite == "halt":
+                    raise NonFiniteLossError(f"step {done}: loss is {metrics['loss']}")
+                now = time.time()
+                _log(done, metrics, steps_since / (now - t_last), config.total_steps - done,
+                     writer)
+                t_last, steps_since = now, 0
+            if done % config.checkpoint_every == 0 or done == config.total_steps:
+                checkpointer.save(done, state, config)
+            if config.sample_every and (done % config.sample_every == 0
+                                        or done == config.total_steps):
+                paths = write_samples(system, state.params, done, workdir)
+                logging.info("samples: %s", paths)
+    checkpointer.wait()
+    checkpointer.close()
+    if writer is not None:
+        writer.close()
+    return state
