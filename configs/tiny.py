@@ -8,7 +8,7 @@ def get_config():
     c.total_steps = 4
     c.checkpoint_every = 2
     c.log_every = 1
-    c.batch_size = 4
+    c.batch_size = 8  # divisible by the 8 simulated test devices
     c.data.num_frames = 8
     c.data.fps = 4.0
     c.data.height = 16

@@ -77,4 +77,4 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     path = epath.Path(workdir) / "config.json"
     tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
     tmp.write_text(config.to_json(indent=2))
-    tmp.rename(path)
+    tmp.replace(path)

@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 
 from harmony_jax import generation
+from harmony_jax.convert.wan import load_video_tower
 from harmony_jax.data.pipeline import make_source, make_train_iterator
 from harmony_jax.media import write_av
 from harmony_jax.parallel import distributed
@@ -84,6 +85,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         write_config(workdir, config)
     mesh = make_mesh(config.mesh)
     rules = axis_rules(config)
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.batch_size % batch_shards:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
+                         f"{batch_shards} batch shards of the mesh (mesh.data x mesh.fsdp)")
     logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
 
     # ---- system, parameters (born sharded), optimizer
@@ -92,6 +97,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
     params, _ = sharded_init(lambda rng: system.init(rng, zeros()), mesh, rules,
                              jax.random.key(config.seed))
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    if config.init.video_from and latest is None:  # a resumed run restores its own weights
+        params = load_video_tower(params, config.init.video_from)
     tx = make_optimizer(config.optim, params)
     with jax.set_mesh(mesh):
         state = jax.jit(lambda p: create_train_state(p, tx, config.optim.ema_decay > 0))(params)
@@ -101,8 +110,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                     for k, v in state.params.items()})
 
     # ---- resume
-    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    latest = checkpointer.latest_step()
     if latest is not None:
         state = checkpointer.restore(latest, state)
         logging.info("resumed from %s at step %d", checkpointer.directory, latest)
