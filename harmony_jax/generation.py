@@ -67,7 +67,8 @@ def generate(system: System, params: Any, rng: jax.Array, batch: dict[str, np.nd
              ref_image: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """Decoded clips: (frames [N, F, H, W, 3] in [-1, 1], waveforms [N, S]).
 
-    `batch` comes from `prompt_batch`. A2V returns `given_audio` [N, S] sample for sample and
+    `batch` comes from `prompt_batch`, optionally with `ref_audio` [N, S_ref] (a reference
+    voice waveform at the codec's rate). A2V returns `given_audio` [N, S] sample for sample and
     V2A returns `given_video` [N, F, H, W, 3] frame for frame; unset options come from
     `config.sample`.
     """
@@ -81,6 +82,8 @@ def generate(system: System, params: Any, rng: jax.Array, batch: dict[str, np.nd
     guidance = guidance or s.guidance
     n = batch["video_text_ids"].shape[0]
     uncond = prompt_batch(system, [""] * n)
+    if "ref_audio" in batch:  # the voice is not text: CFG keeps it on both sides
+        uncond["ref_audio"] = batch["ref_audio"]
     run = _sampler(system, mode, guidance, int(steps or s.steps), solver or s.solver)
     scales = jnp.asarray([s.s_v if s_v is None else s_v, s.s_a if s_a is None else s_a,
                           s.cfg_scale if cfg_scale is None else cfg_scale], jnp.float32)

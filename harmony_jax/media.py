@@ -117,7 +117,9 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, *,
               overwrite: bool = False) -> None:
     """Writes audio [S] or [S, C] (float in [-1, 1]) as 16-bit PCM .wav."""
     samples = _to_channels_first(audio)  # [C, S]
-    pcm = np.round(samples.T * 32767.0).astype("<i2")  # [S, C]
+    # s16 readers (ffmpeg, read_av) divide by 32768: scale the same way so a read-write round
+    # trip is bit-exact.
+    pcm = np.clip(np.round(samples.T * 32768.0), -32768, 32767).astype("<i2")  # [S, C]
     with _atomic_path(path, overwrite) as tmp, wave.open(tmp, "wb") as f:
         f.setnchannels(pcm.shape[1])
         f.setsampwidth(2)

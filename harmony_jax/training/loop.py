@@ -23,11 +23,19 @@ from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
 from harmony_jax.system import System, build_system
 from harmony_jax.training.checkpoint import Checkpointer, write_config
 from harmony_jax.training.optim import make_optimizer
+from harmony_jax.training.preemption import PreemptionWatch
 from harmony_jax.training.step import TrainState, create_train_state, make_train_step
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteError(RuntimeError):
+    """A step produced a non-finite loss or gradient and `config.optim.on_nonfinite='halt'`."""
+
+
+def _nonfinite_message(step: int, metrics: dict[str, float]) -> str:
+    bad = [k for k in sorted(metrics) if not np.isfinite(metrics[k])]
+    what = bad[0] if bad else "a gradient (loss terms are finite)"
+    return (f"step {step}: non-finite {what} ({', '.join(bad) or 'grad'}); the update was not "
+            f"applied and the last checkpoint is intact (config.optim.on_nonfinite='halt')")
 
 
 def _check_workdir(workdir: str) -> None:
@@ -131,26 +139,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer = SummaryWriter(os.path.join(workdir, "tb"))
 
     # ---- loop
+    preemption = PreemptionWatch()
+    if config.optim.on_nonfinite not in ("skip", "halt"):
+        raise ValueError(f"config.optim.on_nonfinite={config.optim.on_nonfinite!r}; "
+                         f"expected 'skip' or 'halt'")
+    halt_on_nonfinite = config.optim.on_nonfinite == "halt"
     t_last, steps_since = time.time(), 0
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         for step in range(start, config.total_steps):
             state, metrics = train_step(state, _global_batch(next(batches), data_sharding))
             steps_since += 1
             done = step + 1
-            if done % config.log_every == 0 or done == config.total_steps:
+            log_now = done % config.log_every == 0 or done == config.total_steps
+            if log_now or halt_on_nonfinite:  # halting must look at every step
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not np.isfinite(metrics["loss"]) and config.optim.on_nonfinite == "halt":
-                    raise NonFiniteLossError(f"step {done}: loss is {metrics['loss']}")
+                if halt_on_nonfinite and not metrics["finite"]:
+                    raise NonFiniteError(_nonfinite_message(done, metrics))
+            if log_now:
                 now = time.time()
                 _log(done, metrics, steps_since / (now - t_last), config.total_steps - done,
                      writer)
                 t_last, steps_since = now, 0
-            if done % config.checkpoint_every == 0 or done == config.total_steps:
+            preempted = preemption.should_stop(done)
+            if (preempted or done % config.checkpoint_every == 0
+                    or done == config.total_steps):
                 checkpointer.save(done, state, config)
+            if preempted:
+                logging.warning("preemption notice: saved step %d; exiting", done)
+                break
             if config.sample_every and (done % config.sample_every == 0
                                         or done == config.total_steps):
                 paths = write_samples(system, state.params, done, workdir)
                 logging.info("samples: %s", paths)
+    preemption.close()
     checkpointer.wait()
     checkpointer.close()
     if writer is not None:

@@ -1,0 +1,193 @@
+"""Audio-video synchronization of sounding clips, generated or real.
+
+    python -m harmony_jax.evaluate PATH [--json out.json] [--sounding-shapes] [--plot out.png]
+                                        [--max-lag 1.0]
+
+PATH is one clip or a folder of .mp4 files. Every clip gets the generic AV offset estimate of
+DESIGN.md section 9 (the lag, within +/- max-lag, that best aligns the video's motion-change
+envelope with the audio's onset-strength envelope; positive = audio late). `--sounding-shapes`
+adds the event metrics that need clips of that world: bounces seen vs onsets heard, event F1 and
+mean |offset| of the matched pairs. A table (one row per clip, then the mean) goes to stdout;
+`--json` writes the same numbers as one object, `--plot` a PNG of both envelopes per clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+from typing import Any, Optional
+
+import numpy as np
+from absl import app
+from absl.flags import argparse_flags
+
+from harmony_jax.eval import sync
+from harmony_jax.media import MediaError, read_av
+
+Metrics = dict[str, float]
+_EVENT_COLUMNS = (  # (metric, title, format) of the --sounding-shapes columns
+    ("event_f1", "event F1", "{:.3f}"),
+    ("mean_abs_offset_ms", "|offset| ms", "{:.1f}"),
+    ("num_bounces", "bounces", "{:.1f}"),
+    ("num_onsets", "onsets", "{:.1f}"))
+
+
+def clip_paths(path: str) -> list[str]:
+    """The clip itself, or the folder's .mp4 files in name order."""
+    if os.path.isdir(path):
+        paths = sorted(os.path.join(path, n) for n in os.listdir(path)
+                       if n.lower().endswith(".mp4") and not n.startswith("."))
+        if not paths:
+            raise FileNotFoundError(f"{path}: no .mp4 files")
+        return paths
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    return [path]
+
+
+def read_clip(path: str) -> tuple[np.ndarray, float, np.ndarray, int]:
+    """(frames float32 [F, H, W, 3] in [-1, 1], fps, mono audio float32 [S], sample rate)."""
+    frames, fps, audio, sample_rate = read_av(path)
+    if audio is None:
+        raise MediaError(f"{path}: no audio stream, nothing to synchronize")
+    return frames.astype(np.float32) / 127.5 - 1.0, fps, audio.mean(axis=1), sample_rate
+
+
+def evaluate_clip(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int, *,
+                  sounding_shapes: bool = False, max_lag: float = 1.0) -> Metrics:
+    """av_offset_ms, plus `sync.clip_sync_metrics`' event metrics when `sounding_shapes`."""
+    metrics = sync.clip_sync_metrics(video, fps, audio, sample_rate) if sounding_shapes else {}
+    metrics["av_offset_ms"] = 1000.0 * sync.av_offset(video, fps, audio, sample_rate, max_lag)
+    return metrics
+
+
+def _nan_mean(values: list[float]) -> float:
+    values = np.asarray(values, np.float64)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def evaluate(path: str, *, sounding_shapes: bool = False, max_lag: float = 1.0,
+             plot: Optional[str] = None) -> dict[str, Any]:
+    """{'clips': {name: metrics}, 'mean': metrics (nan-aware), 'max_lag_s': max_lag} for a clip
+    or a folder of clips; `plot` saves the envelopes of every clip as one PNG."""
+    if max_lag <= 0:
+        raise ValueError(f"max_lag={max_lag} must be positive (seconds)")
+    clips, curves = {}, []
+    for clip in clip_paths(path):
+        name = os.path.basename(clip)
+        video, fps, audio, rate = read_clip(clip)
+        try:
+            clips[name] = evaluate_clip(video, fps, audio, rate, sounding_shapes=sounding_shapes,
+                                        max_lag=max_lag)
+        except ValueError as e:  # too few frames, ...: name the file
+            raise MediaError(f"{clip}: {e}") from e
+        if plot is not None:
+            curves.append((name, clips[name]["av_offset_ms"], *_envelopes(video, fps, audio,
+                                                                            rate)))
+    mean = {k: _nan_mean([m[k] for m in clips.values()]) for k in next(iter(clips.values()))}
+    if plot is not None:
+        _plot(curves, plot)
+    return {"clips": clips, "mean": mean, "max_lag_s": max_lag}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """One row per clip, then the mean row."""
+    clips = results["clips"]
+    events = "event_f1" in next(iter(clips.values()))
+    width = max(8, *(len(n) for n in clips))
+    header = f"{'clip':<{width}} {'AV offset ms':>13}" + "".join(
+        f" {title:>12}" for _, title, _ in _EVENT_COLUMNS if events)
+
+    def row(name: str, m: Metrics) -> str:
+        cells = [f"{name:<{width}}", f"{m['av_offset_ms']:>13.1f}"]
+        if events:
+            cells += [f"{fmt.format(m[key]):>12}" for key, _, fmt in _EVENT_COLUMNS]
+        return " ".join(cells)
+    rule = "-" * len(header)
+    return "\n".join([header, rule, *(row(n, m) for n, m in clips.items()), rule,
+                      row(f"mean ({len(clips)})", results["mean"])])
+
+
+def _atomic_write(path: str, write) -> None:
+    """`write(tmp)` then rename to `path`: a crash never leaves a half-written file."""
+    path = os.path.abspath(path)
+    directory, name = os.path.split(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str, results: dict[str, Any]) -> None:
+    """`results` as strict JSON (nan -> null)."""
+    clean = lambda x: ({k: clean(v) for k, v in x.items()} if isinstance(x, dict)
+                       else None if isinstance(x, float) and not np.isfinite(x) else x)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(clean(results), f, indent=2, allow_nan=False)
+            f.write("\n")
+    _atomic_write(path, write)
+
+
+def _envelopes(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(motion times, motion change, onset times, onset strength): what `av_offset` aligns."""
+    motion = sync.motion_change(video)  # [F - 2], frames 1 .. F - 2
+    onset = sync.onset_strength(audio, sample_rate)  # [T], at i * hop
+    return (np.arange(1, len(motion) + 1) / fps, motion,
+            np.arange(len(onset)) * sync._ONSET_HOP, onset)
+
+
+def _plot(curves: list[tuple], path: str) -> None:
+    """One panel per clip: both envelopes (peak = 1), and the audio envelope moved by -lag."""
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
+
+    fig = Figure(figsize=(8, 2.2 * len(curves)), layout="constrained")
+    axes = fig.subplots(len(curves), 1, squeeze=False)[:, 0]
+    unit = lambda x: x / x.max() if x.max() > 0 else x
+    for ax, (name, lag_ms, t_motion, motion, t_onset, onset) in zip(axes, curves):
+        ax.plot(t_motion, unit(motion), "o-", color="tab:blue", label="video motion change")
+        ax.plot(t_onset, unit(onset), color="tab:orange", alpha=0.6,
+                label="audio onset strength")
+        ax.plot(t_onset - lag_ms / 1000.0, unit(onset), "--", color="tab:red", alpha=0.8,
+                label=f"audio moved by {-lag_ms:+.0f} ms")
+        ax.set_title(f"{name}: AV offset {lag_ms:+.0f} ms (positive = audio late)")
+        ax.set_xlim(0.0, max(t_onset[-1], t_motion[-1]))
+        ax.set_xlabel("time (s)")
+        ax.legend(loc="upper right", fontsize="small")
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse_flags.ArgumentParser(prog="python -m harmony_jax.evaluate", description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", help="a clip, or a folder of .mp4 clips")
+    p.add_argument("--json", help="write the results here as one JSON object")
+    p.add_argument("--sounding-shapes", action="store_true",
+                   help="also event F1 / offsets (sounding-shapes clips)")
+    p.add_argument("--plot", help="save a PNG of the envelopes and the detected lag")
+    p.add_argument("--max-lag", type=float, default=1.0, help="largest lag searched (s)")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    try:
+        results = evaluate(args.path, sounding_shapes=args.sounding_shapes,
+                           max_lag=args.max_lag, plot=args.plot)
+    except (MediaError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")  # the input is at fault: no traceback
+    print(format_table(results))
+    if args.json:
+        write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=lambda argv: _parser().parse_args(argv[1:]))

@@ -1,0 +1,162 @@
+"""From a trained run and a user's media files to the sampler's inputs.
+
+`load_for_inference` restores only the parameters (EMA when the run kept them) from the latest
+checkpoint of a workdir or from one step directory, with the config saved beside it: no
+optimizer state is read. The `read_*` functions fit a user's audio, video or image to the
+clip geometry of that config (`config.data`), logging a notice for every change they make, and
+raise `MediaError` naming the file when it cannot be used.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import av
+import flax.linen as nn
+import jax
+import librosa
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from harmony_jax.media import MediaError, read_av
+from harmony_jax.system import System, build_system
+from harmony_jax.training.checkpoint import read_config
+
+Params = Any
+
+
+def load_for_inference(path: str | os.PathLike) -> tuple[System, Params]:
+    """(system, params) from a workdir (its latest checkpoint) or a checkpoint step directory.
+
+    The parameters land on the default device. EMA parameters are preferred when the run kept
+    them: averaged weights are the ones meant for sampling.
+    """
+    config, step_dir = read_config(os.fspath(path))
+    if step_dir is None:
+        raise FileNotFoundError(f"{path}: holds a config.json but no checkpoint; train first")
+    system = build_system(config)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shapes = jax.eval_shape(lambda batch: system.init(jax.random.key(0), batch),
+                            system.example_batch(1))  # shapes only: nothing is computed
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                            nn.meta.unbox(shapes))
+    state_dir = step_dir / "state"
+    saved = ocp.PyTreeCheckpointHandler().metadata(state_dir).tree  # no array is read
+    key = "ema_params" if saved.get("ema_params") else "params"
+    item = {key: abstract}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True))
+    logging.info("loaded %s from %s", key, step_dir)
+    return system, restored[key]
+
+
+# ---- audio
+
+
+def _decode_audio_only(path: str) -> tuple[np.ndarray, int]:
+    """All samples of a file's first audio stream: (float32 [S, C], sample rate)."""
+    try:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise MediaError(f"{path}: no audio stream")
+            stream = container.streams.audio[0]
+            to_float = av.AudioResampler(format="fltp")  # keeps the rate and the layout
+            chunks = [out.to_ndarray() for frame in container.decode(stream)
+                      for out in to_float.resample(frame)]  # each [C, n]
+            chunks += [out.to_ndarray() for out in to_float.resample(None)]
+            rate = int(stream.rate)
+    except av.error.FFmpegError as e:
+        raise MediaError(f"{path}: cannot decode: {e}") from e
+    if not chunks:
+        raise MediaError(f"{path}: the audio stream holds no samples")
+    return np.concatenate(chunks, axis=1).T.astype(np.float32), rate
+
+
+def _has_video(path: str) -> bool:
+    try:
+        with av.open(path) as container:
+            return bool(container.streams.video)
+    except av.error.FFmpegError as e:
+        raise MediaError(f"{path}: cannot decode: {e}") from e
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int,
+               num_samples: int | None = None) -> np.ndarray:
+    """Mono float32 [S] at `sample_rate` from an audio file or a video's soundtrack (aligned to
+    its first frame); cropped or zero-padded to `num_samples` unless that is None."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MediaError(f"{path}: no such file")
+    if _has_video(path):
+        _, _, audio, rate = read_av(path)
+        if audio is None:
+            raise MediaError(f"{path}: no audio stream")
+    else:
+        audio, rate = _decode_audio_only(path)
+    if audio.shape[1] > 1:
+        logging.warning("%s: %d channels downmixed to mono", path, audio.shape[1])
+    wave = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]  # [S]
+    if rate != sample_rate:
+        logging.warning("%s: resampled from %d Hz to %d Hz", path, rate, sample_rate)
+        wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate)
+    if num_samples is not None and len(wave) != num_samples:
+        logging.warning("%s: %.3f s %s to the model's %.3f s", path, len(wave) / sample_rate,
+                        "cropped" if len(wave) > num_samples else "zero-padded",
+                        num_samples / sample_rate)
+        wave = np.pad(wave[:num_samples], (0, max(0, num_samples - len(wave))))
+    return np.clip(wave, -1.0, 1.0).astype(np.float32)
+
+
+# ---- video and images
+
+
+def _resize(frames: np.ndarray, height: int, width: int, path: str) -> np.ndarray:
+    """[F, h, w, 3] float -> [F, height, width, 3]: centre crop to the target aspect ratio, then
+    an antialiased bilinear resize, so shapes keep their proportions."""
+    f, h, w, _ = frames.shape
+    if (h, w) == (height, width):
+        return frames
+    crop_h, crop_w = min(h, round(w * height / width)), min(w, round(h * width / height))
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    crop = f", centre-cropped to {crop_h}x{crop_w}," if (crop_h, crop_w) != (h, w) else ""
+    logging.warning("%s: frames of %dx%d%s resized to %dx%d (HxW)", path, h, w, crop, height,
+                    width)
+    frames = frames[:, top:top + crop_h, left:left + crop_w]
+    return np.asarray(jax.image.resize(frames, (f, height, width, 3), "linear", antialias=True))
+
+
+def _to_signed(frames: np.ndarray) -> np.ndarray:
+    return frames.astype(np.float32) / 127.5 - 1.0  # uint8 -> [-1, 1]
+
+
+def read_video(path: str | os.PathLike, fps: float, num_frames: int, height: int,
+               width: int) -> np.ndarray:
+    """Frames float32 [num_frames, height, width, 3] in [-1, 1] from a video file: resampled to
+    `fps` (nearest earlier frame), cropped or padded with its last frame, resized."""
+    path = os.fspath(path)
+    frames, src_fps, _, _ = read_av(path)  # [F, h, w, 3] uint8
+    if abs(src_fps - fps) > 1e-3:
+        count = max(1, int(np.floor(len(frames) * fps / src_fps + 1e-6)))
+        index = np.minimum(np.floor(np.arange(count) * src_fps / fps + 1e-6).astype(int),
+                           len(frames) - 1)
+        logging.warning("%s: %g fps resampled to %g fps", path, src_fps, fps)
+        frames = frames[index]
+    if len(frames) != num_frames:
+        logging.warning("%s: %d frames %s to the model's %d", path, len(frames),
+                        "cropped" if len(frames) > num_frames else "padded with the last frame",
+                        num_frames)
+        index = np.minimum(np.arange(num_frames), len(frames) - 1)
+        frames = frames[index]
+    return _resize(_to_signed(frames), height, width, path)
+
+
+def read_image(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
+    """A reference first frame float32 [height, width, 3] in [-1, 1] from an image file (or the
+    first frame of a video)."""
+    path = os.fspath(path)
+    frames, _, _, _ = read_av(path)
+    return _resize(_to_signed(frames[:1]), height, width, path)[0]

@@ -1,0 +1,178 @@
+"""The sample CLI end to end on a checkpoint trained for one step of the tiny config: every mode
+read back from its .mp4, kept modalities, fitted inputs, and the errors a user can cause."""
+
+import logging
+import os
+import subprocess
+import sys
+import wave
+
+import jax
+import matplotlib.image
+import numpy as np
+import pytest
+
+from harmony_jax.data.sounding_shapes import SoundingShapes
+from harmony_jax.inference import load_for_inference, read_audio, read_video
+from harmony_jax.media import MediaError, read_av, write_av, write_wav
+from harmony_jax.sample import sample_to_files
+from harmony_jax.training.loop import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(workdir, trained state): two steps (the first has a zero learning rate), with EMA so
+    the loader has a choice to make."""
+    config = tiny.get_config()
+    config.total_steps = config.checkpoint_every = 2
+    config.optim.ema_decay = 0.5
+    workdir = str(tmp_path_factory.mktemp("run"))
+    return workdir, train_and_evaluate(config, workdir)
+
+
+@pytest.fixture(scope="module")
+def model(run):
+    return load_for_inference(run[0])
+
+
+@pytest.fixture(scope="module")
+def clip(model):
+    """A sounding-shapes clip in the tiny config's geometry."""
+    d = model[0].config.data
+    world = SoundingShapes(num_clips=4, fps=d.fps, num_frames=d.num_frames, height=d.height,
+                           width=d.width, sample_rate=d.sample_rate, seed=7)
+    return world[0]
+
+
+def _wav_pcm(path):
+    with wave.open(str(path)) as f:
+        return f.getframerate(), np.frombuffer(f.readframes(f.getnframes()), "<i2")
+
+
+def _check_clip(system, mp4):
+    """The .mp4 has both streams in the run's geometry, and its .wav the whole clip."""
+    d = system.config.data
+    frames, fps, audio, rate = read_av(mp4)
+    assert frames.shape == (d.num_frames, d.height, d.width, 3)
+    assert fps == d.fps and rate == d.sample_rate
+    assert audio.shape == (system.num_samples, 1)
+    assert len(audio) / rate == pytest.approx(d.num_frames / d.fps)
+    wav_rate, pcm = _wav_pcm(os.path.splitext(mp4)[0] + ".wav")
+    assert wav_rate == d.sample_rate and len(pcm) == system.num_samples
+    return frames, audio[:, 0]
+
+
+def test_loader_prefers_ema_params(run, model):
+    _, state = run
+    _, params = model
+    jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(state.ema_params))
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params),
+                                                        jax.tree.leaves(state.params)))
+    step_dir = os.path.join(run[0], "checkpoints", "2")
+    jax.tree.map(np.testing.assert_array_equal, params, load_for_inference(step_dir)[1])
+
+
+def test_t2av_writes_every_clip(model, tmp_path):
+    system, params = model
+    paths = sample_to_files(system, params, str(tmp_path / "t.mp4"), prompt="a red ball",
+                            num=2)
+    assert paths == [str(tmp_path / "t.mp4"), str(tmp_path / "t_1.mp4")]
+    first, second = (_check_clip(system, p)[0] for p in paths)
+    assert not np.array_equal(first, second)  # clip i has its own noise
+
+
+def test_a2v_keeps_the_audio(model, clip, tmp_path):
+    system, params = model
+    d = system.config.data
+    given = tmp_path / "given.wav"
+    write_wav(given, clip["audio"], d.sample_rate)
+    (mp4,) = sample_to_files(system, params, str(tmp_path / "a.mp4"), mode="a2v",
+                             audio=str(given), prompt=clip["video_caption"])
+    _, audio = _check_clip(system, mp4)
+    np.testing.assert_array_equal(_wav_pcm(tmp_path / "a.wav")[1], _wav_pcm(given)[1])
+    np.testing.assert_allclose(audio, clip["audio"], atol=0.01)  # AAC
+
+
+def test_v2a_keeps_the_frames(model, clip, tmp_path):
+    system, params = model
+    d = system.config.data
+    given = tmp_path / "given.mp4"
+    write_av(given, clip["video"], d.fps)  # no audio: v2a needs none
+    (mp4,) = sample_to_files(system, params, str(tmp_path / "v.mp4"), mode="v2a",
+                             video=str(given))
+    frames, _ = _check_clip(system, mp4)
+    # The kept frames, H.264-coded once more: exactly what writing them again gives.
+    write_av(tmp_path / "again.mp4", read_av(given)[0], d.fps)
+    np.testing.assert_array_equal(frames, read_av(tmp_path / "again.mp4")[0])
+
+
+def test_reference_image_and_voice(model, clip, tmp_path):
+    system, params = model
+    d = system.config.data
+    image, voice = tmp_path / "ref.png", tmp_path / "voice.wav"
+    matplotlib.image.imsave(image, (clip["video"][0] + 1.0) / 2.0)
+    write_wav(voice, np.tile(clip["audio"], 3)[: 5 * d.sample_rate], d.sample_rate)
+    (mp4,) = sample_to_files(system, params, str(tmp_path / "r.mp4"), image=str(image),
+                             ref_audio=str(voice), guidance="cfg")
+    frames, _ = _check_clip(system, mp4)
+    ref = read_av(image)[0][0].astype(float)
+    assert np.abs(frames[0] - ref).mean() < 8  # the clean first frame, H.264-coded
+
+
+def test_inputs_are_fitted_with_a_notice(model, clip, tmp_path, caplog):
+    d = model[0].config.data
+    stereo = np.stack([clip["audio"], -clip["audio"]], axis=1)[:20000]
+    write_wav(tmp_path / "in.wav", stereo, 22050)
+    big = np.repeat(np.repeat(clip["video"], 3, axis=1), 2, axis=2)  # [F, 3H, 2W, 3]
+    write_av(tmp_path / "in.mp4", np.repeat(big, 2, axis=0), 2 * d.fps, clip["audio"],
+             d.sample_rate)
+    with caplog.at_level(logging.WARNING):
+        audio = read_audio(tmp_path / "in.wav", d.sample_rate, model[0].num_samples)
+        video = read_video(tmp_path / "in.mp4", d.fps, d.num_frames, d.height, d.width)
+    assert audio.shape == (model[0].num_samples,)
+    assert np.all(audio[-1000:] == 0)  # 0.9 s given, zero-padded to 2 s
+    assert video.shape == (d.num_frames, d.height, d.width, 3)
+    soundtrack = read_audio(tmp_path / "in.mp4", d.sample_rate, model[0].num_samples)
+    np.testing.assert_allclose(soundtrack, clip["audio"], atol=0.01)  # AAC
+    log = caplog.text
+    for notice in ("downmixed", "resampled from 22050 Hz", "zero-padded", "fps resampled",
+                   "centre-cropped"):
+        assert notice in log
+
+
+def test_impossible_inputs_name_the_file(model, clip, tmp_path):
+    system, params = model
+    d = system.config.data
+    silent, garbage = tmp_path / "silent.mp4", tmp_path / "garbage.png"
+    write_av(silent, clip["video"], d.fps)
+    garbage.write_bytes(b"not an image")
+    out = str(tmp_path / "o.mp4")
+    with pytest.raises(MediaError, match=f"{silent}: no audio stream"):
+        sample_to_files(system, params, out, mode="a2v", audio=str(silent))
+    with pytest.raises(MediaError, match=f"{garbage}: cannot decode"):
+        sample_to_files(system, params, out, image=str(garbage))
+    with pytest.raises(MediaError, match="missing.wav: no such file"):
+        sample_to_files(system, params, out, mode="a2v", audio=str(tmp_path / "missing.wav"))
+    with pytest.raises(ValueError, match="needs --video"):
+        sample_to_files(system, params, out, mode="v2a")
+    assert not os.path.exists(out)
+
+
+def test_cli_keeps_existing_outputs(run, tmp_path):
+    out = tmp_path / "cli.mp4"
+    cmd = [sys.executable, "-m", "harmony_jax.sample", "--checkpoint",
+           os.path.join(run[0], "checkpoints", "2"), "--prompt", "a green ball", "--out",
+           str(out)]
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".jax_cache"))
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert out.exists() and (tmp_path / "cli.wav").exists()
+    before = out.read_bytes()
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert f"{out} exists; pass --overwrite" in done.stderr
+    assert out.read_bytes() == before
