@@ -21,6 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from harmony_jax import generation
+from harmony_jax.atomic import atomic_path
 from harmony_jax.data.sounding_shapes import SoundingShapes
 from harmony_jax.eval.sync import clip_sync_metrics, sync_table
 from harmony_jax.media import write_av
@@ -80,8 +81,9 @@ def main(argv):
     print(f"\ntrained {config.total_steps} steps in {trained / 60:.1f} min; "
           f"total {(time.time() - start) / 60:.1f} min; clips in {workdir}/demo_clips\n")
     print(table)
-    with open(os.path.join(workdir, "demo_sync.json"), "w") as f:
-        json.dump({name: clips for name, clips in rows.items()}, f, indent=1)
+    with atomic_path(os.path.join(workdir, "demo_sync.json"), overwrite=True) as tmp, \
+            open(tmp, "w") as f:
+        json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":

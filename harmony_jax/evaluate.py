@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 from typing import Any, Optional
 
@@ -24,6 +23,7 @@ import numpy as np
 from absl import app
 from absl.flags import argparse_flags
 
+from harmony_jax.atomic import atomic_path
 from harmony_jax.eval import sync
 from harmony_jax.media import MediaError, read_av
 
@@ -111,30 +111,14 @@ def format_table(results: dict[str, Any]) -> str:
                       row(f"mean ({len(clips)})", results["mean"])])
 
 
-def _atomic_write(path: str, write) -> None:
-    """`write(tmp)` then rename to `path`: a crash never leaves a half-written file."""
-    path = os.path.abspath(path)
-    directory, name = os.path.split(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_json(path: str, results: dict[str, Any]) -> None:
     """`results` as strict JSON (nan -> null)."""
     clean = lambda x: ({k: clean(v) for k, v in x.items()} if isinstance(x, dict)
                        else None if isinstance(x, float) and not np.isfinite(x) else x)
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(clean(results), f, indent=2, allow_nan=False)
-            f.write("\n")
-    _atomic_write(path, write)
+    with atomic_path(path, overwrite=True) as tmp, open(tmp, "w") as f:
+        json.dump(clean(results), f, indent=2, allow_nan=False)
+        f.write("\n")
 
 
 def _envelopes(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int
@@ -163,7 +147,8 @@ def _plot(curves: list[tuple], path: str) -> None:
         ax.set_xlim(0.0, max(t_onset[-1], t_motion[-1]))
         ax.set_xlabel("time (s)")
         ax.legend(loc="upper right", fontsize="small")
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -9,15 +9,14 @@ sync survives a write/read round trip.
 
 from __future__ import annotations
 
-import contextlib
 import fractions
 import os
-import secrets
 import wave
-from typing import Iterator
 
 import av
 import numpy as np
+
+from harmony_jax.atomic import atomic_path
 
 _X264_OPTIONS = {"crf": "18", "preset": "medium"}
 _LAYOUTS = {1: "mono", 2: "stereo"}
@@ -26,23 +25,6 @@ _INT_SCALE = {"u8": 128.0, "s16": 2.0 ** 15, "s32": 2.0 ** 31, "s64": 2.0 ** 63}
 
 class MediaError(Exception):
     """A media file is missing, corrupt, truncated or lacks what the caller needs."""
-
-
-@contextlib.contextmanager
-def _atomic_path(path: str | os.PathLike, overwrite: bool) -> Iterator[str]:
-    """Yields a temporary path next to `path`; renames it to `path` only if the block succeeds."""
-    path = os.path.abspath(os.fspath(path))
-    if not overwrite and os.path.exists(path):
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    directory, name = os.path.split(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp{os.path.splitext(name)[1]}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _to_uint8_video(video: np.ndarray) -> np.ndarray:
@@ -89,7 +71,7 @@ def write_av(path: str | os.PathLike, video: np.ndarray, fps: float,
     # Movie timescale = sample rate: the edit list that trims the AAC padding is then exact to
     # the sample (the default, 1 ms, cuts up to 1 ms of audio).
     options = {"movie_timescale": str(int(sample_rate))} if samples is not None else {}
-    with _atomic_path(path, overwrite) as tmp, \
+    with atomic_path(path, overwrite) as tmp, \
             av.open(tmp, "w", container_options=options) as container:
         vstream = container.add_stream("libx264", rate=rate, options=_X264_OPTIONS)
         vstream.height, vstream.width = frames.shape[1:3]
@@ -120,7 +102,7 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, *,
     # s16 readers (ffmpeg, read_av) divide by 32768: scale the same way so a read-write round
     # trip is bit-exact.
     pcm = np.clip(np.round(samples.T * 32768.0), -32768, 32767).astype("<i2")  # [S, C]
-    with _atomic_path(path, overwrite) as tmp, wave.open(tmp, "wb") as f:
+    with atomic_path(path, overwrite) as tmp, wave.open(tmp, "wb") as f:
         f.setnchannels(pcm.shape[1])
         f.setsampwidth(2)
         f.setframerate(int(sample_rate))
