@@ -43,10 +43,14 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- codecs: latent rate and frame times come from here, never hard-coded in the model.
     k = c.codecs = ml_collections.ConfigDict()
-    k.video = ml_collections.ConfigDict(dict(name="pixel"))
+    # path: weights of a pretrained codec ('wan2.2': a diffusers vae/ folder, Wan2.2_VAE.pth or
+    # `python -m harmony_jax.convert wan-vae` output), read on first encode/decode.
+    k.video = ml_collections.ConfigDict(dict(name="pixel", path=""))
     k.audio = ml_collections.ConfigDict(
         dict(name="mel", n_mels=16, n_fft=1024, hop_length=256, griffin_lim_iters=32))
-    k.text = ml_collections.ConfigDict(dict(name="demo", max_len=16, vocab_size=4096))
+    # path: 'umt5' weights + sentencepiece tokenizer (a transformers / diffusers folder, Wan's
+    # .pth, or `python -m harmony_jax.convert umt5` output), read on first use.
+    k.text = ml_collections.ConfigDict(dict(name="demo", max_len=16, vocab_size=4096, path=""))
 
     # ---- data
     d = c.data = ml_collections.ConfigDict()

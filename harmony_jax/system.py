@@ -56,9 +56,12 @@ class System:
 
     # ---- raw -> model inputs
     def embed_text(self, params: Params, ids: jax.Array) -> jax.Array:
-        text_params = params.get("text", {})
-        emb = self.text_encoder.module.apply({"params": text_params}, ids)
-        return emb if self.text_encoder.trainable else jax.lax.stop_gradient(emb)
+        """A trained encoder's parameters are `params['text']`; a frozen one (umT5) brings its
+        own, `text_encoder.params`, loaded on first use and never part of the trained tree."""
+        enc = self.text_encoder
+        text_params = params.get("text", {}) if enc.trainable else getattr(enc, "params", {})
+        emb = enc.module.apply({"params": text_params}, ids)
+        return emb if enc.trainable else jax.lax.stop_gradient(emb)
 
     def conditioning(self, params: Params, batch: dict[str, jax.Array]) -> Conditioning:
         """Conditioning of a batch with token ids (keys as `data.pipeline` produces them)."""

@@ -40,9 +40,19 @@ def _demo_text(config: ml_collections.ConfigDict) -> TextEncoder:
                            max_len=t.max_len, dim=config.model.text_dim)
 
 
-_VIDEO: dict[str, Callable] = {"pixel": _pixel}
+def _wan22(config: ml_collections.ConfigDict) -> VideoCodec:
+    from harmony_jax.codecs.wan_vae import WanVAECodec
+    return WanVAECodec(path=config.codecs.video.path, fps=float(config.data.fps))
+
+
+def _umt5(config: ml_collections.ConfigDict) -> TextEncoder:
+    from harmony_jax.codecs.umt5 import UMT5TextEncoder
+    return UMT5TextEncoder(path=config.codecs.text.path, max_len=int(config.codecs.text.max_len))
+
+
+_VIDEO: dict[str, Callable] = {"pixel": _pixel, "wan2.2": _wan22}
 _AUDIO: dict[str, Callable] = {"mel": _mel}
-_TEXT: dict[str, Callable] = {"demo": _demo_text}
+_TEXT: dict[str, Callable] = {"demo": _demo_text, "umt5": _umt5}
 
 
 def _make(registry: dict[str, Callable], kind: str, config: ml_collections.ConfigDict):

@@ -64,7 +64,11 @@ class AudioCodec(Protocol):
 
 @runtime_checkable
 class TextEncoder(Protocol):
-    """Host tokenizer + a linen module that embeds the ids on device."""
+    """Host tokenizer + a linen module that embeds the ids on device.
+
+    A frozen encoder (`trainable` False) whose module has parameters also holds them, as
+    `params` (loaded on first access): `System.embed_text` applies the module with them.
+    """
 
     max_len: int  # L: every prompt is padded / truncated to this many tokens
     dim: int  # Dt: embedding width (config.model.text_dim)

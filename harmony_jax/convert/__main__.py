@@ -18,6 +18,8 @@ from ml_collections import config_flags
 
 _COMMANDS = {  # command -> module under harmony_jax.convert
     "wan": "wan",
+    "wan-vae": "wan_vae",
+    "umt5": "umt5",
 }
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "harmony_5b.py"
 
