@@ -139,41 +139,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer = SummaryWriter(os.path.join(workdir, "tb"))
 
     # ---- loop
-    preemption = PreemptionWatch()
     if config.optim.on_nonfinite not in ("skip", "halt"):
         raise ValueError(f"config.optim.on_nonfinite={config.optim.on_nonfinite!r}; "
                          f"expected 'skip' or 'halt'")
     halt_on_nonfinite = config.optim.on_nonfinite == "halt"
+    preemption = PreemptionWatch()
     t_last, steps_since = time.time(), 0
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        for step in range(start, config.total_steps):
-            state, metrics = train_step(state, _global_batch(next(batches), data_sharding))
-            steps_since += 1
-            done = step + 1
-            log_now = done % config.log_every == 0 or done == config.total_steps
-            if log_now or halt_on_nonfinite:  # halting must look at every step
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if halt_on_nonfinite and not metrics["finite"]:
-                    raise NonFiniteError(_nonfinite_message(done, metrics))
-            if log_now:
-                now = time.time()
-                _log(done, metrics, steps_since / (now - t_last), config.total_steps - done,
-                     writer)
-                t_last, steps_since = now, 0
-            preempted = preemption.should_stop(done)
-            if (preempted or done % config.checkpoint_every == 0
-                    or done == config.total_steps):
-                checkpointer.save(done, state, config)
-            if preempted:
-                logging.warning("preemption notice: saved step %d; exiting", done)
-                break
-            if config.sample_every and (done % config.sample_every == 0
-                                        or done == config.total_steps):
-                paths = write_samples(system, state.params, done, workdir)
-                logging.info("samples: %s", paths)
-    preemption.close()
-    checkpointer.wait()
-    checkpointer.close()
-    if writer is not None:
-        writer.close()
+    try:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            for step in range(start, config.total_steps):
+                state, metrics = train_step(state, _global_batch(next(batches), data_sharding))
+                steps_since += 1
+                done = step + 1
+                log_now = done % config.log_every == 0 or done == config.total_steps
+                if log_now or halt_on_nonfinite:  # halting must look at every step
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    if halt_on_nonfinite and not metrics["finite"]:
+                        raise NonFiniteError(_nonfinite_message(done, metrics))
+                if log_now:
+                    now = time.time()
+                    _log(done, metrics, steps_since / (now - t_last), config.total_steps - done,
+                         writer)
+                    t_last, steps_since = now, 0
+                preempted = preemption.should_stop(done)
+                if (preempted or done % config.checkpoint_every == 0
+                        or done == config.total_steps):
+                    checkpointer.save(done, state, config)
+                if preempted:
+                    logging.warning("preemption notice: saved step %d; exiting", done)
+                    break
+                if config.sample_every and (done % config.sample_every == 0
+                                            or done == config.total_steps):
+                    paths = write_samples(system, state.params, done, workdir)
+                    logging.info("samples: %s", paths)
+    finally:  # also on a halt: pending async saves finish, the SIGTERM handler is restored
+        preemption.close()
+        checkpointer.wait()
+        checkpointer.close()
+        if writer is not None:
+            writer.close()
     return state
