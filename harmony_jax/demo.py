@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Optional
 
 import jax
 import ml_collections
@@ -25,7 +26,7 @@ from harmony_jax.atomic import atomic_path
 from harmony_jax.data.sounding_shapes import SoundingShapes
 from harmony_jax.eval.sync import clip_sync_metrics, sync_table
 from harmony_jax.media import write_av
-from harmony_jax.system import build_system
+from harmony_jax.system import System, build_system
 from harmony_jax.training.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Run config file.")
@@ -39,10 +40,16 @@ def _metrics(frames, waves, fps: float, sample_rate: int) -> list[dict[str, floa
     return [clip_sync_metrics(v, fps, a, sample_rate) for v, a in zip(frames, waves)]
 
 
-def evaluate_sync(config: ml_collections.ConfigDict, params, workdir: str,
-                  num_clips: int) -> dict[str, list[dict[str, float]]]:
-    """Generates t2av, a2v and v2a clips for held-out prompts; per-clip sync metrics per row."""
-    system = build_system(config)
+def evaluate_sync(system: System, params, num_clips: int, *, out_dir: Optional[str] = None,
+                  guidance: Optional[str] = None, with_truth: bool = True
+                  ) -> dict[str, list[dict[str, float]]]:
+    """Generates t2av, a2v and v2a clips for held-out prompts; per-clip sync metrics per row.
+
+    Rows: each mode's generated clips and the same clips with the audio shuffled across clips
+    (chance level), plus ground truth and shuffled ground truth when `with_truth`. Clips are
+    written to `out_dir` when given. `guidance` overrides `config.sample.guidance`.
+    """
+    config = system.config
     d = config.data
     world = SoundingShapes(num_clips, d.fps, d.num_frames, d.height, d.width, d.sample_rate,
                            seed=config.seed + EVAL_SEED_OFFSET)
@@ -53,16 +60,18 @@ def evaluate_sync(config: ml_collections.ConfigDict, params, workdir: str,
                                     [c["audio_caption"] for c in clips])
     rng = jax.random.key(config.seed)
     shuffle = lambda x: np.roll(x, 1, axis=0)  # pair each clip with another clip's audio
-    rows = {"ground truth": _metrics(truth_v, truth_a, d.fps, d.sample_rate),
-            "ground truth, shuffled": _metrics(truth_v, shuffle(truth_a), d.fps, d.sample_rate)}
-    out_dir = os.path.join(workdir, "demo_clips")
-    os.makedirs(out_dir, exist_ok=True)
+    rows = {}
+    if with_truth:
+        rows["ground truth"] = _metrics(truth_v, truth_a, d.fps, d.sample_rate)
+        rows["ground truth, shuffled"] = _metrics(truth_v, shuffle(truth_a), d.fps,
+                                                  d.sample_rate)
     for mode, given in (("t2av", {}), ("a2v", {"given_audio": truth_a}),
                         ("v2a", {"given_video": truth_v})):
         start = time.time()
-        frames, waves = generation.generate(system, params, rng, batch, mode=mode, **given)
+        frames, waves = generation.generate(system, params, rng, batch, mode=mode,
+                                            guidance=guidance, **given)
         logging.info("%s: %d clips in %.1f s", mode, num_clips, time.time() - start)
-        for i, (v, a) in enumerate(zip(frames, waves)):
+        for i, (v, a) in enumerate(zip(frames, waves) if out_dir else ()):
             write_av(os.path.join(out_dir, f"{mode}_{i}.mp4"), v, d.fps, a, d.sample_rate,
                      overwrite=True)
         rows[f"{mode} generated"] = _metrics(frames, waves, d.fps, d.sample_rate)
@@ -76,7 +85,8 @@ def main(argv):
     start = time.time()
     state = train_and_evaluate(config, workdir)
     trained = time.time() - start
-    rows = evaluate_sync(config, state.params, workdir, _NUM_CLIPS.value)
+    rows = evaluate_sync(build_system(config), state.params, _NUM_CLIPS.value,
+                         out_dir=os.path.join(workdir, "demo_clips"))
     table = sync_table(rows)
     print(f"\ntrained {config.total_steps} steps in {trained / 60:.1f} min; "
           f"total {(time.time() - start) / 60:.1f} min; clips in {workdir}/demo_clips\n")
