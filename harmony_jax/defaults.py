@@ -46,8 +46,12 @@ def base_config() -> ml_collections.ConfigDict:
     # path: weights of a pretrained codec ('wan2.2': a diffusers vae/ folder, Wan2.2_VAE.pth or
     # `python -m harmony_jax.convert wan-vae` output), read on first encode/decode.
     k.video = ml_collections.ConfigDict(dict(name="pixel", path=""))
+    # 'mel': n_mels .. griffin_lim_iters. 'mmaudio': variant '16k' | '44k'; path: MMAudio's VAE
+    # (v1-16.pth / v1-44.pth or `convert mmaudio-vae` output), vocoder_path: its BigVGAN (a
+    # folder / .pt or `convert bigvgan` output), read on first encode / decode.
     k.audio = ml_collections.ConfigDict(
-        dict(name="mel", n_mels=16, n_fft=1024, hop_length=256, griffin_lim_iters=32))
+        dict(name="mel", n_mels=16, n_fft=1024, hop_length=256, griffin_lim_iters=32,
+             variant="16k", path="", vocoder_path=""))
     # path: 'umt5' weights + sentencepiece tokenizer (a transformers / diffusers folder, Wan's
     # .pth, or `python -m harmony_jax.convert umt5` output), read on first use.
     k.text = ml_collections.ConfigDict(dict(name="demo", max_len=16, vocab_size=4096, path=""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -10,8 +11,13 @@ import jax.numpy as jnp
 
 from harmony_jax.model.layers import RMSNorm, dense
 from harmony_jax.model.rope import apply_rope
+from harmony_jax.parallel import ulysses
 
 Dtype = Any
+
+
+BLOCK = 512  # query / key block of `blockwise_attention`
+_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # as jax.nn.dot_product_attention's 'xla'
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
@@ -19,11 +25,77 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     """softmax(q k^T / sqrt(d)) v for q [B, Lq, N, Hd], k/v [B, Lk, N, Hd].
 
     `mask` (bool, True = attend) broadcasts to [B, N, Lq, Lk]. `implementation` is
-    `config.model.attention`: 'xla', 'cudnn' (fused flash kernel on NVIDIA GPUs) or 'auto'
-    (let JAX pick). Every attention in the model goes through here.
+    `config.model.attention`: 'xla', 'cudnn' (fused flash kernel on NVIDIA GPUs) or 'auto':
+    JAX's pick on GPU (cuDNN's flash kernel where it applies), elsewhere `blockwise_attention`
+    once the scores outgrow a few blocks, so long sequences never hold [Lq, Lk] scores per head
+    (a 27k-token video would need 71 GB of them per sample). Every attention in the model goes
+    through here.
     """
+    if (implementation == "auto" and jax.default_backend() != "gpu"
+            and q.shape[1] * k.shape[1] > 4 * BLOCK * BLOCK):
+        return blockwise_attention(q, k, v, mask=mask)
     impl = None if implementation == "auto" else implementation
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+
+
+def _pad_to(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, pad, constant_values=value)
+
+
+def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                        mask: Optional[jax.Array] = None, block: int = BLOCK) -> jax.Array:
+    """`dot_product_attention` block by block with an online softmax: flash attention's memory
+    (one [B, N, block, block] score block live) in plain XLA, so it runs on any backend.
+
+    Queries go in blocks (`lax.map`); keys stream past each in blocks with a running max and sum.
+    Both levels are rematerialised, so the backward pass too holds one block of scores at a time
+    (at the price of recomputing the forward). Same contract as the 'xla' kernel.
+    """
+    b, lq, n, hd = q.shape
+    lk = k.shape[1]
+    bq, bk = min(block, lq), min(block, lk)
+    nq, nk = -(-lq // bq), -(-lk // bk)
+    mask = jnp.ones((1, 1, 1, 1), bool) if mask is None else mask
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)  # [b|1, N|1, Lq|1, Lk|1]
+    if mask.shape[2] > 1:
+        mask = _pad_to(mask, 2, nq * bq, True)
+    if mask.shape[3] > 1:
+        mask = _pad_to(mask, 3, nk * bk, False)
+    blocks = lambda x, size, count: _pad_to(x, 1, size * count).reshape(
+        b, count, size, n, hd).swapaxes(0, 1)  # [count, B, size, N, Hd]
+    qs, ks, vs = blocks(q, bq, nq), blocks(k, bk, nk), blocks(v, bk, nk)
+    scale = hd ** -0.5
+
+    def query_block(args):
+        i, qb = args  # qb [B, bq, N, Hd]
+        mq = mask if mask.shape[2] == 1 else jax.lax.dynamic_slice_in_dim(mask, i * bq, bq, 2)
+
+        def key_block(carry, xs):
+            top, total, acc = carry  # [B, N, bq], [B, N, bq], [B, bq, N, Hd] float32
+            j, kb, vb = xs
+            s = jnp.einsum("bqnh,bknh->bnqk", qb, kb,
+                           preferred_element_type=jnp.float32) * scale  # [B, N, bq, bk]
+            mk = mq if mq.shape[3] == 1 else jax.lax.dynamic_slice_in_dim(mq, j * bk, bk, 3)
+            s = jnp.where(mk, s, _MASKED)
+            s = jnp.where(j * bk + jnp.arange(bk) < lk, s, -jnp.inf)  # padded keys: weight 0
+            new_top = jnp.maximum(top, s.max(-1))
+            p = jnp.exp(s - new_top[..., None])
+            decay = jnp.exp(top - new_top)
+            total = total * decay + p.sum(-1)
+            acc = acc * decay.swapaxes(1, 2)[..., None] + jnp.einsum(
+                "bnqk,bknh->bqnh", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
+            return (new_top, total, acc), None
+
+        init = (jnp.full((b, n, bq), -jnp.inf, jnp.float32), jnp.zeros((b, n, bq), jnp.float32),
+                jnp.zeros((b, bq, n, hd), jnp.float32))
+        (_, total, acc), _ = jax.lax.scan(jax.checkpoint(key_block), init,
+                                          (jnp.arange(nk), ks, vs))
+        return (acc / total.swapaxes(1, 2)[..., None]).astype(q.dtype)
+
+    out = jax.lax.map(jax.checkpoint(query_block), (jnp.arange(nq), qs))  # [nq, B, bq, N, Hd]
+    return out.swapaxes(0, 1).reshape(b, nq * bq, n, hd)[:, :lq]
 
 
 class Attention(nn.Module):
@@ -31,6 +103,8 @@ class Attention(nn.Module):
 
     Self-attention when `context` is None, cross-attention otherwise. `zero_out` starts the output
     projection at zero (interaction layers leave a pretrained tower unchanged at step 0).
+    Unmasked self-attention over tokens split along a mesh axis ('act_length' rule) runs
+    Ulysses-style (`parallel.ulysses`): context parallelism for long videos.
     """
 
     dim: int
@@ -45,7 +119,7 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array, context: Optional[jax.Array] = None, *,
                  q_angles: Optional[jax.Array] = None, k_angles: Optional[jax.Array] = None,
                  mask: Optional[jax.Array] = None) -> jax.Array:
-        context = x if context is None else context
+        self_attention, context = context is None, x if context is None else context
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         q = dense(self.dim, ("embed", "heads"), name="q", **kw)(x)
         k = dense(self.dim, ("kv_embed", "heads"), name="k", **kw)(context)
@@ -59,6 +133,13 @@ class Attention(nn.Module):
         if k_angles is not None:
             k = apply_rope(k, k_angles)
         q = nn.with_logical_constraint(q, ("batch", "act_length", "act_heads", "kv"))
-        out = dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+        attend = functools.partial(dot_product_attention, implementation=self.implementation)
+        axis = None
+        if self_attention and mask is None:
+            axis = ulysses.sequence_axis(q.shape[1], self.heads)
+        if axis is None:
+            out = attend(q, k, v, mask=mask)  # [B, Lq, N, Hd]
+        else:
+            out = ulysses.ulysses_attention(attend, q, k, v, axis)
         out = out.reshape(*out.shape[:-2], self.dim)
         return dense(self.dim, ("heads", "embed"), name="out", zero_init=self.zero_out, **kw)(out)

@@ -8,11 +8,26 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from harmony_jax.parallel.mesh import AXES, mesh_axes
+
 
 def axis_rules(config) -> tuple[tuple[str, Any], ...]:
-    """`config.axis_rules` as the tuple-of-pairs linen expects (lists from the CLI become tuples)."""
-    return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-                 for name, axes in config.axis_rules)
+    """`config.axis_rules` as the tuple-of-pairs linen expects, for the mesh `config.mesh` builds.
+
+    Mesh axes that mesh lacks ('sequence' unless `mesh.sequence` is set) drop out of the rules, so
+    one rule set serves every mesh: ('embed', ('fsdp', 'sequence')) reads ('embed', 'fsdp').
+    """
+    present = set(mesh_axes(config.mesh))
+
+    def keep(name: str, axes: Any) -> Any:
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        unknown = [a for a in axes if a not in AXES]
+        if unknown:
+            raise ValueError(f"config.axis_rules: {name!r} -> {unknown} names no mesh axis of "
+                             f"{AXES}")
+        axes = tuple(a for a in axes if a in present)
+        return axes[0] if len(axes) == 1 else (axes or None)
+    return tuple((name, keep(name, axes)) for name, axes in config.axis_rules)
 
 
 def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules) -> Any:

@@ -20,11 +20,12 @@ from harmony_jax.media import write_av
 from harmony_jax.parallel import distributed
 from harmony_jax.parallel.mesh import make_mesh
 from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated, sharded_init
+from harmony_jax.parallel.state import sharded_train_state
 from harmony_jax.system import System, build_system
 from harmony_jax.training.checkpoint import Checkpointer, write_config
 from harmony_jax.training.optim import make_optimizer
 from harmony_jax.training.preemption import PreemptionWatch
-from harmony_jax.training.step import TrainState, create_train_state, make_train_step
+from harmony_jax.training.step import TrainState, make_train_step
 
 
 class NonFiniteError(RuntimeError):
@@ -103,15 +104,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     system = build_system(config)
     example = system.example_batch(1)
     zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
-    params, _ = sharded_init(lambda rng: system.init(rng, zeros()), mesh, rules,
-                             jax.random.key(config.seed))
+    params, param_shardings = sharded_init(lambda rng: system.init(rng, zeros()), mesh, rules,
+                                           jax.random.key(config.seed))
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     latest = checkpointer.latest_step()
     if config.init.video_from and latest is None:  # a resumed run restores its own weights
         params = load_video_tower(params, config.init.video_from)
     tx = make_optimizer(config.optim, params)
-    with jax.set_mesh(mesh):
-        state = jax.jit(lambda p: create_train_state(p, tx, config.optim.ema_decay > 0))(params)
+    # Adam's moments and the EMA laid out as the parameters (XLA alone may replicate them).
+    state = sharded_train_state(params, param_shardings, tx, config.optim.ema_decay > 0, mesh)
     del params
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     logging.info("parameters: %s", {k: int(sum(np.prod(x.shape) for x in jax.tree.leaves(v)))

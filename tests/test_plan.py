@@ -1,0 +1,86 @@
+"""`python -m harmony_jax.plan`: the paper's latent geometry, the FLOP count, and a compiled plan of
+the tiny config on 8 simulated devices."""
+
+import dataclasses
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import harmony_5b  # noqa: E402
+import tiny  # noqa: E402
+
+from harmony_jax import plan  # noqa: E402
+from harmony_jax.training.optim import make_optimizer  # noqa: E402
+from harmony_jax.training.step import create_train_state, make_train_step  # noqa: E402
+
+
+def test_paper_geometry_from_the_codec_names():
+    """121 frames at 704x1280 (Wan2.2), 5.04 s at 16 kHz (MMAudio), 512 umT5 tokens: no codec."""
+    system = plan.latent_system(harmony_5b.get_config())
+    assert system.video_latent_shape == (31, 44, 80, 48)
+    assert system.audio_latent_shape == (157, 20)
+    assert system.model_config.video_latent_rate == 6.0
+    batch = plan.abstract_batch(system, 2, "latents")
+    assert batch["video"].shape == (2, 31, 44, 80, 48)
+    assert batch["ref_audio"].shape == (2, 62, 20)  # 2 s reference voice
+    assert batch["video_text_ids"].shape == (2, 512, 4096)
+    assert batch["transcript_ids"].shape == (2, 512)
+    tokens = 31 * (44 // 2) * (80 // 2)
+    assert tokens == 27280
+    times = system.video_codec.frame_times(31)
+    assert times[0] == 0.0 and times[1] == pytest.approx(2.5 / 24)  # frames 1-4: mean 2.5
+    assert np.allclose(np.diff(times[1:]), 4 / 24)
+
+
+@pytest.mark.slow
+def test_flops_are_linear_in_depth():
+    """The depth-1/depth-2 extrapolation equals lowering the unrolled 3-layer step."""
+    config = tiny.get_config()
+    config.model.depth = 3
+    config.batch_size = 2
+    system = plan.latent_system(config)
+    batch = plan.abstract_batch(system, 2, "latents")
+    unrolled = dataclasses.replace(system, model_config=dataclasses.replace(
+        system.model_config, scan_layers=False))
+    example = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in batch.items()}
+    params = nn.meta.unbox(jax.eval_shape(unrolled.init, jax.random.key(0), example))
+    tx = make_optimizer(config.optim, params)
+    state = jax.eval_shape(lambda p: create_train_state(p, tx, False), params)
+    direct = jax.jit(make_train_step(unrolled, tx, config)).lower(state, batch).cost_analysis()
+    assert plan.step_flops(system, config, batch) == pytest.approx(direct["flops"], rel=1e-4)
+
+
+def test_cli_values_and_errors():
+    config = plan.apply_flags(tiny.get_config(), "data=1,fsdp=4,sequence=2,tensor=1", 16, "dots")
+    assert dict(config.mesh)["fsdp"] == 4 and config.mesh.sequence == 2
+    assert config.batch_size == 16 and config.model.remat == "dots"
+    with pytest.raises(ValueError, match="'fsdpp' is not one of"):
+        plan.apply_flags(tiny.get_config(), "fsdpp=2", None, None)
+    with pytest.raises(ValueError, match="pass --devices"):
+        plan.run(tiny.get_config(), mesh="data=-1,fsdp=2")
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+@pytest.mark.slow
+def test_tiny_plan_on_8_devices():
+    """The compiled step's memory splits as the shardings say: 2x2 weight shards, Adam moments
+    laid out like the parameters (2 copies), temporaries > 0; the table prints."""
+    config = plan.apply_flags(tiny.get_config(), "data=2,fsdp=2,tensor=2", 8, "full")
+    config.optim.ema_decay = 0.999
+    result = plan.plan_train_step(config, devices=jax.devices()[:8])
+    system = plan.latent_system(config)
+    example = plan.abstract_batch(system, 1, "latents")
+    whole = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
+        jax.eval_shape(system.init, jax.random.key(0), example)))
+    assert whole / 4 <= result.params < whole / 2  # most bytes split over fsdp x tensor
+    assert result.ema == result.params
+    assert 2 * result.params <= result.opt_state <= 2 * result.params + 1024
+    assert result.temp > 0 and result.total > result.params + result.opt_state + result.ema
+    assert result.flops > 0 and result.per_device_batch == 2
+    text = plan.format_plan(result, hbm_gib=1.0)
+    assert "optimizer state" in text and "fits in 1 GiB" in text
