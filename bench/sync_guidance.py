@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from absl import app, flags
 
-from harmony_jax.demo import evaluate_sync
+from harmony_jax.eval.heldout import evaluate_sync
 from harmony_jax.eval.sync import sync_table
 from harmony_jax.inference import load_for_inference
 

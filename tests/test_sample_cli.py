@@ -176,3 +176,16 @@ def test_cli_keeps_existing_outputs(run, tmp_path):
     assert done.returncode == 1
     assert f"{out} exists; pass --overwrite" in done.stderr
     assert out.read_bytes() == before
+
+
+def test_heldout_sync_evaluation_rows(model, tmp_path):
+    """The demo's and bench's scorer: every mode beside its shuffled baseline and the truth."""
+    from harmony_jax.eval.heldout import evaluate_sync
+    system, params = model
+    rows = evaluate_sync(system, params, 2, out_dir=str(tmp_path), guidance="none")
+    assert set(rows) == {"ground truth", "ground truth, shuffled"} | {
+        f"{m} {kind}" for m in ("t2av", "a2v", "v2a") for kind in ("generated", "shuffled")}
+    assert all(len(clips) == 2 for clips in rows.values())
+    assert np.mean([c["event_f1"] for c in rows["ground truth"]]) > 0.9
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        f"{m}_{i}.mp4" for m in ("t2av", "a2v", "v2a") for i in range(2))
