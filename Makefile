@@ -13,8 +13,9 @@ $(VENV)/.run-deps: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt
+$(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt requirements-nodeps.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
 install: $(VENV)/.run-deps

@@ -33,6 +33,16 @@ def _mel(config: ml_collections.ConfigDict) -> AudioCodec:
                     hop_length=a.hop_length, griffin_lim_iters=a.griffin_lim_iters)
 
 
+def _mmaudio(config: ml_collections.ConfigDict) -> AudioCodec:
+    from harmony_jax.codecs.mmaudio import MMAudioCodec, variant_of
+    a, variant = config.codecs.audio, variant_of(config)
+    if int(config.data.sample_rate) != variant.sample_rate:
+        raise ValueError(f"config.codecs.audio.variant={a.variant!r} works at "
+                         f"{variant.sample_rate} Hz, config.data.sample_rate is "
+                         f"{config.data.sample_rate}")
+    return MMAudioCodec(path=a.path, vocoder_path=a.vocoder_path, variant=variant)
+
+
 def _demo_text(config: ml_collections.ConfigDict) -> TextEncoder:
     from harmony_jax.codecs.text import DemoTextEncoder
     t = config.codecs.text
@@ -51,7 +61,7 @@ def _umt5(config: ml_collections.ConfigDict) -> TextEncoder:
 
 
 _VIDEO: dict[str, Callable] = {"pixel": _pixel, "wan2.2": _wan22}
-_AUDIO: dict[str, Callable] = {"mel": _mel}
+_AUDIO: dict[str, Callable] = {"mel": _mel, "mmaudio": _mmaudio}
 _TEXT: dict[str, Callable] = {"demo": _demo_text, "umt5": _umt5}
 
 

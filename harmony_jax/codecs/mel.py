@@ -30,6 +30,27 @@ LOG_MEL_MEAN = -3.0
 LOG_MEL_SCALE = 8.0
 
 
+def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """float32 [n_fft // 2 + 1, n_mels], librosa's Slaney mel filters from 0 Hz to Nyquist
+    (a host constant)."""
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels).T
+
+
+def stft_power(wave: jax.Array, n_fft: int, hop_length: int, pad_mode: str = "constant"
+               ) -> jax.Array:
+    """|STFT|^2 [B, S // hop, n_fft // 2 + 1] of wave [B, S] with the framing above: periodic-Hann
+    frames of n_fft samples centred on (i + 0.5) * hop, the wave padded by (n_fft - hop) / 2 on
+    each side (`pad_mode` as `jnp.pad`'s: zeros here, 'reflect' for MMAudio's front end)."""
+    pad = (n_fft - hop_length) // 2
+    num_frames = wave.shape[1] // hop_length
+    padded = jnp.pad(wave.astype(jnp.float32), ((0, 0), (pad, pad)), mode=pad_mode)
+    index = (np.arange(num_frames)[:, None] * hop_length
+             + np.arange(n_fft)[None, :])  # [Ta, n_fft]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+    frames = padded[:, index] * window.astype(np.float32)  # [B, Ta, n_fft]
+    return jnp.abs(jnp.fft.rfft(frames, axis=-1)) ** 2
+
+
 @dataclasses.dataclass(frozen=True)
 class MelCodec:
     """Waveform [B, S] <-> normalised log-mel latents [B, S // hop, n_mels]."""
@@ -60,8 +81,7 @@ class MelCodec:
 
     @functools.cached_property
     def _mel_basis(self) -> np.ndarray:
-        """float32 [n_fft // 2 + 1, n_mels], librosa's Slaney mel filters (a host constant)."""
-        return librosa.filters.mel(sr=self.sample_rate, n_fft=self.n_fft, n_mels=self.n_mels).T
+        return mel_filters(self.sample_rate, self.n_fft, self.n_mels)
 
     def num_latent_frames(self, num_samples: int) -> int:
         return num_samples // self.hop_length
@@ -73,13 +93,7 @@ class MelCodec:
         if wave.ndim != 2 or wave.shape[1] < self.hop_length:
             raise ValueError(f"MelCodec.encode wants wave [B, S] with S >= hop_length="
                              f"{self.hop_length}, got {wave.shape}")
-        num_frames = self.num_latent_frames(wave.shape[1])
-        padded = jnp.pad(wave.astype(jnp.float32), ((0, 0), (self._pad, self._pad)))
-        index = (np.arange(num_frames)[:, None] * self.hop_length
-                 + np.arange(self.n_fft)[None, :])  # [Ta, n_fft]
-        window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(self.n_fft) / self.n_fft)  # periodic Hann
-        frames = padded[:, index] * window.astype(np.float32)  # [B, Ta, n_fft]
-        power = jnp.abs(jnp.fft.rfft(frames, axis=-1)) ** 2  # [B, Ta, n_fft // 2 + 1]
+        power = stft_power(wave, self.n_fft, self.hop_length)  # [B, Ta, n_fft // 2 + 1]
         mel = power @ self._mel_basis  # [B, Ta, n_mels]
         return (jnp.log(jnp.maximum(mel, LOG_MEL_FLOOR)) - LOG_MEL_MEAN) / LOG_MEL_SCALE
 

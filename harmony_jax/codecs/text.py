@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pathlib
 import re
 import zlib
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,6 +22,8 @@ import numpy as np
 
 PAD_ID = 0
 END_ID = 1
+# F5-TTS maps a token outside its vocabulary to vocabulary index 0 (' ' in its vocab.txt files).
+FILLER_INDEX = 0
 _WORD = re.compile(r"[^\W\d_]+")  # runs of letters (any script)
 
 
@@ -104,6 +107,47 @@ def encode_transcript(texts: Sequence[str], max_len: int) -> np.ndarray:
         if len(codes) > max_len:
             logging.warning("Transcript truncated to %d bytes (config.model.transcript.max_len): "
                              "%r", max_len, text)
+            codes = codes[:max_len]
+        ids[row, : len(codes)] = codes
+    return ids
+
+
+def parse_vocab(text: str, source: str) -> dict[str, int]:
+    """F5-TTS's vocabulary file (`get_tokenizer`): one token a line, its index the line number
+    (line 0 is ' ' in F5's files). A token listed twice is refused: F5 would give the embedding
+    table fewer rows than its largest index."""
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline ending the last line
+        lines.pop()
+    vocab: dict[str, int] = {}
+    for index, token in enumerate(lines):
+        if token in vocab:
+            raise ValueError(f"{source}: token {token!r} on lines {vocab[token] + 1} and "
+                             f"{index + 1}")
+        vocab[token] = index
+    if not vocab:
+        raise ValueError(f"{source}: empty vocabulary")
+    return vocab
+
+
+def read_vocab(path: str | pathlib.Path) -> dict[str, int]:
+    """`parse_vocab` of an F5-TTS `vocab.txt` (UTF-8, any newline convention, as F5 reads it)."""
+    return parse_vocab(pathlib.Path(path).read_text(encoding="utf-8"), str(path))
+
+
+def encode_transcript_vocab(texts: Sequence[str | Sequence[str]], vocab: Mapping[str, int],
+                            max_len: int) -> np.ndarray:
+    """Transcript ids for an F5-TTS-vocabulary encoder: vocabulary index + 1 (F5's `text + 1`),
+    0 = padding -> int32 [B, max_len]. A text is a string (one token per character, F5's 'char'
+    tokenizer) or a token list (e.g. F5's pinyin tokens); a token outside `vocab` takes
+    FILLER_INDEX, as F5's `list_str_to_idx` does. Longer transcripts are truncated with a
+    warning."""
+    ids = np.zeros((len(texts), max_len), np.int32)  # [B, Lc]
+    for row, text in enumerate(texts):
+        codes = [vocab.get(token, FILLER_INDEX) + 1 for token in text]
+        if len(codes) > max_len:
+            logging.warning("Transcript truncated to %d tokens (config.model.transcript.max_len):"
+                            " %r", max_len, text)
             codes = codes[:max_len]
         ids[row, : len(codes)] = codes
     return ids

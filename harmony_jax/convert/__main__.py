@@ -20,6 +20,9 @@ _COMMANDS = {  # command -> module under harmony_jax.convert
     "wan": "wan",
     "wan-vae": "wan_vae",
     "umt5": "umt5",
+    "mmaudio-vae": "mmaudio_vae",
+    "bigvgan": "bigvgan",
+    "f5-text": "f5_text",
 }
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "harmony_5b.py"
 

@@ -35,14 +35,20 @@ class TorchTensor:
         return x if dtype is None else x.astype(dtype)
 
 
-def read_pth(file: str | pathlib.Path) -> dict[str, TorchTensor]:
-    """The state dict of a PyTorch pickle, memory-mapped (tensors only: `weights_only`)."""
+def read_pth(file: str | pathlib.Path, entry: str = "") -> dict[str, TorchTensor]:
+    """The state dict of a PyTorch pickle, or the one under its key `entry` (BigVGAN's
+    'generator', F5-TTS's 'ema_model_state_dict'), memory-mapped (tensors only: `weights_only`)."""
     try:
         import torch
     except ImportError as e:
         raise ImportError(f"{file} is a PyTorch pickle: reading it needs torch "
                           "(pip install torch), or convert it to safetensors first") from e
     state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    if entry:
+        if not isinstance(state, Mapping) or not isinstance(state.get(entry), Mapping):
+            found = sorted(state)[:8] if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"{file} has no state dict under {entry!r}; it holds {found}")
+        state = state[entry]
     if not isinstance(state, Mapping):
         raise ValueError(f"{file} holds a {type(state).__name__}, not a state dict")
     return {k: TorchTensor(v) for k, v in state.items()}

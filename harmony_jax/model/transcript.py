@@ -56,13 +56,18 @@ class ConvNeXtV2Block(nn.Module):
 
 
 class TranscriptEncoder(nn.Module):
-    """Character ids [B, Lc] (0 = padding) -> embeddings [B, Lc, out_dim], zero on padding."""
+    """Character ids [B, Lc] (0 = padding) -> embeddings [B, Lc, out_dim], zero on padding.
+
+    Up to `proj` this is F5-TTS's `TextEmbedding` (v1: `mask_padding=True`) with ids = F5's
+    token index + 1, so `convert.f5_text` fills it from an F5-TTS checkpoint; `features_only`
+    returns that part's output [B, Lc, dim] (what F5-TTS's DiT consumes).
+    """
 
     config: TranscriptConfig
     out_dim: int
 
     @nn.compact
-    def __call__(self, ids: jax.Array) -> jax.Array:
+    def __call__(self, ids: jax.Array, features_only: bool = False) -> jax.Array:
         cfg = self.config
         if ids.shape[1] > cfg.max_len:
             raise ValueError(f"transcript has {ids.shape[1]} characters; "
@@ -74,5 +79,8 @@ class TranscriptEncoder(nn.Module):
         x = x + sinusoidal_table(cfg.max_len, cfg.dim)[: ids.shape[1]]
         for i in range(cfg.conv_layers):
             x = ConvNeXtV2Block(cfg.conv_mult, name=f"convnext_{i}")(x * keep)
+        x = x * keep  # [B, Lc, dim]
+        if features_only:
+            return x
         return dense(self.out_dim, ("embed", "embed_out"), name="proj", dtype=jnp.float32,
-                     param_dtype=jnp.float32)(x * keep)
+                     param_dtype=jnp.float32)(x)
