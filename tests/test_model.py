@@ -18,7 +18,7 @@ import tiny  # noqa: E402
 
 from harmony_jax.model import HarmonyDiT, ModelConfig  # noqa: E402
 from harmony_jax.model.dit import num_params  # noqa: E402
-from harmony_jax.model.inputs import example_inputs, frame_centres  # noqa: E402
+from harmony_jax.model.inputs import example_inputs  # noqa: E402
 from harmony_jax.model.interaction import band_mask, cross_modal_geometry  # noqa: E402
 from harmony_jax.model.rope import apply_rope  # noqa: E402
 
@@ -169,10 +169,6 @@ def test_global_interaction_baseline_and_unrolled_layers_run():
         out_v, out_a = jax.jit(model.apply)(params, *inputs)
         assert out_v.shape == inputs[0].shape and out_a.shape == inputs[1].shape
         assert ("layers" in params["params"]) == cfg.scan_layers
-
-
-def test_frame_times_are_centres():
-    np.testing.assert_allclose(frame_centres(3, 4.0), [0.125, 0.375, 0.625])
 
 
 def test_bad_shapes_name_the_problem(tiny_setup):

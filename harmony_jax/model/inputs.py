@@ -8,13 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from harmony_jax.codecs.base import interval_centres
 from harmony_jax.model.conditioning import Conditioning
 from harmony_jax.model.config import ModelConfig
-
-
-def frame_centres(num_frames: int, rate: float) -> np.ndarray:
-    """Seconds at the centre of each of `num_frames` evenly spaced latent frames."""
-    return ((np.arange(num_frames) + 0.5) / rate).astype(np.float32)
 
 
 def example_inputs(cfg: ModelConfig, *, batch: int, video_frames: int, height: int, width: int,
@@ -45,9 +41,9 @@ def example_inputs(cfg: ModelConfig, *, batch: int, video_frames: int, height: i
         mask = jnp.ones((batch, text_len), bool)
         transcript = jax.random.randint(keys[-1], (batch, transcript_len), 1,
                                         cfg.transcript.vocab_size)
-        times = (jnp.broadcast_to(frame_centres(video_frames, cfg.video_latent_rate),
-                                  (batch, video_frames)),
-                 jnp.broadcast_to(frame_centres(audio_frames, audio_rate), (batch, audio_frames)))
+        centres = lambda n, rate: jnp.broadcast_to(
+            interval_centres(n, rate).astype(np.float32), (batch, n))  # [B, n] seconds
+        times = (centres(video_frames, cfg.video_latent_rate), centres(audio_frames, audio_rate))
     cond = Conditioning(
         video_text=arr["video_text"], video_text_mask=mask, audio_text=arr["audio_text"],
         audio_text_mask=mask, transcript=transcript, video_time=times[0], audio_time=times[1],
