@@ -39,7 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- initial weights of a fresh run (a resumed run restores its own checkpoint instead)
     c.init = ml_collections.ConfigDict(dict(
-        video_from=""))  # `python -m harmony_jax.convert wan` output: the Wan2.2 video tower
+        video_from="",  # `python -m harmony_jax.convert wan` output: the Wan2.2 video tower
+        transcript_from=""))  # `convert f5-text` output: F5-TTS text-embedding weights + vocab
 
     # ---- codecs: latent rate and frame times come from here, never hard-coded in the model.
     k = c.codecs = ml_collections.ConfigDict()

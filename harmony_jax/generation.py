@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from harmony_jax.codecs.text import encode_transcript
 from harmony_jax.diffusion.syncfg import sample
 from harmony_jax.system import System
 
@@ -34,7 +33,7 @@ def prompt_batch(system: System, video_captions: Sequence[str],
     a_ids, a_mask = system.text_encoder.tokenize(audio_captions)
     return dict(video_text_ids=v_ids, video_text_mask=v_mask, audio_text_ids=a_ids,
                 audio_text_mask=a_mask,
-                transcript_ids=encode_transcript(transcripts, system.model_config.transcript.max_len))
+                transcript_ids=system.transcript_tokenizer(transcripts))
 
 
 @functools.lru_cache(maxsize=16)

@@ -17,6 +17,7 @@ import numpy as np
 
 from harmony_jax.codecs import (AudioCodec, TextEncoder, VideoCodec, make_audio_codec,
                                 make_text_encoder, make_video_codec)
+from harmony_jax.codecs.text import TranscriptTokenizer
 from harmony_jax.model import Conditioning, HarmonyDiT, ModelConfig
 
 Params = Any
@@ -29,6 +30,7 @@ class System:
     video_codec: VideoCodec
     audio_codec: AudioCodec
     text_encoder: TextEncoder
+    transcript_tokenizer: TranscriptTokenizer
 
     @property
     def model(self) -> HarmonyDiT:
@@ -129,7 +131,22 @@ def build_system(config: ml_collections.ConfigDict) -> System:
         if want != have:
             raise ValueError(f"config.{key}={want} but the codec configured in config.codecs "
                              f"produces {have} channels")
+    model_config = ModelConfig.from_config(m, video_latent_rate=video_codec.latent_rate)
     return System(
-        config=config,
-        model_config=ModelConfig.from_config(m, video_latent_rate=video_codec.latent_rate),
-        video_codec=video_codec, audio_codec=audio_codec, text_encoder=text_encoder)
+        config=config, model_config=model_config, video_codec=video_codec,
+        audio_codec=audio_codec, text_encoder=text_encoder,
+        transcript_tokenizer=_transcript_tokenizer(config, model_config))
+
+
+def _transcript_tokenizer(config: ml_collections.ConfigDict,
+                          model_config: ModelConfig) -> TranscriptTokenizer:
+    """F5-TTS vocabulary ids when `config.init.transcript_from` names a `convert f5-text`
+    checkpoint (its vocab must fit `model.transcript.vocab_size`), else the demo's byte ids."""
+    max_len = model_config.transcript.max_len
+    path = config.init.transcript_from
+    if not path:
+        return TranscriptTokenizer(max_len)
+    from harmony_jax.convert.f5_text import check_vocab, load_vocab
+    vocab = load_vocab(path)
+    check_vocab(vocab, model_config.transcript, f"config.init.transcript_from={path}")
+    return TranscriptTokenizer(max_len, vocab)

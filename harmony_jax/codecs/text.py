@@ -14,7 +14,7 @@ import logging
 import pathlib
 import re
 import zlib
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -151,3 +151,18 @@ def encode_transcript_vocab(texts: Sequence[str | Sequence[str]], vocab: Mapping
             codes = codes[:max_len]
         ids[row, : len(codes)] = codes
     return ids
+
+
+@dataclasses.dataclass(frozen=True)
+class TranscriptTokenizer:
+    """Transcripts -> int32 ids [B, max_len] for the transcript encoder: F5-TTS vocabulary ids
+    when a vocabulary is given (`encode_transcript_vocab`), else UTF-8 bytes (`encode_transcript`,
+    the demo's). Picklable, so grain worker processes can run it."""
+
+    max_len: int
+    vocab: Optional[Mapping[str, int]] = None
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        if self.vocab is None:
+            return encode_transcript(texts, self.max_len)
+        return encode_transcript_vocab(texts, self.vocab, self.max_len)

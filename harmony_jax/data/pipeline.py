@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags
 
 from harmony_jax.codecs.base import TextEncoder
-from harmony_jax.codecs.text import encode_transcript
+from harmony_jax.codecs.text import TranscriptTokenizer
 
 SOURCES = ("sounding_shapes", "clip_folder")
 READ_THREADS = 2  # per process: overlap decoding (ffmpeg, numpy: mostly GIL-free) with training
@@ -48,7 +48,7 @@ class PrepareExample(grain.transforms.Map):
     """Source item -> training example: arrays only, captions tokenised on host."""
 
     text_encoder: TextEncoder
-    transcript_len: int
+    transcript_tokenizer: TranscriptTokenizer
 
     def map(self, item: dict[str, Any]) -> dict[str, np.ndarray]:
         video_ids, video_mask = self.text_encoder.tokenize([item["video_caption"]])
@@ -58,8 +58,7 @@ class PrepareExample(grain.transforms.Map):
             audio=np.asarray(item["audio"], np.float32),  # [S]
             video_text_ids=video_ids[0], video_text_mask=video_mask[0],  # [L]
             audio_text_ids=audio_ids[0], audio_text_mask=audio_mask[0],  # [L]
-            transcript_ids=encode_transcript([item.get("transcript", "")],
-                                             self.transcript_len)[0],  # [Lc]
+            transcript_ids=self.transcript_tokenizer([item.get("transcript", "")])[0],  # [Lc]
         )
 
 
@@ -73,8 +72,15 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
 
 def make_train_dataset(source, config: ml_collections.ConfigDict, text_encoder: TextEncoder, *,
                        seed: int, start_step: int = 0, process_index: int = 0,
-                       process_count: int = 1) -> grain.IterDataset:
-    """Batches of this process's share of `config.batch_size`, from step `start_step` on."""
+                       process_count: int = 1,
+                       transcript_tokenizer: TranscriptTokenizer | None = None
+                       ) -> grain.IterDataset:
+    """Batches of this process's share of `config.batch_size`, from step `start_step` on.
+
+    Transcripts become byte ids unless a `transcript_tokenizer` (e.g. F5's vocabulary) is given.
+    """
+    transcript_tokenizer = transcript_tokenizer or TranscriptTokenizer(
+        config.model.transcript.max_len)
     if config.batch_size % process_count:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
                          f"process count {process_count}")
@@ -83,7 +89,7 @@ def make_train_dataset(source, config: ml_collections.ConfigDict, text_encoder: 
     batch = config.batch_size // process_count
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()  # new order each epoch
     ds = ds[process_index::process_count]
-    ds = ds.map(PrepareExample(text_encoder, config.model.transcript.max_len))
+    ds = ds.map(PrepareExample(text_encoder, transcript_tokenizer))
     ds = ds.batch(batch, drop_remainder=True)[start_step:]
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
                                               prefetch_buffer_size=READ_THREADS))
@@ -97,12 +103,15 @@ def make_train_dataset(source, config: ml_collections.ConfigDict, text_encoder: 
 
 def make_train_iterator(config: ml_collections.ConfigDict, text_encoder: TextEncoder, *,
                         seed: int, start_step: int = 0, process_index: int | None = None,
-                        process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                        process_count: int | None = None,
+                        transcript_tokenizer: TranscriptTokenizer | None = None
+                        ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite iterator of per-process numpy batches from `make_source(config)`:
     video [b, F, H, W, 3], audio [b, S], {video,audio}_text_{ids,mask} [b, L], transcript_ids
     [b, Lc], with b = config.batch_size / process_count. Processes default to JAX's."""
     ds = make_train_dataset(
         make_source(config), config, text_encoder, seed=seed, start_step=start_step,
         process_index=jax.process_index() if process_index is None else process_index,
-        process_count=jax.process_count() if process_count is None else process_count)
+        process_count=jax.process_count() if process_count is None else process_count,
+        transcript_tokenizer=transcript_tokenizer)
     return iter(ds)

@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 
 from harmony_jax import generation
+from harmony_jax.convert.f5_text import load_transcript
 from harmony_jax.convert.wan import load_video_tower
 from harmony_jax.data.pipeline import make_source, make_train_iterator
 from harmony_jax.media import write_av
@@ -108,8 +109,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                            jax.random.key(config.seed))
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     latest = checkpointer.latest_step()
-    if config.init.video_from and latest is None:  # a resumed run restores its own weights
-        params = load_video_tower(params, config.init.video_from)
+    if latest is None:  # a fresh run starts from the imported parts; a resumed one from its own
+        if config.init.video_from:
+            params = load_video_tower(params, config.init.video_from)
+        if config.init.transcript_from:
+            params = load_transcript(params, config.init.transcript_from)
     tx = make_optimizer(config.optim, params)
     # Adam's moments and the EMA laid out as the parameters (XLA alone may replicate them).
     state = sharded_train_state(params, param_shardings, tx, config.optim.ema_decay > 0, mesh)
@@ -127,7 +131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # ---- data: batch k is a pure function of (seed, k), so resuming replays nothing
     data_sharding = batch_sharding(mesh)
     batches = make_train_iterator(config, system.text_encoder, seed=config.seed,
-                                  start_step=start)
+                                  start_step=start,
+                                  transcript_tokenizer=system.transcript_tokenizer)
 
     # ---- the jitted step
     train_step = jax.jit(make_train_step(system, tx, config),
