@@ -50,7 +50,8 @@ class System:
 
     @property
     def audio_latent_shape(self) -> tuple[int, int]:
-        return self.audio_codec.num_latent_frames(self.num_samples), self.audio_codec.latent_channels
+        codec = self.audio_codec
+        return codec.num_latent_frames(self.num_samples), codec.latent_channels
 
     @property
     def text_len(self) -> int:
@@ -76,8 +77,8 @@ class System:
             audio_text=self.embed_text(params, batch["audio_text_ids"]),
             audio_text_mask=batch["audio_text_mask"],
             transcript=batch["transcript_ids"],
-            video_time=jnp.broadcast_to(self.video_codec.frame_times(tv).astype(np.float32), (b, tv)),
-            audio_time=jnp.broadcast_to(self.audio_codec.frame_times(ta).astype(np.float32), (b, ta)),
+            video_time=_per_sample(self.video_codec.frame_times(tv), b),  # [B, Tv] seconds
+            audio_time=_per_sample(self.audio_codec.frame_times(ta), b),  # [B, Ta] seconds
             ref_audio=None if ref is None else self.audio_codec.encode(ref))
 
     def encode_media(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -116,6 +117,10 @@ class System:
         t_a = jnp.zeros((b, audio.shape[1]), jnp.float32)
         params["dit"] = self.model.init(k_dit, video, audio, t_v, t_a, cond)["params"]
         return params
+
+
+def _per_sample(times: np.ndarray, batch: int) -> jax.Array:
+    return jnp.broadcast_to(times.astype(np.float32), (batch, len(times)))
 
 
 def build_system(config: ml_collections.ConfigDict) -> System:

@@ -53,7 +53,10 @@ def evaluate_sync(system: System, params, num_clips: int, *, out_dir: Optional[s
         rows["ground truth"] = _metrics(truth_v, truth_a, d.fps, d.sample_rate)
         rows["ground truth, shuffled"] = _metrics(truth_v, shuffle(truth_a), d.fps,
                                                   d.sample_rate)
-    for mode, given in (("t2av", {}), ("a2v", {"given_audio": truth_a}),
+    # A model trained on reference first frames (TI2V, `cts.ref_image_prob` > 0) is evaluated
+    # with the clip's first frame as the reference, as the paper always samples.
+    ref = {"ref_image": truth_v[:, 0]} if config.cts.ref_image_prob > 0 else {}
+    for mode, given in (("t2av", ref), ("a2v", {"given_audio": truth_a, **ref}),
                         ("v2a", {"given_video": truth_v})):
         start = time.time()
         frames, waves = generation.generate(system, params, rng, batch, mode=mode,

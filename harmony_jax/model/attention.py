@@ -21,7 +21,8 @@ _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # as jax.nn.dot_product_atte
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
-                          mask: Optional[jax.Array] = None, implementation: str = "xla") -> jax.Array:
+                          mask: Optional[jax.Array] = None,
+                          implementation: str = "xla") -> jax.Array:
     """softmax(q k^T / sqrt(d)) v for q [B, Lq, N, Hd], k/v [B, Lk, N, Hd].
 
     `mask` (bool, True = attend) broadcasts to [B, N, Lq, Lk]. `implementation` is
@@ -126,7 +127,8 @@ class Attention(nn.Module):
         v = dense(self.dim, ("kv_embed", "heads"), name="v", **kw)(context)
         q = RMSNorm(self.eps, param_dtype=self.param_dtype, name="norm_q")(q)
         k = RMSNorm(self.eps, param_dtype=self.param_dtype, name="norm_k")(k)
-        split = lambda t: t.reshape(*t.shape[:-1], self.heads, self.dim // self.heads)  # [B, L, N, Hd]
+        head_dim = self.dim // self.heads
+        split = lambda t: t.reshape(*t.shape[:-1], self.heads, head_dim)  # [B, L, N, Hd]
         q, k, v = split(q), split(k), split(v)
         if q_angles is not None:
             q = apply_rope(q, q_angles)

@@ -1,4 +1,4 @@
-"""Example denoiser inputs of a given geometry: random (tests, benchmarks) or abstract (planning)."""
+"""Example denoiser inputs of a given geometry: random (tests, benchmarks) or abstract (plans)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def example_inputs(cfg: ModelConfig, *, batch: int, video_frames: int, height: i
                    audio_frames: int, audio_rate: float, text_len: int = 8,
                    transcript_len: int = 8, ref_frames: int = 0,
                    rng: Optional[jax.Array] = None, abstract: bool = False):
-    """(video, audio, t_video, t_audio, cond) with latent shapes; `abstract` gives ShapeDtypeStructs."""
+    """(video, audio, t_video, t_audio, cond) of latent shapes; `abstract`: ShapeDtypeStructs."""
     shapes = dict(
         video=((batch, video_frames, height, width, cfg.video.in_channels), jnp.float32),
         audio=((batch, audio_frames, cfg.audio.in_channels), jnp.float32),

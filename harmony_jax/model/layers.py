@@ -1,4 +1,4 @@
-"""Small building blocks shared by both towers: dense layers with logical axes, norms, embeddings."""
+"""Building blocks shared by both towers: dense layers with logical axes, norms, embeddings."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class LayerNorm32(nn.Module):
 
 
 def timestep_features(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
-    """Sinusoidal features [cos | sin] of timesteps in [0, 1000] (diffusers `Timesteps`, flipped)."""
+    """Sinusoidal features [cos | sin] of timesteps in [0, 1000] (diffusers `Timesteps`)."""
     half = dim // 2
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
     args = t.astype(jnp.float32)[..., None] * freqs

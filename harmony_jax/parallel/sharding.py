@@ -31,7 +31,7 @@ def axis_rules(config) -> tuple[tuple[str, Any], ...]:
 
 
 def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules) -> Any:
-    """NamedShardings for a tree of `nn.LogicallyPartitioned` (e.g. `jax.eval_shape(model.init)`)."""
+    """NamedShardings of a tree of `nn.LogicallyPartitioned` (e.g. `eval_shape(model.init)`)."""
     specs = nn.get_partition_spec(abstract_boxed)
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
