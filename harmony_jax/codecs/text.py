@@ -101,14 +101,20 @@ def encode_transcript(texts: Sequence[str], max_len: int) -> np.ndarray:
     """Character ids for the transcript encoder: UTF-8 byte value + 1, 0 = padding -> int32
     [B, max_len]; longer transcripts are truncated with a warning. Valid UTF-8 never holds bytes
     0xF5-0xFF, so ids stay <= 245, inside `config.model.transcript.vocab_size` = 256."""
-    ids = np.zeros((len(texts), max_len), np.int32)  # [B, Lc]
-    for row, text in enumerate(texts):
-        codes = np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + 1
-        if len(codes) > max_len:
-            logging.warning("Transcript truncated to %d bytes (config.model.transcript.max_len): "
-                             "%r", max_len, text)
-            codes = codes[:max_len]
-        ids[row, : len(codes)] = codes
+    codes = [np.frombuffer(t.encode("utf-8"), np.uint8).astype(np.int32) + 1 for t in texts]
+    return _padded(codes, texts, max_len, "bytes")
+
+
+def _padded(codes: Sequence[Sequence[int]], texts: Sequence, max_len: int,
+            unit: str) -> np.ndarray:
+    """Rows of ids -> int32 [B, max_len], 0-padded; longer rows truncated with a warning."""
+    ids = np.zeros((len(codes), max_len), np.int32)  # [B, Lc]
+    for row, (row_codes, text) in enumerate(zip(codes, texts)):
+        if len(row_codes) > max_len:
+            logging.warning("Transcript truncated to %d %s (config.model.transcript.max_len): "
+                            "%r", max_len, unit, text)
+            row_codes = row_codes[:max_len]
+        ids[row, : len(row_codes)] = row_codes
     return ids
 
 
@@ -142,15 +148,8 @@ def encode_transcript_vocab(texts: Sequence[str | Sequence[str]], vocab: Mapping
     tokenizer) or a token list (e.g. F5's pinyin tokens); a token outside `vocab` takes
     FILLER_INDEX, as F5's `list_str_to_idx` does. Longer transcripts are truncated with a
     warning."""
-    ids = np.zeros((len(texts), max_len), np.int32)  # [B, Lc]
-    for row, text in enumerate(texts):
-        codes = [vocab.get(token, FILLER_INDEX) + 1 for token in text]
-        if len(codes) > max_len:
-            logging.warning("Transcript truncated to %d tokens (config.model.transcript.max_len):"
-                            " %r", max_len, text)
-            codes = codes[:max_len]
-        ids[row, : len(codes)] = codes
-    return ids
+    codes = [[vocab.get(token, FILLER_INDEX) + 1 for token in text] for text in texts]
+    return _padded(codes, texts, max_len, "tokens")
 
 
 @dataclasses.dataclass(frozen=True)
