@@ -44,6 +44,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from harmony_jax.codecs import interval_centres, make_audio_codec, make_video_codec
+from harmony_jax.codecs.text import TranscriptTokenizer
 from harmony_jax.model import ModelConfig
 from harmony_jax.parallel.mesh import AXES, make_mesh
 from harmony_jax.parallel.sharding import (axis_rules, batch_sharding, logical_shardings,
@@ -166,11 +167,12 @@ def latent_system(config: ml_collections.ConfigDict) -> System:
         else make_audio_codec(config)
     m = config.model
     video_codec = LatentCodec(video, int(m.video.in_channels))
+    model_config = ModelConfig.from_config(m, video_latent_rate=video_codec.latent_rate)
     return System(
-        config=config,
-        model_config=ModelConfig.from_config(m, video_latent_rate=video_codec.latent_rate),
-        video_codec=video_codec, audio_codec=LatentCodec(audio, int(m.audio.in_channels)),
-        text_encoder=PrecomputedText(max_len=int(config.codecs.text.max_len), dim=int(m.text_dim)))
+        config=config, model_config=model_config, video_codec=video_codec,
+        audio_codec=LatentCodec(audio, int(m.audio.in_channels)),
+        text_encoder=PrecomputedText(max_len=int(config.codecs.text.max_len), dim=int(m.text_dim)),
+        transcript_tokenizer=TranscriptTokenizer(model_config.transcript.max_len))
 
 
 def abstract_batch(system: System, batch_size: int, inputs: str,

@@ -88,7 +88,7 @@ def test_transformers_layout_parity_with_padding(reference, pipeline_root):
     assert 2 < mask.sum(1).min() < mask.sum(1).max() < MAX_LEN  # two lengths, both padded
     # through the System, as training calls it: the frozen params are the encoder's own
     system = System(config=None, model_config=None, video_codec=None, audio_codec=None,
-                    text_encoder=encoder)
+                    text_encoder=encoder, transcript_tokenizer=None)
     got = np.asarray(jax.jit(system.embed_text)({}, ids))
     want = reference_states(reference, ids)
     err = rel_err(got, want, mask)
