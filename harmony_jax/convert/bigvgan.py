@@ -169,20 +169,7 @@ def read_upstream(src: str | pathlib.Path) -> tuple[dict[str, Any], BigVGANConfi
     """(state dict, architecture) of a BigVGAN checkpoint: a folder with `bigvgan_generator.pt`
     (or one .pt / .safetensors), or the file itself; the architecture is that of the
     `config.json` beside it, None when there is none (MMAudio ships its 16 kHz one without)."""
-    src = pathlib.Path(src)
-    if src.is_dir():
-        files = sorted(p for p in src.iterdir()
-                       if p.suffix in (*upstream.PTH_SUFFIXES, ".safetensors"))
-        if (src / "bigvgan_generator.pt").is_file():
-            files = [src / "bigvgan_generator.pt"]
-        if len(files) != 1:
-            raise FileNotFoundError(f"{src}: expected bigvgan_generator.pt or exactly one "
-                                    f"checkpoint file, found {[f.name for f in files]}")
-        file = files[0]
-    elif src.is_file():
-        file = src
-    else:
-        raise FileNotFoundError(f"{src}: no such BigVGAN checkpoint file or directory")
+    file = upstream.checkpoint_file(src, "BigVGAN", preferred="bigvgan_generator.pt")
     state = (sd.read_safetensors(file) if file.suffix == ".safetensors"
              else upstream.read_pth(file, entry="generator"))
     hparams = upstream.read_config(file.parent)
@@ -193,9 +180,6 @@ def read_upstream(src: str | pathlib.Path) -> tuple[dict[str, Any], BigVGANConfi
 # ---- checkpoints
 
 
-def _is_orbax(path: pathlib.Path) -> bool:
-    return (path / "_CHECKPOINT_METADATA").is_file()
-
 
 def load_bigvgan(path: str, config: BigVGANConfig) -> Any:
     """Nested float32 host params of `BigVGAN(config)` from anything `read_upstream` reads or a
@@ -204,7 +188,7 @@ def load_bigvgan(path: str, config: BigVGANConfig) -> Any:
         raise ValueError("config.codecs.audio.vocoder_path is empty: set it to a BigVGAN "
                          "checkpoint (folder or .pt) or a `python -m harmony_jax.convert bigvgan` "
                          "checkpoint")
-    if _is_orbax(pathlib.Path(path)):
+    if store.is_orbax_checkpoint(path):
         expected = {f"params/{k}": v.shape for k, v in bigvgan_spec(config).items()}
         sd.check_keys(expected, store.saved_shapes(path), f"BigVGAN checkpoint {path}")
         flat = store.restore_to_host(path, dict.fromkeys(expected, np.float32))

@@ -109,18 +109,7 @@ def read_f5_text(state: Mapping[str, Any], config: TranscriptConfig, *,
 
 def read_upstream(src: str | pathlib.Path) -> tuple[dict[str, Any], pathlib.Path]:
     """(state dict, vocab.txt path) of an F5-TTS checkpoint folder or file."""
-    src = pathlib.Path(src)
-    if src.is_dir():
-        files = sorted(p for p in src.iterdir()
-                       if p.suffix in (".safetensors", *upstream.PTH_SUFFIXES))
-        if len(files) != 1:
-            raise FileNotFoundError(f"{src}: expected exactly one F5-TTS checkpoint "
-                                    f"(.safetensors / .pt), found {[f.name for f in files]}")
-        file = files[0]
-    elif src.is_file():
-        file = src
-    else:
-        raise FileNotFoundError(f"{src}: no such F5-TTS checkpoint file or directory")
+    file = upstream.checkpoint_file(src, "F5-TTS")
     vocab = file.parent / VOCAB_FILE
     if not vocab.is_file():
         raise FileNotFoundError(f"{file}: no {VOCAB_FILE} beside it (F5-TTS ships one per model)")
@@ -184,7 +173,7 @@ def load_transcript(params: Any, path: str) -> Any:
 def load_vocab(path: str) -> dict[str, int]:
     """The vocabulary of a `convert f5-text` checkpoint, or of an F5-TTS folder / file."""
     root = pathlib.Path(path)
-    if (root / "_CHECKPOINT_METADATA").is_file():
+    if store.is_orbax_checkpoint(root):
         args = {"vocab": ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.uint8)}
         with ocp.PyTreeCheckpointer() as checkpointer:
             tree = checkpointer.restore(epath.Path(path), args=ocp.args.PyTreeRestore(

@@ -96,9 +96,6 @@ def read_upstream(src: str | pathlib.Path) -> dict[str, Any]:
 # ---- checkpoints
 
 
-def _is_orbax(path: pathlib.Path) -> bool:
-    return (path / "_CHECKPOINT_METADATA").is_file()
-
 
 def load_vae(path: str, config: VAEConfig) -> tuple[Any, np.ndarray, np.ndarray]:
     """(nested params, data_mean [n_mels], data_std [n_mels]) as float32 host arrays for
@@ -107,7 +104,7 @@ def load_vae(path: str, config: VAEConfig) -> tuple[Any, np.ndarray, np.ndarray]
         raise ValueError("config.codecs.audio.path is empty: set it to MMAudio's VAE checkpoint "
                          "(ext_weights/v1-16.pth or v1-44.pth) or a `python -m harmony_jax.convert"
                          " mmaudio-vae` checkpoint")
-    if _is_orbax(pathlib.Path(path)):
+    if store.is_orbax_checkpoint(path):
         expected = {f"params/{k}": v.shape for k, v in vae_spec(config).items()}
         expected.update(dict.fromkeys(STATS, (config.n_mels,)))
         sd.check_keys(expected, store.saved_shapes(path), f"MMAudio VAE checkpoint {path}")

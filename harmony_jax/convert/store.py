@@ -17,6 +17,11 @@ from etils import epath
 from flax import traverse_util
 
 
+def is_orbax_checkpoint(path: str | pathlib.Path) -> bool:
+    """Whether `path` is a finished orbax checkpoint (a `convert ...` output), not upstream files."""
+    return (pathlib.Path(path) / "_CHECKPOINT_METADATA").is_file()
+
+
 def check_destination(dst: str | pathlib.Path, overwrite: bool) -> pathlib.Path:
     """The absolute local `dst`, refusing an existing one unless `overwrite`."""
     if "://" in str(dst):

@@ -188,9 +188,6 @@ def find_spiece(src: str | pathlib.Path) -> pathlib.Path:
 # ---- checkpoints
 
 
-def _is_orbax(path: pathlib.Path) -> bool:
-    return (path / "_CHECKPOINT_METADATA").is_file()
-
 
 def _restore(path: str, dtypes: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The leaves `dtypes` names ('a/b' paths) of an orbax tree, as host arrays; others unread."""
@@ -218,7 +215,7 @@ def load_umt5(path: str, config: UMT5Config) -> Any:
         raise ValueError("config.codecs.text.path is empty: set it to a umT5 checkpoint folder "
                          "(e.g. Wan2.2-TI2V-5B-Diffusers) or a `python -m harmony_jax.convert "
                          "umt5` checkpoint")
-    if _is_orbax(pathlib.Path(path)):
+    if store.is_orbax_checkpoint(path):
         saved = _saved(path)
         expected = {f"params/{k}": v.shape for k, v in umt5_spec(config).items()}
         sd.check_keys(expected, {k: s for k, (s, _) in saved.items() if k != "spiece_model"},
@@ -236,7 +233,7 @@ def load_spiece(path: str) -> bytes:
     """The serialized sentencepiece model of a checkpoint (`find_spiece`, or the orbax leaf)."""
     if not path:
         raise ValueError("config.codecs.text.path is empty: the umT5 tokenizer is read from it")
-    if _is_orbax(pathlib.Path(path)):
+    if store.is_orbax_checkpoint(path):
         return _restore(path, {"spiece_model": np.uint8})["spiece_model"].tobytes()
     return find_spiece(path).read_bytes()
 

@@ -67,3 +67,21 @@ def check_config(found: Mapping[str, Any], expected: Mapping[str, Any], source: 
              if found.get(k) != v]
     if wrong:
         raise ValueError(f"{source} describes another architecture: {', '.join(wrong)}")
+
+
+def checkpoint_file(src: str | pathlib.Path, what: str, preferred: str = "") -> pathlib.Path:
+    """The checkpoint file `src` names: the file itself, or in a folder `preferred` if present,
+    else its only .safetensors / torch file; anything else is an error naming what was found."""
+    src = pathlib.Path(src)
+    if src.is_file():
+        return src
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: no such {what} checkpoint file or directory")
+    if preferred and (src / preferred).is_file():
+        return src / preferred
+    files = sorted(p for p in src.iterdir() if p.suffix in (".safetensors", *PTH_SUFFIXES))
+    if len(files) != 1:
+        wanted = f"{preferred} or exactly one" if preferred else "exactly one"
+        raise FileNotFoundError(f"{src}: expected {wanted} {what} checkpoint file "
+                                f"(.safetensors / .pt), found {[f.name for f in files]}")
+    return files[0]

@@ -226,9 +226,6 @@ def read_upstream(src: str | pathlib.Path, config: WanVAEConfig | None = None):
 # ---- checkpoints
 
 
-def _is_orbax(path: pathlib.Path) -> bool:
-    return (path / "_CHECKPOINT_METADATA").is_file()
-
 
 def load_vae(path: str, config: WanVAEConfig) -> tuple[Any, np.ndarray, np.ndarray]:
     """(nested params, latents_mean [z], latents_std [z]) as host arrays for `WanVAE(config)`,
@@ -238,7 +235,7 @@ def load_vae(path: str, config: WanVAEConfig) -> tuple[Any, np.ndarray, np.ndarr
                          "folder, Wan2.2_VAE.pth or a `python -m harmony_jax.convert wan-vae` "
                          "checkpoint")
     root = pathlib.Path(path)
-    if _is_orbax(root):
+    if store.is_orbax_checkpoint(root):
         z = config.z_dim
         expected = {f"params/{k}": v.shape for k, v in vae_spec(config).items()}
         expected.update({"latents_mean": (z,), "latents_std": (z,)})
