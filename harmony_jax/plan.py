@@ -45,6 +45,7 @@ from ml_collections import config_flags
 
 from harmony_jax.codecs import interval_centres, make_audio_codec, make_video_codec
 from harmony_jax.codecs.text import TranscriptTokenizer
+from harmony_jax.config_cli import parse_flags
 from harmony_jax.model import ModelConfig
 from harmony_jax.parallel.mesh import AXES, make_mesh
 from harmony_jax.parallel.sharding import (axis_rules, batch_sharding, logical_shardings,
@@ -405,4 +406,5 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
 if __name__ == "__main__":
     _FLAGS = _define_flags()
     flags.mark_flags_as_required(["config"])
-    app.run(lambda argv: print(run(**{k: f.value for k, f in _FLAGS.items()})))
+    app.run(lambda argv: print(run(**{k: f.value for k, f in _FLAGS.items()})),
+            flags_parser=parse_flags)

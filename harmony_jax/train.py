@@ -7,6 +7,7 @@ resumes from the latest checkpoint in DIR.
 from absl import app, flags
 from ml_collections import config_flags
 
+from harmony_jax.config_cli import parse_flags
 from harmony_jax.training.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).",
@@ -21,4 +22,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
