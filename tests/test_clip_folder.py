@@ -2,9 +2,12 @@
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from harmony_jax.data.clip_folder import ClipFolder, read_captions
 from harmony_jax.media import MediaError, write_av
@@ -123,3 +126,33 @@ def test_bad_captions_line_names_file_and_line(tmp_path, bad_line, message):
 def test_missing_captions_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="captions.jsonl"):
         read_captions(str(tmp_path))
+
+
+_FIELD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(),
+                          st.lists(st.integers(), max_size=3))
+_MALFORMED_LINES = st.one_of(
+    st.binary(max_size=64),  # random bytes, often not UTF-8
+    st.text(max_size=64).map(lambda t: t.encode("utf-8", "surrogatepass")),  # rarely JSON
+    st.dictionaries(st.sampled_from(["path", "video_caption", "audio_caption", "transcript",
+                                     "other"]), _FIELD_VALUES, max_size=5)
+    .map(lambda d: json.dumps(d).encode()),  # fields missing or of the wrong type
+    st.recursive(_FIELD_VALUES, lambda inner: st.lists(inner, max_size=3), max_leaves=8)
+    .map(lambda x: json.dumps(x).encode()),  # JSON, but not an object
+    st.integers(1, 5000).map(lambda n: b"[" * n))  # nested past what the parser can
+_GOOD = json.dumps(dict(path="a.mp4", video_caption="v", audio_caption="a")).encode() + b"\n"
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(line=_MALFORMED_LINES)
+def test_fuzzed_captions_line_is_a_clean_error(tmp_path, line):
+    """Whatever a line holds, read_captions returns clips or raises ValueError naming the file
+    and the line: never a traceback from inside the JSON or UTF-8 decoders."""
+    (tmp_path / "captions.jsonl").write_bytes(_GOOD + line + b"\n")
+    try:
+        clips = read_captions(str(tmp_path))
+    except ValueError as e:
+        assert re.match(r".*captions\.jsonl:([2-9]|\d\d+): bad line \(\w+", str(e)), str(e)
+    else:
+        assert all(isinstance(c.video_caption, str) and isinstance(c.path, str)
+                   for c in clips)

@@ -37,19 +37,20 @@ def read_captions(root: str) -> list[Clip]:
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file}: no such file (config.data.root={root!r})")
     clips = []
-    with open(file, encoding="utf-8") as f:
+    with open(file, "rb") as f:  # decoded line by line: bad UTF-8 is that line's error
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
+                entry = json.loads(line.decode("utf-8"))
                 if not isinstance(entry, dict):
                     raise ValueError("not a JSON object")
                 fields = {k: entry[k] for k in ("path", "video_caption", "audio_caption")}
                 fields["transcript"] = entry.get("transcript", "")
                 if not all(isinstance(v, str) for v in fields.values()):
                     raise ValueError("path, captions and transcript must be strings")
-            except (ValueError, KeyError) as e:  # json.JSONDecodeError is a ValueError
+            except (ValueError, KeyError, RecursionError) as e:  # JSON and UTF-8 errors are
+                # ValueErrors; RecursionError: nesting too deep for the parser
                 raise ValueError(f"{file}:{number}: bad line ({type(e).__name__}: {e})") from e
             fields["path"] = os.path.join(root, fields["path"])
             clips.append(Clip(**fields))
