@@ -19,10 +19,28 @@ from harmony_jax.system import System
 MODES = ("t2av", "a2v", "v2a")
 
 
+def _check_not_empty(captions: Sequence[str], what: str) -> None:
+    """An empty caption is the unconditional side of CFG: as a prompt it is a mistake (a
+    forgotten --prompt), not a request."""
+    for i, caption in enumerate(captions):
+        if not caption.strip():
+            raise ValueError(f"{what} {i} is empty; describe the clip to generate")
+
+
 def prompt_batch(system: System, video_captions: Sequence[str],
                  audio_captions: Optional[Sequence[str]] = None,
                  transcripts: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
-    """Token ids of N prompts (sound caption defaults to the video caption)."""
+    """Token ids of N prompts (sound caption defaults to the video caption); raises ValueError
+    for an empty or blank caption. Transcripts may be empty (nothing is spoken)."""
+    _check_not_empty(video_captions, "video caption")
+    if audio_captions is not None:
+        _check_not_empty(audio_captions, "audio caption")
+    return _token_batch(system, video_captions, audio_captions, transcripts)
+
+
+def _token_batch(system: System, video_captions: Sequence[str],
+                 audio_captions: Optional[Sequence[str]] = None,
+                 transcripts: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
     n = len(video_captions)
     audio_captions = list(video_captions) if audio_captions is None else list(audio_captions)
     transcripts = [""] * n if transcripts is None else list(transcripts)
@@ -80,7 +98,7 @@ def generate(system: System, params: Any, rng: jax.Array, batch: dict[str, np.nd
     s = system.config.sample
     guidance = guidance or s.guidance
     n = batch["video_text_ids"].shape[0]
-    uncond = prompt_batch(system, [""] * n)
+    uncond = _token_batch(system, [""] * n)
     if "ref_audio" in batch:  # the voice is not text: CFG keeps it on both sides
         uncond["ref_audio"] = batch["ref_audio"]
     run = _sampler(system, mode, guidance, int(steps or s.steps), solver or s.solver)

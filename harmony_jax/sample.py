@@ -2,8 +2,10 @@
 
     python -m harmony_jax.sample --workdir DIR --mode t2av --prompt "a red ball bounces fast" \\
         --out out.mp4
-    python -m harmony_jax.sample --workdir DIR --mode a2v --audio in.wav --out out.mp4
-    python -m harmony_jax.sample --workdir DIR --mode v2a --video in.mp4 --out out.mp4
+    python -m harmony_jax.sample --workdir DIR --mode a2v --audio in.wav --prompt "..." \\
+        --out out.mp4
+    python -m harmony_jax.sample --workdir DIR --mode v2a --video in.mp4 --prompt "..." \\
+        --out out.mp4
 
 t2av generates video and audio from the prompts (and optionally a reference first frame,
 `--image`, and voice, `--ref-audio`); a2v generates the video for the given audio and keeps
@@ -12,7 +14,9 @@ Every clip is written as an .mp4 (H.264 + AAC) and a 16-bit .wav beside it. With
 clip 0 goes to OUT and clip i to OUT's stem + `_i` (out.mp4, out_1.mp4, ...; as the training
 samples are named); clip i is drawn with `fold_in(key(seed), i)`, so it does not depend on N.
 Given media of another length, rate, channel count, fps or size is fitted to the run's clip
-geometry with a logged notice. Existing outputs are kept unless `--overwrite`.
+geometry with a logged notice. Every mode needs a non-empty `--prompt`. Existing outputs are
+kept unless `--overwrite`; every file is written under a temporary name and renamed when
+complete, so an interrupted run leaves no partial file under an output's name.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ def _reference_voice(system: System, path: str) -> np.ndarray:
 
 
 def sample_to_files(system: System, params: Any, out: str, *, mode: str = "t2av",
-                    prompt: str = "", audio_prompt: Optional[str] = None, transcript: str = "",
+                    prompt: str, audio_prompt: Optional[str] = None, transcript: str = "",
                     image: Optional[str] = None, ref_audio: Optional[str] = None,
                     audio: Optional[str] = None, video: Optional[str] = None,
                     steps: Optional[int] = None, guidance: Optional[str] = None,
@@ -97,6 +101,8 @@ def sample_to_files(system: System, params: Any, out: str, *, mode: str = "t2av"
         raise ValueError(f"num={num} must be at least 1")
     _check_inputs(mode, audio, video, image, ref_audio)
     paths = output_paths(out, num, overwrite)
+    batch = generation.prompt_batch(system, [prompt], None if audio_prompt is None
+                                    else [audio_prompt], [transcript])
     d = system.config.data
     given = {}
     if audio is not None:
@@ -105,8 +111,6 @@ def sample_to_files(system: System, params: Any, out: str, *, mode: str = "t2av"
         given["given_video"] = read_video(video, d.fps, d.num_frames, d.height, d.width)[None]
     if image is not None:
         given["ref_image"] = read_image(image, d.height, d.width)[None]
-    batch = generation.prompt_batch(system, [prompt], None if audio_prompt is None
-                                    else [audio_prompt], [transcript])
     if ref_audio is not None:
         batch["ref_audio"] = _reference_voice(system, ref_audio)[None]
 
@@ -121,6 +125,12 @@ def sample_to_files(system: System, params: Any, out: str, *, mode: str = "t2av"
     return [mp4 for mp4, _ in paths]
 
 
+def _caption(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; describe the clip to generate")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse_flags.ArgumentParser(prog="python -m harmony_jax.sample", description=__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,8 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", help="run directory: its latest checkpoint is used")
     run.add_argument("--checkpoint", help="a checkpoint step directory, DIR/checkpoints/<step>")
     p.add_argument("--mode", choices=generation.MODES, default="t2av")
-    p.add_argument("--prompt", default="", help="video caption")
-    p.add_argument("--audio-prompt", help="sound caption (default: the video caption)")
+    p.add_argument("--prompt", required=True, type=_caption, help="video caption")
+    p.add_argument("--audio-prompt", type=_caption,
+                   help="sound caption (default: the video caption)")
     p.add_argument("--transcript", default="", help="words to be spoken")
     p.add_argument("--image", help="reference first frame (t2av, a2v)")
     p.add_argument("--ref-audio", help="reference voice recording (t2av, v2a)")

@@ -12,6 +12,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from harmony_jax import generation, media
+from harmony_jax import sample as sample_cli
 from harmony_jax.data.sounding_shapes import SoundingShapes
 from harmony_jax.inference import load_for_inference, read_audio, read_video
 from harmony_jax.media import MediaError, read_av, write_av, write_wav
@@ -103,7 +105,7 @@ def test_v2a_keeps_the_frames(model, clip, tmp_path):
     given = tmp_path / "given.mp4"
     write_av(given, clip["video"], d.fps)  # no audio: v2a needs none
     (mp4,) = sample_to_files(system, params, str(tmp_path / "v.mp4"), mode="v2a",
-                             video=str(given))
+                             video=str(given), prompt=clip["video_caption"])
     frames, _ = _check_clip(system, mp4)
     # The kept frames, H.264-coded once more: exactly what writing them again gives.
     write_av(tmp_path / "again.mp4", read_av(given)[0], d.fps)
@@ -117,7 +119,7 @@ def test_reference_image_and_voice(model, clip, tmp_path):
     matplotlib.image.imsave(image, (clip["video"][0] + 1.0) / 2.0)
     write_wav(voice, np.tile(clip["audio"], 3)[: 5 * d.sample_rate], d.sample_rate)
     (mp4,) = sample_to_files(system, params, str(tmp_path / "r.mp4"), image=str(image),
-                             ref_audio=str(voice), guidance="cfg")
+                             ref_audio=str(voice), guidance="cfg", prompt="a ball")
     frames, _ = _check_clip(system, mp4)
     ref = read_av(image)[0][0].astype(float)
     assert np.abs(frames[0] - ref).mean() < 8  # the clean first frame, H.264-coded
@@ -150,15 +152,16 @@ def test_impossible_inputs_name_the_file(model, clip, tmp_path):
     silent, garbage = tmp_path / "silent.mp4", tmp_path / "garbage.png"
     write_av(silent, clip["video"], d.fps)
     garbage.write_bytes(b"not an image")
-    out = str(tmp_path / "o.mp4")
+    out, prompt = str(tmp_path / "o.mp4"), "a ball"
     with pytest.raises(MediaError, match=f"{silent}: no audio stream"):
-        sample_to_files(system, params, out, mode="a2v", audio=str(silent))
+        sample_to_files(system, params, out, mode="a2v", audio=str(silent), prompt=prompt)
     with pytest.raises(MediaError, match=f"{garbage}: cannot decode"):
-        sample_to_files(system, params, out, image=str(garbage))
+        sample_to_files(system, params, out, image=str(garbage), prompt=prompt)
     with pytest.raises(MediaError, match="missing.wav: no such file"):
-        sample_to_files(system, params, out, mode="a2v", audio=str(tmp_path / "missing.wav"))
+        sample_to_files(system, params, out, mode="a2v", audio=str(tmp_path / "missing.wav"),
+                        prompt=prompt)
     with pytest.raises(ValueError, match="needs --video"):
-        sample_to_files(system, params, out, mode="v2a")
+        sample_to_files(system, params, out, mode="v2a", prompt=prompt)
     assert not os.path.exists(out)
 
 
@@ -176,6 +179,44 @@ def test_cli_keeps_existing_outputs(run, tmp_path):
     assert done.returncode == 1
     assert f"{out} exists; pass --overwrite" in done.stderr
     assert out.read_bytes() == before
+
+
+def test_empty_prompt_is_refused(model, tmp_path, capsys):
+    system, params = model
+    out = str(tmp_path / "e.mp4")
+    with pytest.raises(ValueError, match="video caption 0 is empty"):
+        sample_to_files(system, params, out, prompt="  ")
+    with pytest.raises(ValueError, match="audio caption 0 is empty"):
+        sample_to_files(system, params, out, prompt="a ball", audio_prompt="")
+    with pytest.raises(ValueError, match="video caption 1 is empty"):
+        generation.prompt_batch(system, ["a ball", ""])
+    assert not os.listdir(tmp_path)
+    for argv in (["--prompt", ""], []):  # empty, or not given
+        with pytest.raises(SystemExit):
+            sample_cli._parser().parse_args(["--workdir", "w", "--out", out, *argv])
+        assert "--prompt" in capsys.readouterr().err
+
+
+def test_cli_interrupted_write_keeps_the_old_file_and_leaves_no_other(run, tmp_path,
+                                                                       monkeypatch):
+    out = tmp_path / "i.mp4"
+    out.write_bytes(b"the clip of an earlier run")
+    calls, real_mux = [], media._mux_audio
+
+    def interrupted_mux(*args):  # Ctrl-C while the mp4 is half written
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_mux(*args)
+    monkeypatch.setattr(media, "_mux_audio", interrupted_mux)
+    args = sample_cli._parser().parse_args(
+        ["--checkpoint", os.path.join(run[0], "checkpoints", "2"), "--prompt", "a ball",
+         "--out", str(out), "--overwrite"])
+    with pytest.raises(KeyboardInterrupt):
+        sample_cli.main(args)
+    assert len(calls) == 2
+    assert os.listdir(tmp_path) == ["i.mp4"]  # no .wav, no temporary file
+    assert out.read_bytes() == b"the clip of an earlier run"
 
 
 def test_heldout_sync_evaluation_rows(model, tmp_path):
