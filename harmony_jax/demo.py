@@ -34,7 +34,8 @@ def main(argv):
     start = time.time()
     state = train_and_evaluate(config, workdir)
     trained = time.time() - start
-    rows = evaluate_sync(build_system(config), state.params, _NUM_CLIPS.value,
+    params = state.ema_params if state.ema_params is not None else state.params
+    rows = evaluate_sync(build_system(config), params, _NUM_CLIPS.value,
                          out_dir=os.path.join(workdir, "demo_clips"))
     table = sync_table(rows)
     print(f"\ntrained {config.total_steps} steps in {trained / 60:.1f} min; "

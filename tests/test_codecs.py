@@ -12,7 +12,7 @@ import pytest
 from configs import tiny
 from harmony_jax.codecs import (AudioCodec, TextEncoder, VideoCodec, make_audio_codec,
                                 make_text_encoder, make_video_codec)
-from harmony_jax.codecs.mel import MelCodec
+from harmony_jax.codecs.mel import LOG_MEL_MEAN, LOG_MEL_SCALE, MelCodec
 from harmony_jax.codecs.text import END_ID, encode_transcript
 
 SR = 16000
@@ -95,6 +95,16 @@ def test_mel_round_trip_keeps_pitch():
     peak = np.fft.rfftfreq(wave.shape[1], 1 / SR)[np.argmax(spectrum)]
     assert abs(peak - 440.0) < 0.05 * 440.0, peak
     assert 0.5 < np.sqrt(np.mean(wave ** 2)) / np.sqrt(np.mean(tone ** 2)) < 2.0
+
+
+def test_mel_decode_of_out_of_range_latents_is_finite():
+    """Strongly guided samples from a young model reach latents the encoder never makes."""
+    codec = MelCodec(griffin_lim_iters=2)
+    loud = np.asarray(codec.encode(_tone(440.0, 0.2, 1.0)[None]))
+    wave = codec.decode(np.full((1, 8, codec.n_mels), 1e3, np.float32))
+    assert np.isfinite(wave).all()
+    assert np.isfinite(codec.decode(np.full((1, 8, codec.n_mels), -1e3, np.float32))).all()
+    assert loud.max() * LOG_MEL_SCALE + LOG_MEL_MEAN < 2.0 * np.log(codec.n_fft)  # not clipped
 
 
 def test_text_tokenizer_is_deterministic_and_padded():

@@ -79,7 +79,7 @@ def _train(config, devices):
     zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
     params, param_shardings = sharded_init(lambda rng: system.init(rng, zeros()), mesh, rules,
                                            jax.random.key(config.seed))
-    tx = make_optimizer(config.optim, params)
+    tx = make_optimizer(config.optim, params, config.total_steps)
     state = sharded_train_state(params, param_shardings, tx, False, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, state)
     data = batch_sharding(mesh)

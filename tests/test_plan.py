@@ -49,7 +49,7 @@ def test_flops_are_linear_in_depth():
         system.model_config, scan_layers=False))
     example = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in batch.items()}
     params = nn.meta.unbox(jax.eval_shape(unrolled.init, jax.random.key(0), example))
-    tx = make_optimizer(config.optim, params)
+    tx = make_optimizer(config.optim, params, config.total_steps)
     state = jax.eval_shape(lambda p: create_train_state(p, tx, False), params)
     direct = jax.jit(make_train_step(unrolled, tx, config)).lower(state, batch).cost_analysis()
     assert plan.step_flops(system, config, batch) == pytest.approx(direct["flops"], rel=1e-4)

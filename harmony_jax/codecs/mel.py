@@ -103,7 +103,11 @@ class MelCodec:
         if latents.ndim != 3 or latents.shape[-1] != self.n_mels:
             raise ValueError(f"MelCodec.decode wants latents [B, Ta, {self.n_mels}], got "
                              f"{latents.shape}")
-        mel = np.exp(latents * LOG_MEL_SCALE + LOG_MEL_MEAN).transpose(0, 2, 1)  # [B, n_mels, Ta]
+        # Guided samples can leave the encoder's range; clipped to it (the floor, and the power
+        # of a full-scale tone) so exp never overflows into a non-finite waveform.
+        log_mel = np.clip(latents * LOG_MEL_SCALE + LOG_MEL_MEAN, np.log(LOG_MEL_FLOOR),
+                          2.0 * np.log(self.n_fft))
+        mel = np.exp(log_mel).transpose(0, 2, 1)  # [B, n_mels, Ta]
         magnitude = librosa.feature.inverse.mel_to_stft(
             mel, sr=self.sample_rate, n_fft=self.n_fft, power=2.0)  # [B, n_fft // 2 + 1, Ta]
         wave = librosa.griffinlim(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -29,18 +29,22 @@ def _metrics(frames, waves, fps: float, sample_rate: int) -> list[dict[str, floa
 
 
 def evaluate_sync(system: System, params, num_clips: int, *, out_dir: Optional[str] = None,
-                  guidance: Optional[str] = None, with_truth: bool = True
+                  with_truth: bool = True, modes: Sequence[str] = generation.MODES,
+                  world_seed: Optional[int] = None, **sample_overrides
                   ) -> dict[str, list[dict[str, float]]]:
-    """Generates t2av, a2v and v2a clips for held-out prompts; per-clip sync metrics per row.
+    """Generates clips for held-out prompts in each of `modes`; per-clip sync metrics per row.
 
     Rows: each mode's generated clips and the same clips with the audio shuffled across clips
     (chance level), plus ground truth and shuffled ground truth when `with_truth`. Clips are
-    written to `out_dir` when given. `guidance` overrides `config.sample.guidance`.
+    written to `out_dir` when given. The prompts come from the world seeded `world_seed`
+    (default: the run's seed + EVAL_SEED_OFFSET). `sample_overrides` (guidance, s_v, s_a,
+    cfg_scale, steps, solver) override `config.sample`.
     """
     config = system.config
     d = config.data
+    seed = config.seed + EVAL_SEED_OFFSET if world_seed is None else world_seed
     world = SoundingShapes(num_clips, d.fps, d.num_frames, d.height, d.width, d.sample_rate,
-                           seed=config.seed + EVAL_SEED_OFFSET)
+                           seed=seed)
     clips = [world[i] for i in range(num_clips)]
     truth_v = np.stack([c["video"] for c in clips])  # [N, F, H, W, 3]
     truth_a = np.stack([c["audio"] for c in clips])  # [N, S]
@@ -56,11 +60,11 @@ def evaluate_sync(system: System, params, num_clips: int, *, out_dir: Optional[s
     # A model trained on reference first frames (TI2V, `cts.ref_image_prob` > 0) is evaluated
     # with the clip's first frame as the reference, as the paper always samples.
     ref = {"ref_image": truth_v[:, 0]} if config.cts.ref_image_prob > 0 else {}
-    for mode, given in (("t2av", ref), ("a2v", {"given_audio": truth_a, **ref}),
-                        ("v2a", {"given_video": truth_v})):
+    givens = {"t2av": ref, "a2v": {"given_audio": truth_a, **ref}, "v2a": {"given_video": truth_v}}
+    for mode in modes:
         start = time.time()
         frames, waves = generation.generate(system, params, rng, batch, mode=mode,
-                                            guidance=guidance, **given)
+                                            **givens[mode], **sample_overrides)
         logging.info("%s: %d clips in %.1f s", mode, num_clips, time.time() - start)
         for i, (v, a) in enumerate(zip(frames, waves) if out_dir else ()):
             write_av(os.path.join(out_dir, f"{mode}_{i}.mp4"), v, d.fps, a, d.sample_rate,

@@ -9,14 +9,27 @@ import jax
 import optax
 
 
-def learning_rate(optim_cfg) -> optax.Schedule:
-    """Linear warmup to `lr`, then constant (the paper fine-tunes at a constant 1e-5)."""
-    warmup = int(optim_cfg.warmup_steps)
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(optim_cfg, total_steps: int) -> optax.Schedule:
+    """Linear warmup to `lr`, then constant (the paper fine-tunes at a constant 1e-5) or a cosine
+    decay to `lr * end_lr_fraction` at `total_steps` (short from-scratch runs sample far better
+    from weights that have settled)."""
+    warmup, lr = int(optim_cfg.warmup_steps), float(optim_cfg.lr)
+    if optim_cfg.schedule not in SCHEDULES:
+        raise ValueError(f"config.optim.schedule={optim_cfg.schedule!r}: expected one of "
+                         f"{SCHEDULES}")
+    if optim_cfg.schedule == "cosine":
+        if total_steps <= warmup:
+            raise ValueError(f"config.optim.schedule='cosine' needs total_steps ({total_steps}) "
+                             f"> optim.warmup_steps ({warmup})")
+        return optax.warmup_cosine_decay_schedule(
+            0.0, lr, warmup, total_steps, end_value=lr * float(optim_cfg.end_lr_fraction))
     if warmup <= 0:
-        return optax.constant_schedule(optim_cfg.lr)
+        return optax.constant_schedule(lr)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, optim_cfg.lr, warmup), optax.constant_schedule(optim_cfg.lr)],
-        [warmup])
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
 
 
 def trainable_labels(params: Any, freeze_regex: str) -> Any:
@@ -29,8 +42,8 @@ def trainable_labels(params: Any, freeze_regex: str) -> Any:
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_optimizer(optim_cfg, params: Any) -> optax.GradientTransformation:
-    adamw = optax.adamw(learning_rate(optim_cfg), b1=optim_cfg.b1, b2=optim_cfg.b2,
+def make_optimizer(optim_cfg, params: Any, total_steps: int) -> optax.GradientTransformation:
+    adamw = optax.adamw(learning_rate(optim_cfg, total_steps), b1=optim_cfg.b1, b2=optim_cfg.b2,
                         weight_decay=optim_cfg.weight_decay)
     tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), adamw) \
         if optim_cfg.grad_clip > 0 else adamw
