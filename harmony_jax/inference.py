@@ -22,7 +22,7 @@ from absl import logging
 
 from harmony_jax.media import MediaError, read_av
 from harmony_jax.system import System, build_system
-from harmony_jax.training.checkpoint import read_config
+from harmony_jax.training.checkpoint import check_params, read_config
 
 Params = Any
 
@@ -45,6 +45,7 @@ def load_for_inference(path: str | os.PathLike) -> tuple[System, Params]:
     state_dir = step_dir / "state"
     saved = ocp.PyTreeCheckpointHandler().metadata(state_dir).tree  # no array is read
     key = "ema_params" if saved.get("ema_params") else "params"
+    check_params(saved[key], abstract, str(step_dir))  # the code's model may have changed since
     item = {key: abstract}
     with ocp.PyTreeCheckpointer() as checkpointer:
         restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(

@@ -4,11 +4,14 @@ Config overrides: `--config.optim.lr=3e-4 --config.total_steps=2000`. Rerunning 
 resumes from the latest checkpoint in DIR.
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
 from harmony_jax.config_cli import parse_flags
-from harmony_jax.training.loop import train_and_evaluate
+from harmony_jax.training.checkpoint import CheckpointMismatchError
+from harmony_jax.training.loop import WorkdirError, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).",
                                           lock_config=True)
@@ -17,7 +20,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, samples, TensorBoa
 
 def main(argv):
     del argv
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (WorkdirError, CheckpointMismatchError) as e:
+        sys.exit(f"error: {e}")  # the command line is at fault: no traceback
 
 
 if __name__ == "__main__":

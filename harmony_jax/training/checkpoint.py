@@ -16,6 +16,35 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's parameters do not have the shapes the config's model has."""
+
+
+def _path(keys: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in keys)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """'a/b/c' -> shape of every array (or array metadata) leaf."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_path(keys): tuple(leaf.shape) for keys, leaf in leaves}
+
+
+def check_params(saved: Any, params: Any, where: str) -> None:
+    """Raises CheckpointMismatchError naming the first parameter whose shape differs between
+    `saved` (the checkpoint's metadata tree of its parameters) and `params` (the config's model,
+    arrays or abstract): restoring would fail deep in orbax, or train another model."""
+    saved, wanted = _shapes(saved), _shapes(params)
+    for path in sorted(saved.keys() | wanted.keys()):
+        got, want = saved.get(path, "absent"), wanted.get(path, "absent")
+        if got != want:
+            raise CheckpointMismatchError(
+                f"{where}: parameter {path} is {got} in the checkpoint but {want} in the config; "
+                f"it was trained with another model config (its own is saved beside it, in "
+                f"config/metadata): use that config or another --workdir")
+
+
 def _abstract(tree: Any) -> Any:
     """ShapeDtypeStructs with the live shardings: restore lands each array on its shard."""
     return jax.tree.map(
@@ -42,8 +71,15 @@ class Checkpointer:
             state=ocp.args.StandardSave(state),
             config=ocp.args.JsonSave(json.loads(config.to_json()))))
 
+    def check_params(self, step: int, params: Any) -> None:
+        """Raises CheckpointMismatchError if step's parameters do not fit `params`' shapes."""
+        state_dir = self.directory / str(step) / "state"
+        saved = ocp.PyTreeCheckpointHandler().metadata(state_dir).tree["params"]
+        check_params(saved, params, str(self.directory / str(step)))
+
     def restore(self, step: int, like_state: Any) -> Any:
         """The state at `step`, laid out like `like_state` (arrays or abstract, with shardings)."""
+        self.check_params(step, like_state.params)
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(like_state))))
         return restored["state"]

@@ -40,12 +40,26 @@ def _nonfinite_message(step: int, metrics: dict[str, float]) -> str:
             f"applied and the last checkpoint is intact (config.optim.on_nonfinite='halt')")
 
 
+class WorkdirError(OSError):
+    """The workdir cannot be created or written: found at start-up, before anything compiles."""
+
+
 def _check_workdir(workdir: str) -> None:
     if "://" in workdir:  # a bucket: orbax/etils handle it
         return
-    os.makedirs(workdir, exist_ok=True)
-    if not os.access(workdir, os.W_OK):
-        raise PermissionError(f"--workdir {workdir} is not writable")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only parent, ...
+        parent = os.path.dirname(os.path.abspath(workdir))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        what = "a file" if os.path.isfile(parent) else "not writable"
+        raise WorkdirError(f"--workdir {workdir} cannot be created ({e.strerror}): {parent} is "
+                           f"{what}") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise WorkdirError(f"--workdir {workdir} is not writable")
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -91,8 +105,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # ---- workdir, processes, mesh
     _check_workdir(workdir)
     distributed.maybe_initialize()
-    if jax.process_index() == 0:
-        write_config(workdir, config)
     mesh = make_mesh(config.mesh)
     rules = axis_rules(config)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -114,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             params = load_video_tower(params, config.init.video_from)
         if config.init.transcript_from:
             params = load_transcript(params, config.init.transcript_from)
-    tx = make_optimizer(config.optim, params)
+    tx = make_optimizer(config.optim, params, config.total_steps)
     # Adam's moments and the EMA laid out as the parameters (XLA alone may replicate them).
     state = sharded_train_state(params, param_shardings, tx, config.optim.ema_decay > 0, mesh)
     del params
@@ -123,10 +135,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                     for k, v in state.params.items()})
 
     # ---- resume
-    if latest is not None:
+    if latest is not None:  # a checkpoint of another model raises here, the workdir untouched
         state = checkpointer.restore(latest, state)
         logging.info("resumed from %s at step %d", checkpointer.directory, latest)
     start = int(state.step)
+    if jax.process_index() == 0:
+        write_config(workdir, config)
 
     # ---- data: batch k is a pure function of (seed, k), so resuming replays nothing
     data_sharding = batch_sharding(mesh)
