@@ -32,7 +32,12 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, ema: bool)
 
 
 def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+    """Whether every element of `tree` is finite, read off its global norm (one reduction, which
+    clipping computes anyway; a norm overflowing float32 counts as not finite). A per-leaf
+    `all(isfinite)` makes XLA copy the and-chain over all leaves into every parameter's update
+    fusion: quadratic in the leaf count (the demo's step: 171k optimized HLO lines instead of
+    50k, 1.6x the compile time)."""
+    return jnp.isfinite(optax.global_norm(tree))
 
 
 def make_loss_fn(system: System, config) -> Callable:
