@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
         dict(vocab_size=256, dim=32, conv_layers=1, conv_mult=2, max_len=64))
     m.interaction = ml_collections.ConfigDict(
         dict(mode="gldi", window=2.0, rope_align=True))  # window in video latent frames
-    m.attention = "xla"  # "xla" | "cudnn" | "auto" (cuDNN on GPU, blockwise flash-style elsewhere)
+    m.attention = "xla"  # "xla" | "cudnn" | "blockwise" | "auto" (cuDNN on GPU, else blockwise)
     m.dtype = "float32"  # compute dtype; params stay float32
     m.param_dtype = "float32"
     m.scan_layers = True

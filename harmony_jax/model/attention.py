@@ -26,13 +26,15 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     """softmax(q k^T / sqrt(d)) v for q [B, Lq, N, Hd], k/v [B, Lk, N, Hd].
 
     `mask` (bool, True = attend) broadcasts to [B, N, Lq, Lk]. `implementation` is
-    `config.model.attention`: 'xla', 'cudnn' (fused flash kernel on NVIDIA GPUs) or 'auto':
+    `config.model.attention`: 'xla', 'cudnn' (fused flash kernel on NVIDIA GPUs), 'blockwise'
+    (`blockwise_attention` everywhere, so benchmarks can set it against the others) or 'auto':
     JAX's pick on GPU (cuDNN's flash kernel where it applies), elsewhere `blockwise_attention`
     once the scores outgrow a few blocks, so long sequences never hold [Lq, Lk] scores per head
     (a 27k-token video would need 71 GB of them per sample). Every attention in the model goes
     through here.
     """
-    if (implementation == "auto" and jax.default_backend() != "gpu"
+    if implementation == "blockwise" or (
+            implementation == "auto" and jax.default_backend() != "gpu"
             and q.shape[1] * k.shape[1] > 4 * BLOCK * BLOCK):
         return blockwise_attention(q, k, v, mask=mask)
     impl = None if implementation == "auto" else implementation
@@ -56,6 +58,8 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     """
     b, lq, n, hd = q.shape
     lk = k.shape[1]
+    if not lq * lk:  # nothing to split (the style path without a reference voice has no queries)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask)
     bq, bk = min(block, lq), min(block, lk)
     nq, nk = -(-lq // bq), -(-lk // bk)
     mask = jnp.ones((1, 1, 1, 1), bool) if mask is None else mask

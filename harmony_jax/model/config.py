@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 _INTERACTIONS = ("gldi", "global")
 _REMAT = ("none", "full", "dots", "dots_no_batch")
-_ATTENTION = ("xla", "cudnn", "auto")
+_ATTENTION = ("xla", "cudnn", "blockwise", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
