@@ -17,6 +17,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_every = 0  # 0: no periodic sampling
     c.num_sample_clips = 2
     c.batch_size = 8  # global batch
+    # compiled programs persist here, so a resumed run or the next sample call skips compiling;
+    # '' turns it off; JAX_COMPILATION_CACHE_DIR, when set, wins
+    c.compile_cache_dir = "~/.cache/harmony_jax/xla"
 
     # ---- model: turned into a frozen `ModelConfig` once; layers never see the run config.
     m = c.model = ml_collections.ConfigDict()
@@ -85,7 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- optimizer
     c.optim = ml_collections.ConfigDict(dict(
-        lr=1e-4, warmup_steps=100, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0,
+        lr=1e-4, warmup_steps=100,
+        schedule="constant", end_lr_fraction=0.0,  # 'cosine': decays to lr * end_lr_fraction
+        b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0,
         ema_decay=0.0, grad_accum=1,
         freeze="",  # regex of parameter paths kept fixed, e.g. "^dit/(video|layers/video)"
         on_nonfinite="skip"))  # "skip": drop the update and count it; "halt": stop the run
