@@ -90,11 +90,13 @@ class MelCodec:
         librosa's mel_to_stft (NNLS by L-BFGS) took minutes on the mel frames of a young model."""
         a = self._mel_basis.T.astype(np.float64)  # [n_mels, F]
         mel = mel.astype(np.float64)
-        x = np.linalg.pinv(a) @ mel
-        x = np.maximum(x, 1e-6 * np.max(x, axis=(-2, -1), keepdims=True) + 1e-30)
+        # Values are floored relative to each clip's peak: multiplicative updates shrink the
+        # unwanted bins geometrically, and denormal floats make every later matmul crawl.
+        floor = 1e-12 * np.max(mel, axis=(-2, -1), keepdims=True) + 1e-30
+        x = np.maximum(np.linalg.pinv(a) @ mel, floor)
         atb = a.T @ mel
         for _ in range(NNLS_ITERS):
-            x *= atb / (a.T @ (a @ x) + 1e-30)
+            x = np.maximum(x * atb / (a.T @ (a @ x) + floor), floor)
         return x
 
     def num_latent_frames(self, num_samples: int) -> int:
