@@ -20,41 +20,33 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from harmony_jax.config_cli import parse_flags
 from harmony_jax.eval.ablation import LADDER, Ladder, extra_variants, format_table, plot, \
-    run_ladder, with_overrides
+    run_ladder
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Base run config.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/ablation", "Runs, results.json, ablation.png.")
 _QUICK = flags.DEFINE_bool("quick", False, "CPU size: short trainings, fewer clips.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per variant (0 .. seeds-1).")
 _EXTRAS = flags.DEFINE_bool("extras", True, "Also the rows the paper did not ablate.")
+_EXTRA_SEEDS = flags.DEFINE_integer("extra_seeds", 0, "Seeds of the extra rows (0: --seeds).")
 _STEPS = flags.DEFINE_integer("steps", 0, "Training steps per run (0: the preset's).")
-
-# Budgets per run, the same for every rung. Full: one GPU, about 10 minutes per run.
-PRESETS = {
-    "full": dict(steps=8000, batch=32, clips=32, curve_every=1000),
-    "quick": dict(steps=400, batch=8, clips=8, curve_every=100),
-}
 
 
 def main(argv):
     del argv
-    preset = PRESETS["quick" if _QUICK.value else "full"]
-    steps = _STEPS.value or preset["steps"]
-    base = with_overrides(_CONFIG.value, (
-        ("total_steps", steps), ("batch_size", preset["batch"]),
-        ("optim.warmup_steps", min(_CONFIG.value.optim.warmup_steps, steps // 10)),
-        ("sample_every", 0)))
-    ladder = Ladder(base, _WORKDIR.value, num_clips=preset["clips"],
-                    curve_every=min(preset["curve_every"], steps))
+    preset = "quick" if _QUICK.value else "full"
+    ladder = Ladder.from_preset(_CONFIG.value, preset, _WORKDIR.value, steps=_STEPS.value)
+    steps, batch = ladder.base.total_steps, ladder.base.batch_size
     variants = LADDER + (extra_variants() if _EXTRAS.value else ())
     start = time.time()
-    stats, curves = run_ladder(ladder, range(_SEEDS.value), variants)
+    extra_seeds = range(_EXTRA_SEEDS.value or _SEEDS.value)
+    stats, curves = run_ladder(ladder, range(_SEEDS.value), variants, extra_seeds)
     png = os.path.join(_WORKDIR.value, "ablation.png")
     plot(stats, variants, curves, png)
     device = jax.devices()[0]
-    print(f"\n{len(variants)} variants x {_SEEDS.value} seeds, {steps} steps of batch "
-          f"{preset['batch']} per run, {preset['clips']} held-out clips; "
+    print(f"\n{len(variants)} variants, {_SEEDS.value} seeds ({len(extra_seeds)} for the extra "
+          f"rows), {steps} steps of batch {batch} per run, {ladder.num_clips} held-out clips; "
           f"{device.platform} ({device.device_kind}); wall {(time.time() - start) / 60:.1f} min "
           f"(cached runs and evaluations count as 0)\n")
     print(format_table(stats, variants))
@@ -66,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from harmony_jax.atomic import atomic_path
+from harmony_jax.config_cli import parse_flags
 from harmony_jax.eval.heldout import evaluate_sync
 from harmony_jax.eval.sync import sync_table
 from harmony_jax.system import build_system
-from harmony_jax.training.loop import train_and_evaluate
+from harmony_jax.training.checkpoint import CheckpointMismatchError
+from harmony_jax.training.loop import WorkdirError, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Run config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the run and the clips go.")
@@ -32,7 +35,10 @@ def main(argv):
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
     start = time.time()
-    state = train_and_evaluate(config, workdir)
+    try:
+        state = train_and_evaluate(config, workdir)
+    except (WorkdirError, CheckpointMismatchError) as e:
+        sys.exit(f"error: {e}")  # the command line is at fault: no traceback
     trained = time.time() - start
     params = state.ema_params if state.ema_params is not None else state.params
     rows = evaluate_sync(build_system(config), params, _NUM_CLIPS.value,
@@ -47,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -89,9 +89,9 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: Overrides
     return config
 
 
-def _key(overrides: Overrides) -> str:
-    """A short stable directory name for a set of overrides (order-insensitive)."""
-    text = json.dumps(sorted(dict(overrides).items()), default=str)
+def _key(settings: dict) -> str:
+    """A short stable name for a set of settings (order-insensitive)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -122,6 +122,17 @@ def _cached(path: str, compute) -> Any:
     return value
 
 
+# Budgets per run, the same for every rung, on top of the base config. Full: the demo model on
+# one GPU. Quick: a narrower, shallower model for a 2-core CPU, minutes per run.
+PRESETS = {
+    "full": dict(steps=8000, batch=32, clips=32, curve_every=1000, overrides=()),
+    "quick": dict(steps=300, batch=8, clips=8, curve_every=100, overrides=(
+        ("model.depth", 2), ("model.video.dim", 96), ("model.video.ffn_dim", 192),
+        ("model.audio.dim", 96), ("model.audio.ffn_dim", 192), ("optim.ema_decay", 0.98),
+        ("sample.steps", 16))),
+}
+
+
 @dataclasses.dataclass
 class Ladder:
     """Trains and evaluates variants of `base` under `workdir`, one run per (training, seed)."""
@@ -131,8 +142,23 @@ class Ladder:
     num_clips: int = 8
     curve_every: int = 0  # > 0: keep a checkpoint this often and trace sync vs step
 
+    @classmethod
+    def from_preset(cls, config: ml_collections.ConfigDict, preset: str, workdir: str,
+                    steps: int = 0) -> "Ladder":
+        """The ladder of `PRESETS[preset]` on top of `config` (`steps` > 0 overrides its budget)."""
+        p = PRESETS[preset]
+        steps = steps or p["steps"]
+        base = with_overrides(config, (
+            ("total_steps", steps), ("batch_size", p["batch"]),
+            ("optim.warmup_steps", min(config.optim.warmup_steps, steps // 10)),
+            ("sample_every", 0)) + p["overrides"])
+        return cls(base, workdir, num_clips=p["clips"], curve_every=min(p["curve_every"], steps))
+
     def run_dir(self, variant: Variant, seed: int) -> str:
-        return os.path.join(self.workdir, f"train-{_key(variant.train)}", f"seed{seed}")
+        # Named by everything that shapes training, so a changed budget or base never reuses
+        # a run; the sampling settings name the evaluations instead.
+        settings = {k: v for k, v in self.config(variant, 0).to_dict().items() if k != "sample"}
+        return os.path.join(self.workdir, f"train-{_key(settings)}", f"seed{seed}")
 
     def config(self, variant: Variant, seed: int) -> ml_collections.ConfigDict:
         config = with_overrides(self.base, variant.train)
@@ -147,9 +173,13 @@ class Ladder:
         os.makedirs(run_dir, exist_ok=True)
         _cached(os.path.join(run_dir, "overrides.json"), lambda: dict(variant.train))
         config = self.config(variant, seed)
-        if not os.path.exists(os.path.join(run_dir, "checkpoints", str(config.total_steps))):
+        final = os.path.join(run_dir, "checkpoints", str(config.total_steps))
+        if not os.path.exists(final):
             logging.info("training %s (seed %d) in %s", variant.name, seed, run_dir)
             train_and_evaluate(config, run_dir)
+        if not os.path.exists(final):  # preempted: the checkpoint is saved, rerun to continue
+            raise SystemExit(f"ablation: {run_dir} stopped before step {config.total_steps}; "
+                             f"rerun the same command to continue")
         return run_dir
 
     def evaluate(self, variant: Variant, seed: int, step: Optional[int] = None,
@@ -157,7 +187,8 @@ class Ladder:
         """Sync summary of the trained variant at `step` (default: the end of training)."""
         run_dir = self.train(variant, seed)
         step = self.base.total_steps if step is None else step
-        tag = f"{_key(variant.sample)}-{step}-{'+'.join(modes)}"
+        sampling = {**self.base.sample.to_dict(), **dict(variant.sample), "clips": self.num_clips}
+        tag = f"{_key(sampling)}-{step}-{'+'.join(modes)}"
 
         def compute():
             system, params = load_for_inference(os.path.join(run_dir, "checkpoints", str(step)))
@@ -257,14 +288,19 @@ def plot(stats: dict[str, dict[str, tuple]], variants: Sequence[Variant],
     plt.close(fig)
 
 
-def run_ladder(ladder: Ladder, seeds: Sequence[int], variants: Sequence[Variant]
+def run_ladder(ladder: Ladder, seeds: Sequence[int], variants: Sequence[Variant],
+               extra_seeds: Optional[Sequence[int]] = None
                ) -> tuple[dict[str, dict[str, tuple]], dict[str, list[list[tuple[int, float]]]]]:
-    """Every variant for every seed (seed-major, so a cut-short ladder has whole seeds), then the
-    joint-only vs CTS curves when `ladder.curve_every` is set; results JSON in the workdir."""
+    """The rungs for every seed, then the extra rows (for `extra_seeds`, default `seeds`), then
+    the joint-only vs CTS curves when `ladder.curve_every` is set; results JSON in the workdir.
+    Seed-major within each group, so a ladder cut short holds whole seeds of the paper's rows."""
     results: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
-    for seed in seeds:
-        for v in variants:
-            results[v.name].append(ladder.evaluate(v, seed))
+    groups = ((seeds, [v for v in variants if not v.extra]),
+              (seeds if extra_seeds is None else extra_seeds, [v for v in variants if v.extra]))
+    for group_seeds, group in groups:
+        for seed in group_seeds:
+            for v in group:
+                results[v.name].append(ladder.evaluate(v, seed))
     by_name = {v.name: v for v in variants}
     curves = {}
     if ladder.curve_every:
