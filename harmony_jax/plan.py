@@ -251,7 +251,7 @@ def abstract_state(system: System, config: ml_collections.ConfigDict, mesh, rule
     # unboxed outside the mesh: inside, unboxing constrains (and so needs real arrays)
     param_shardings = nn.meta.unbox(shardings)
     params = _with_shardings(nn.meta.unbox(boxed), param_shardings)
-    tx = make_optimizer(config.optim, params)
+    tx = make_optimizer(config.optim, params, config.total_steps)
     state = jax.eval_shape(lambda p: create_train_state(p, tx, config.optim.ema_decay > 0),
                            params)
     return tx, _with_shardings(state, train_state_shardings(state, param_shardings, mesh))
@@ -271,7 +271,7 @@ def step_flops(system: System, config: ml_collections.ConfigDict, batch: dict) -
         sys_d = dataclasses.replace(system, model_config=cfg)
         example = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in batch.items()}
         params = nn.meta.unbox(jax.eval_shape(sys_d.init, jax.random.key(0), example))
-        tx = make_optimizer(config.optim, params)
+        tx = make_optimizer(config.optim, params, config.total_steps)
         state = jax.eval_shape(lambda p: create_train_state(p, tx, config.optim.ema_decay > 0),
                                params)
         plain = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
