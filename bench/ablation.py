@@ -45,8 +45,8 @@ def main(argv):
     png = os.path.join(_WORKDIR.value, "ablation.png")
     plot(stats, variants, curves, png)
     device = jax.devices()[0]
-    print(f"\n{len(variants)} variants, {_SEEDS.value} seeds ({len(extra_seeds)} for the extra "
-          f"rows), {steps} steps of batch {batch} per run, {ladder.num_clips} held-out clips; "
+    extra = f" ({len(extra_seeds)} for the extra rows)" if _EXTRAS.value else ""
+    print(f"\n{len(variants)} variants, {_SEEDS.value} seeds{extra}, {steps} steps of batch {batch} per run, {ladder.num_clips} held-out clips; "
           f"{device.platform} ({device.device_kind}); wall {(time.time() - start) / 60:.1f} min "
           f"(cached runs and evaluations count as 0)\n")
     print(format_table(stats, variants))
