@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from harmony_jax.compile_cache import DEFAULT_DIR, enable_compile_cache
 from harmony_jax.media import MediaError, read_av
 from harmony_jax.system import System, build_system
 from harmony_jax.training.checkpoint import check_params, read_config
@@ -34,6 +35,7 @@ def load_for_inference(path: str | os.PathLike) -> tuple[System, Params]:
     them: averaged weights are the ones meant for sampling.
     """
     config, step_dir = read_config(os.fspath(path))
+    enable_compile_cache(config.get("compile_cache_dir", DEFAULT_DIR))  # the sampler's compile
     if step_dir is None:
         raise FileNotFoundError(f"{path}: holds a config.json but no checkpoint; train first")
     system = build_system(config)

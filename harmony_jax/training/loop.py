@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 
 from harmony_jax import generation
+from harmony_jax.compile_cache import enable_compile_cache
 from harmony_jax.convert.f5_text import load_transcript
 from harmony_jax.convert.wan import load_video_tower
 from harmony_jax.data.pipeline import make_source, make_train_iterator
@@ -103,6 +104,7 @@ def _log(step: int, metrics: dict[str, float], steps_per_s: float, remaining: in
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains to `config.total_steps`, resuming from `workdir` if it holds a checkpoint."""
     # ---- workdir, processes, mesh
+    enable_compile_cache(config.compile_cache_dir)
     _check_workdir(workdir)
     distributed.maybe_initialize()
     mesh = make_mesh(config.mesh)

@@ -1,0 +1,87 @@
+"""SyncCFG sampling cost: one joint forward pass, the batched 3B call SyncCFG makes per step, and
+the whole jitted sampler (`diffusion.syncfg.sample`, Euler) per step and per clip.
+
+SyncCFG runs the joint, audio-driven and video-driven passes as one call on 3B rows, so a step
+costs at least 3 joint passes where the device is busy at B rows; the ratio step / forward says
+how close the sampler gets to that floor (less than 3 where B rows leave the device idle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from harmony_jax import plan
+from harmony_jax.diffusion.syncfg import sample
+from harmony_jax.model.conditioning import concat_conditionings
+from harmony_jax.perf.measure import format_table, interleaved_medians
+from harmony_jax.perf.train_step import quick_config, random_batch
+
+HEADERS = ("measurement", "rows", "ms", "x joint forward")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerTimes:
+    batch: int
+    steps: int
+    forward_seconds: float  # one joint pass on `batch` rows
+    batched_seconds: float  # one pass on 3 x `batch` rows: SyncCFG's call per step
+    clip_seconds: float  # the jitted sampler, `steps` SyncCFG Euler steps
+
+    @property
+    def step_seconds(self) -> float:
+        return self.clip_seconds / self.steps
+
+    @property
+    def step_ratio(self) -> float:
+        """One SyncCFG step over one joint forward pass: 3.0 is the compute-bound floor."""
+        return self.step_seconds / self.forward_seconds
+
+
+def quick_sampler_config() -> ml_collections.ConfigDict:
+    """The train-step benchmark's tiny model, one clip at a time."""
+    config = quick_config()
+    config.batch_size = 1
+    return config
+
+
+def measure_sampler(config: ml_collections.ConfigDict, *, steps: int = 40, runs: int = 3,
+                    warmup: int = 1) -> SamplerTimes:
+    """Times of `config`'s model on latents of its geometry (`plan.latent_system`), randomly
+    initialised, `config.batch_size` clips at a time, text-to-AV with SyncCFG."""
+    system = plan.latent_system(config)
+    b = config.batch_size
+    batch = random_batch(system, b, np.random.default_rng(1))
+    params = jax.jit(system.init)(jax.random.key(0), batch)
+    cond = jax.jit(system.conditioning)(params, batch)
+    video, audio = batch["video"], batch["audio"]
+    t_v, t_a = (jnp.full(x.shape[:2], 500.0) for x in (video, audio))
+    forward = jax.jit(lambda p, *args: system.denoiser(p)(*args))
+    tile = lambda x: jnp.concatenate([x] * 3)
+    args3 = (tile(video), tile(audio), tile(t_v), tile(t_a), concat_conditionings([cond] * 3))
+    s = config.sample
+    run = jax.jit(lambda p, rng, c: sample(
+        system.denoiser(p), rng, c, video_shape=video.shape, audio_shape=audio.shape,
+        mode="t2av", guidance="syncfg", steps=steps, shift=s.shift, s_v=s.s_v, s_a=s.s_a))
+    times = interleaved_medians({
+        "forward": lambda: forward(params, video, audio, t_v, t_a, cond),
+        "batched": lambda: forward(params, *args3),
+        "clip": lambda: run(params, jax.random.key(2), cond)}, runs, warmup)
+    return SamplerTimes(batch=b, steps=steps, forward_seconds=times["forward"],
+                        batched_seconds=times["batched"], clip_seconds=times["clip"])
+
+
+def sampler_table(t: SamplerTimes) -> str:
+    f = t.forward_seconds
+    rows = [("joint forward", t.batch, 1e3 * f, 1.0),
+            ("batched forward (the SyncCFG call)", 3 * t.batch, 1e3 * t.batched_seconds,
+             t.batched_seconds / f),
+            ("SyncCFG step (in the jitted sampler)", 3 * t.batch, 1e3 * t.step_seconds,
+             t.step_ratio),
+            (f"SyncCFG clip ({t.steps} steps)", 3 * t.batch, 1e3 * t.clip_seconds,
+             t.clip_seconds / f)]
+    return format_table(HEADERS, rows)

@@ -1,0 +1,245 @@
+"""The real train step, measured per (remat policy, attention kernel, compute dtype).
+
+Each row builds what `training.loop` builds (parameters born sharded on the config's mesh, the
+train state laid out by `parallel.state`, `make_train_step` jitted with the state donated) on
+the latent inputs of `harmony_jax.plan` (codecs reduced to their geometry: the step a run on
+precomputed latents takes), then reports the median step time, achieved TFLOP/s and MFU from
+XLA's cost analysis (`plan.step_flops`: layers unrolled, so no loop body is counted once) and the
+step's memory. Parameters stay float32 in every row: 'bfloat16' is the compute dtype only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from harmony_jax import plan
+from harmony_jax.defaults import base_config
+from harmony_jax.model.dit import num_params
+from harmony_jax.parallel.mesh import make_mesh
+from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated, sharded_init
+from harmony_jax.parallel.state import sharded_train_state
+from harmony_jax.perf.measure import (GiB, compiled_bytes, error_note, format_table, isolated,
+                                      matmul_flops_by_dtype, median_seconds, peak_matmul,
+                                      peak_memory_bytes)
+from harmony_jax.system import System
+from harmony_jax.training.optim import make_optimizer
+from harmony_jax.training.step import make_train_step
+
+REMATS = ("none", "full", "dots", "dots_no_batch")
+ATTENTIONS = ("xla", "cudnn", "blockwise")
+DTYPES = ("float32", "bfloat16")
+HEADERS = ("remat", "attention", "compute", "step ms", "TFLOP/s", "MFU %", "HFU %",
+           "compiled GiB", "peak GiB", "compile s", "note")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRow:
+    remat: str
+    attention: str
+    dtype: str
+    step_seconds: Optional[float] = None  # median over the timed steps
+    compile_seconds: Optional[float] = None
+    model_flops: Optional[float] = None  # one step, without remat recomputation
+    executed_flops: Optional[float] = None  # one step, with this row's recomputation
+    compiled_bytes: Optional[int] = None  # per device, from compiled.memory_analysis()
+    peak_bytes: Optional[int] = None  # per device, the allocator's peak; None off GPU/TPU
+    note: str = ""  # why a row has no measurement
+
+    def cells(self, peak_flops: float) -> tuple:
+        """The row under HEADERS; MFU counts model FLOPs, HFU also the recomputed ones."""
+        if self.step_seconds is None:
+            return (self.remat, self.attention, self.dtype, *["-"] * 7, self.note)
+        rate = lambda flops: flops / self.step_seconds
+        peak = "n/a" if self.peak_bytes is None else self.peak_bytes / GiB
+        return (self.remat, self.attention, self.dtype, 1e3 * self.step_seconds,
+                rate(self.model_flops) / 1e12, 100 * rate(self.model_flops) / peak_flops,
+                100 * rate(self.executed_flops) / peak_flops, self.compiled_bytes / GiB, peak,
+                self.compile_seconds, self.note)
+
+
+def quick_config() -> ml_collections.ConfigDict:
+    """A model small enough that every row compiles and runs on a 2-core CPU in seconds: two
+    joint layers of width 64, 8 frames of 16x16 pixels (512 video tokens) and 32 audio frames."""
+    c = base_config()
+    c.data.update(fps=8.0, num_frames=8, height=16, width=16)
+    c.model.video.update(dim=64, heads=2, ffn_dim=128)
+    c.model.audio.update(dim=64, heads=2, ffn_dim=128)
+    c.batch_size = 2
+    return c
+
+
+def row_config(config: ml_collections.ConfigDict, remat: str, attention: str,
+               dtype: str) -> ml_collections.ConfigDict:
+    """`config` with the row's remat policy, attention kernel and compute dtype (params f32)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.update(remat=remat, attention=attention, dtype=dtype, param_dtype="float32")
+    return config
+
+
+def random_batch(system: System, batch_size: int, rng: np.random.Generator,
+                 sharding: Optional[jax.sharding.Sharding] = None) -> dict[str, jax.Array]:
+    """A batch of the latent inputs `plan.abstract_batch` describes: normal latents and text
+    embeddings, every mask on, transcript ids drawn from the vocabulary."""
+    shapes = plan.abstract_batch(system, batch_size, "latents")
+    vocab = system.model_config.transcript.vocab_size
+    make = lambda s: (np.ones(s.shape, s.dtype) if s.dtype == jnp.bool_ else
+                      rng.integers(1, vocab, s.shape, s.dtype)
+                      if jnp.issubdtype(s.dtype, jnp.integer)
+                      else rng.standard_normal(s.shape, s.dtype))
+    return {k: jax.device_put(make(s), sharding) for k, s in shapes.items()}
+
+
+def step_flops(config: ml_collections.ConfigDict, batch_size: int) -> float:
+    """FLOPs of one train step of `config` by XLA's cost analysis (`plan.step_flops`)."""
+    system = plan.latent_system(config)
+    return plan.step_flops(system, config, plan.abstract_batch(system, batch_size, "latents"))
+
+
+def init_params(config: ml_collections.ConfigDict, num_devices: Optional[int] = None):
+    """(params, shardings) born sharded on `config`'s mesh over the first `num_devices` devices
+    (all by default), as the training loop makes them. Remat, attention kernel and compute
+    dtype change no parameter, so the rows of one config can share them."""
+    mesh = make_mesh(config.mesh, jax.devices()[:num_devices])
+    system = plan.latent_system(config)
+    example = plan.abstract_batch(system, 1, "latents")
+    zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
+    return sharded_init(lambda rng: system.init(rng, zeros()), mesh, axis_rules(config),
+                        jax.random.key(config.seed))
+
+
+def measure_row(config: ml_collections.ConfigDict, remat: str, attention: str, dtype: str, *,
+                steps: int = 10, warmup: int = 2, donate: bool = True,
+                num_devices: Optional[int] = None, params=None) -> StepRow:
+    """One row without its FLOPs: compiles the step of `config` with these settings and times
+    `steps` calls. `params` (from `init_params`) are copied, else made here.
+
+    Rows that cannot run say why in `note` (a kernel this backend lacks, a compile or run error
+    such as running out of memory) instead of raising.
+    """
+    row = StepRow(remat, attention, dtype)
+    if attention == "cudnn" and jax.default_backend() != "gpu":
+        return dataclasses.replace(row, note=f"skipped: cuDNN attention needs an NVIDIA GPU "
+                                             f"(backend {jax.default_backend()})")
+    config = row_config(config, remat, attention, dtype)
+    try:
+        if params is None:
+            params = init_params(config, num_devices)
+        else:
+            params = (jax.tree.map(jnp.copy, params[0]), params[1])
+        seconds, compile_seconds, loss, nbytes = _time_step(config, *params, steps, warmup,
+                                                            donate)
+    except Exception as e:  # noqa: BLE001 - the table reports it
+        return dataclasses.replace(row, note=error_note(e))
+    return dataclasses.replace(row, step_seconds=seconds, compile_seconds=compile_seconds,
+                               compiled_bytes=nbytes,
+                               peak_bytes=peak_memory_bytes(),
+                               note="" if np.isfinite(loss) else f"non-finite loss {loss}")
+
+
+def _time_step(config: ml_collections.ConfigDict, params, param_shardings, steps: int,
+               warmup: int, donate: bool) -> tuple[float, float, float, int]:
+    """(median step seconds, compile seconds, last loss, compiled bytes) of the train step as the
+    loop runs it, on the mesh `param_shardings` live on; `params` are donated to the state."""
+    mesh = jax.tree.leaves(param_shardings)[0].mesh
+    system = plan.latent_system(config)
+    tx = make_optimizer(config.optim, params, config.total_steps)
+    state = sharded_train_state(params, param_shardings, tx, config.optim.ema_decay > 0, mesh)
+    del params
+    data_sharding = batch_sharding(mesh)
+    batch = random_batch(system, config.batch_size, np.random.default_rng(1), data_sharding)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    step = jax.jit(make_train_step(system, tx, config),
+                   in_shardings=(state_shardings, data_sharding),
+                   out_shardings=(state_shardings, replicated(mesh)),
+                   donate_argnums=0 if donate else ())
+    with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules(config)):
+        start = time.perf_counter()
+        compiled = step.lower(state, batch).compile()
+        compile_seconds = time.perf_counter() - start
+        holder = {"state": state}
+        del state
+
+        def one_step():
+            holder["state"], metrics = compiled(holder["state"], batch)
+            return metrics["loss"]
+        seconds = median_seconds(one_step, steps, warmup)
+        loss = float(one_step())
+    return seconds, compile_seconds, loss, compiled_bytes(compiled)
+
+
+def measure(config: ml_collections.ConfigDict, *, remats: Sequence[str] = REMATS,
+            attentions: Sequence[str] = ATTENTIONS, dtypes: Sequence[str] = DTYPES,
+            steps: int = 10, warmup: int = 2, donate: bool = True, isolate: bool = False,
+            num_devices: Optional[int] = None) -> tuple[list[StepRow], float, str]:
+    """(rows, peak FLOP/s, what the peak was measured with) for every combination.
+
+    `isolate` runs the peak matmul, each row and each FLOP count in a fresh process: each row's
+    peak memory is its own, one that runs out of memory cannot take the others down, and this
+    process never touches the accelerator. Otherwise the rows share one set of parameters.
+    """
+    call = isolated if isolate else (lambda fn, *a, **k: fn(*a, **k))
+    peak_flops, peak_what = call(peak_matmul)
+    params = None if isolate else init_params(config, num_devices)
+    flops = {}  # (remat, dtype) -> FLOPs per step (attention counted as the plain kernel)
+    rows = []
+    for remat in remats:
+        for attention in attentions:
+            for dtype in dtypes:
+                try:
+                    row = call(measure_row, config, remat, attention, dtype, steps=steps,
+                               warmup=warmup, donate=donate, num_devices=num_devices,
+                               params=params)
+                except RuntimeError as e:
+                    row = StepRow(remat, attention, dtype, note=error_note(e))
+                if row.step_seconds is not None:
+                    for r in {remat, "none"} - {k for k, d in flops if d == dtype}:
+                        flops[r, dtype] = call(step_flops, row_config(config, r, "xla", dtype),
+                                               config.batch_size)
+                    row = dataclasses.replace(row, model_flops=flops["none", dtype],
+                                              executed_flops=flops[remat, dtype])
+                rows.append(row)
+    return rows, peak_flops, peak_what
+
+
+def matmul_dtype_shares(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Fractions of the train step's matmul FLOPs by operand dtype under `config`'s compute
+    dtype (layers unrolled, plain attention), from the traced step: nothing is compiled."""
+    system = plan.latent_system(config)
+    system = dataclasses.replace(system, model_config=dataclasses.replace(
+        system.model_config, scan_layers=False, attention="xla"))
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    tx, state = plan.abstract_state(system, config, mesh, axis_rules(config), "latents")
+    batch = plan.abstract_batch(system, config.batch_size, "latents")
+    flops = matmul_flops_by_dtype(make_train_step(system, tx, config), state, batch)
+    total = sum(flops.values())
+    return {k: v / total for k, v in flops.items()}
+
+
+def describe(config: ml_collections.ConfigDict, peak_flops: float, peak_what: str) -> str:
+    """The lines above the table: model size, tokens, batch and the measured peak."""
+    system = plan.latent_system(config)
+    example = plan.abstract_batch(system, 1, "latents")
+    params = num_params(nn.meta.unbox(jax.eval_shape(system.init, jax.random.key(0), example)))
+    video = math.prod(system.video_latent_shape[:3]) // math.prod(config.model.video.patch)
+    ref = example["ref_audio"].shape[1] if "ref_audio" in example else 0
+    shares = matmul_dtype_shares(row_config(config, "none", "xla", "bfloat16"))
+    shares = ", ".join(f"{100 * v:.1f}% {k}" for k, v in sorted(shares.items()))
+    return (f"{params:,} parameters (depth {config.model.depth}), global batch "
+            f"{config.batch_size}, per sample {video} video + {system.audio_latent_shape[0]} "
+            f"audio + {ref} reference-voice tokens, {system.text_len} text tokens\n"
+            f"bfloat16 compute: matmul FLOPs {shares} (by operand dtype)\n"
+            f"peak {peak_flops / 1e12:.3g} TFLOP/s ({peak_what}); backend "
+            f"{jax.default_backend()}, {jax.device_count()} device(s)")
+
+
+def table(rows: Sequence[StepRow], peak_flops: float) -> str:
+    return format_table(HEADERS, [row.cells(peak_flops) for row in rows])
