@@ -46,7 +46,8 @@ def main(argv):
     plot(stats, variants, curves, png)
     device = jax.devices()[0]
     extra = f" ({len(extra_seeds)} for the extra rows)" if _EXTRAS.value else ""
-    print(f"\n{len(variants)} variants, {_SEEDS.value} seeds{extra}, {steps} steps of batch {batch} per run, {ladder.num_clips} held-out clips; "
+    print(f"\n{len(variants)} variants, {_SEEDS.value} seeds{extra}, {steps} steps of batch "
+          f"{batch} per run, {ladder.num_clips} held-out clips; "
           f"{device.platform} ({device.device_kind}); wall {(time.time() - start) / 60:.1f} min "
           f"(cached runs and evaluations count as 0)\n")
     print(format_table(stats, variants))

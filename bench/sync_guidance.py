@@ -14,6 +14,7 @@ from absl import app, flags
 
 from harmony_jax.eval.heldout import evaluate_sync
 from harmony_jax.eval.sync import sync_table
+from harmony_jax.generation import MODES
 from harmony_jax.inference import load_for_inference
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "A trained run (its latest checkpoint).")
@@ -33,7 +34,7 @@ def main(argv):
         rows = evaluate_sync(system, params, _NUM_CLIPS.value, guidance=guidance,
                              with_truth=i == 0)
         print(f"\n== guidance={guidance}\n{sync_table(rows)}")
-        for mode in ("t2av", "a2v", "v2a"):
+        for mode in MODES:
             gen, shuf = _mean_f1(rows[f"{mode} generated"]), _mean_f1(rows[f"{mode} shuffled"])
             summary.append((guidance, mode, gen, shuf))
     print(f"\n{'guidance':<9} {'mode':<5} {'F1':>6} {'F1 shuffled':>12} {'ratio':>6}")

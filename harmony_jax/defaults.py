@@ -80,7 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
         mode="split",  # 'split' | 'all' | 'joint_only'
         fractions=(0.5, 0.25, 0.25),  # joint, audio-driven video, video-driven audio
         lambda_v=0.1, lambda_a=0.3,
-        ref_image_prob=0.0))  # fraction of samples whose first latent frame is a clean reference
+        ref_image_prob=0.0,  # fraction of samples whose first latent frame is a clean reference
+        caption_dropout=0.1))  # fraction trained on the empty prompt: text CFG's other side
 
     # ---- sampling (SyncCFG)
     c.sample = ml_collections.ConfigDict(dict(

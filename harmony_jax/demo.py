@@ -40,8 +40,7 @@ def main(argv):
     except (WorkdirError, CheckpointMismatchError) as e:
         sys.exit(f"error: {e}")  # the command line is at fault: no traceback
     trained = time.time() - start
-    params = state.ema_params if state.ema_params is not None else state.params
-    rows = evaluate_sync(build_system(config), params, _NUM_CLIPS.value,
+    rows = evaluate_sync(build_system(config), state.sampling_params, _NUM_CLIPS.value,
                          out_dir=os.path.join(workdir, "demo_clips"))
     table = sync_table(rows)
     print(f"\ntrained {config.total_steps} steps in {trained / 60:.1f} min; "

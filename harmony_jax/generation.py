@@ -13,10 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from harmony_jax.diffusion.syncfg import sample
+from harmony_jax.diffusion.syncfg import MODES, sample
 from harmony_jax.system import System
-
-MODES = ("t2av", "a2v", "v2a")
 
 
 def _check_not_empty(captions: Sequence[str], what: str) -> None:

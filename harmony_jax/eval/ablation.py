@@ -21,6 +21,7 @@ from absl import logging
 
 from harmony_jax.atomic import atomic_path
 from harmony_jax.eval.heldout import EVAL_SEED_OFFSET, evaluate_sync
+from harmony_jax.generation import MODES
 from harmony_jax.inference import load_for_inference
 from harmony_jax.training.loop import train_and_evaluate
 
@@ -98,7 +99,7 @@ def _key(settings: dict) -> str:
 def _summary(rows: dict[str, list[dict[str, float]]]) -> dict[str, float]:
     """Clip means of one evaluation: F1 / |offset| / |AV offset| per mode, beside chance."""
     out = {}
-    for mode in ("t2av", "a2v", "v2a"):
+    for mode in MODES:
         gen, shuf = rows.get(f"{mode} generated"), rows.get(f"{mode} shuffled")
         if gen is None:
             continue
@@ -183,7 +184,7 @@ class Ladder:
         return run_dir
 
     def evaluate(self, variant: Variant, seed: int, step: Optional[int] = None,
-                 modes: Sequence[str] = ("t2av", "a2v", "v2a")) -> dict[str, float]:
+                 modes: Sequence[str] = MODES) -> dict[str, float]:
         """Sync summary of the trained variant at `step` (default: the end of training)."""
         run_dir = self.train(variant, seed)
         step = self.base.total_steps if step is None else step
@@ -204,7 +205,7 @@ class Ladder:
                        if p.isdigit())
         # The last step's full evaluation is already there; earlier steps need only T2AV.
         return [(s, self.evaluate(variant, seed, s, modes=("t2av",) if s < steps[-1]
-                                  else ("t2av", "a2v", "v2a"))["t2av_f1"]) for s in steps]
+                                  else MODES)["t2av_f1"]) for s in steps]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -237,20 +238,21 @@ def _direction(prev: tuple[float, float], cur: tuple[float, float]) -> str:
 
 def format_table(stats: dict[str, dict[str, tuple]], variants: Sequence[Variant]) -> str:
     """The paper's Table 3 layout: one row per rung (mean +/- std over seeds), then extras."""
-    head = f"{'Method':<34}" + "".join(f"{title:>17}" for _, title in COLUMNS) + "  T2AV F1 vs above"
+    head = (f"{'Method':<34}" + "".join(f"{title:>17}" for _, title in COLUMNS)
+            + "  T2AV F1 vs above")
     lines = [head, "-" * len(head)]
-    prev = None
+    prev_f1, extras_started = None, False
     for v in variants:
-        if v.extra and (prev is None or prev != "extras"):
+        if v.extra and not extras_started:
             lines.append("not ablated in the paper (full recipe, one knob changed):")
-            prev = "extras"
+            extras_started = True
         s = stats[v.name]
         cells = "".join(f"{s[c][0]:>9.3f} +/-{s[c][1]:<5.3f}" if "f1" in c
                         else f"{s[c][0]:>9.1f} +/-{s[c][1]:<5.1f}" for c, _ in COLUMNS)
-        trend = "" if v.extra or prev is None else _direction(prev, s["t2av_f1"])
+        trend = "" if v.extra or prev_f1 is None else _direction(prev_f1, s["t2av_f1"])
         lines.append(f"{v.name:<34}{cells}  {trend}")
         if not v.extra:
-            prev = s["t2av_f1"]
+            prev_f1 = s["t2av_f1"]
     return "\n".join(lines)
 
 

@@ -60,7 +60,8 @@ def evaluate_sync(system: System, params, num_clips: int, *, out_dir: Optional[s
     # A model trained on reference first frames (TI2V, `cts.ref_image_prob` > 0) is evaluated
     # with the clip's first frame as the reference, as the paper always samples.
     ref = {"ref_image": truth_v[:, 0]} if config.cts.ref_image_prob > 0 else {}
-    givens = {"t2av": ref, "a2v": {"given_audio": truth_a, **ref}, "v2a": {"given_video": truth_v}}
+    givens = {"t2av": ref, "a2v": {"given_audio": truth_a, **ref},
+              "v2a": {"given_video": truth_v}}
     for mode in modes:
         start = time.time()
         frames, waves = generation.generate(system, params, rng, batch, mode=mode,

@@ -69,14 +69,19 @@ def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array
 
 
 def write_samples(system: System, params, step: int, workdir: str) -> list[str]:
-    """A few text-to-AV clips with the run's sampler settings, as DIR/samples/step_N[_i].mp4."""
+    """A few text-to-AV clips with the run's sampler settings, as DIR/samples/step_N[_i].mp4;
+    a run trained on reference frames (`cts.ref_image_prob` > 0) starts them from the clips'
+    first frames, as it will be sampled."""
     config = system.config
     source = make_source(config)
     items = [source[i] for i in range(config.num_sample_clips)]
     batch = generation.prompt_batch(system, [it["video_caption"] for it in items],
                                     [it["audio_caption"] for it in items],
                                     [it.get("transcript", "") for it in items])
-    frames, waves = generation.generate(system, params, jax.random.key(config.seed), batch)
+    ref = (np.stack([np.asarray(it["video"][0]) for it in items])
+           if config.cts.ref_image_prob > 0 else None)  # [N, H, W, 3]
+    frames, waves = generation.generate(system, params, jax.random.key(config.seed), batch,
+                                        ref_image=ref)
     paths = []
     if jax.process_index() == 0:
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
@@ -192,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     break
                 if config.sample_every and (done % config.sample_every == 0
                                             or done == config.total_steps):
-                    paths = write_samples(system, state.params, done, workdir)
+                    paths = write_samples(system, state.sampling_params, done, workdir)
                     logging.info("samples: %s", paths)
     finally:  # also on a halt: pending async saves finish, the SIGTERM handler is restored
         preemption.close()

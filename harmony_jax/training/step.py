@@ -24,6 +24,11 @@ class TrainState:
     ema_params: Any  # same tree as params, or None when config.optim.ema_decay == 0
     skipped: jax.Array  # int32 []: updates dropped because the loss or a gradient was not finite
 
+    @property
+    def sampling_params(self) -> Any:
+        """The weights to sample from: the EMA where the run keeps one, else the raw ones."""
+        return self.params if self.ema_params is None else self.ema_params
+
 
 def create_train_state(params: Any, tx: optax.GradientTransformation, ema: bool) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -40,12 +45,29 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.isfinite(optax.global_norm(tree))
 
 
+def drop_captions(system: System, batch: Batch, rng: jax.Array, rate: float) -> Batch:
+    """Replaces both captions of a `rate` fraction of the samples by the empty prompt, so the
+    model learns the unconditional side that text CFG extrapolates from (its sampler feeds
+    exactly these empty-prompt ids). Transcripts and reference audio are kept: CFG keeps them."""
+    if rate <= 0:
+        return batch
+    empty_ids, empty_mask = system.text_encoder.tokenize([""])  # [1, L]
+    drop = jax.random.bernoulli(rng, rate, (batch["video_text_ids"].shape[0], 1))  # [B, 1]
+    out = dict(batch)
+    for kind in ("video", "audio"):
+        out[f"{kind}_text_ids"] = jnp.where(drop, empty_ids, batch[f"{kind}_text_ids"])
+        out[f"{kind}_text_mask"] = jnp.where(drop, empty_mask, batch[f"{kind}_text_mask"])
+    return out
+
+
 def make_loss_fn(system: System, config) -> Callable:
     cts = config.cts
 
     def loss_fn(params, batch: Batch, rng: jax.Array):
+        k_drop, rng = jax.random.split(rng)
         video0, audio0 = system.encode_media(batch)  # [B, Tv, h, w, Cv], [B, Ta, Ca]
-        cond = system.conditioning(params, batch)
+        cond = system.conditioning(params, drop_captions(system, batch, k_drop,
+                                                         cts.caption_dropout))
         return cts_loss(system.denoiser(params), video0, audio0, cond, rng, mode=cts.mode,
                         fractions=tuple(cts.fractions), lambda_v=cts.lambda_v,
                         lambda_a=cts.lambda_a, shift=config.flow.shift,
