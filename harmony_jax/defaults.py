@@ -75,7 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.ref_audio_seconds = 0.0  # 0: no reference-voice prefix
 
     # ---- flow matching + Cross-Task Synergy
-    c.flow = ml_collections.ConfigDict(dict(shift=5.0))
+    # prediction: what the network outputs, 'velocity' (Wan: an imported tower needs it) or
+    # 'x0' (clean latents, turned into velocity; learns raw pixels from scratch far sooner)
+    c.flow = ml_collections.ConfigDict(dict(shift=5.0, prediction="velocity"))
     c.cts = ml_collections.ConfigDict(dict(
         mode="split",  # 'split' | 'all' | 'joint_only'
         fractions=(0.5, 0.25, 0.25),  # joint, audio-driven video, video-driven audio

@@ -18,6 +18,7 @@ import numpy as np
 from harmony_jax.codecs import (AudioCodec, TextEncoder, VideoCodec, make_audio_codec,
                                 make_text_encoder, make_video_codec)
 from harmony_jax.codecs.text import TranscriptTokenizer
+from harmony_jax.diffusion import flow
 from harmony_jax.model import Conditioning, HarmonyDiT, ModelConfig
 
 Params = Any
@@ -86,10 +87,12 @@ class System:
         return self.video_codec.encode(batch["video"]), self.audio_codec.encode(batch["audio"])
 
     def denoiser(self, params: Params) -> Callable:
-        """The denoiser contract of `model.conditioning` bound to these parameters."""
+        """The denoiser contract of `model.conditioning` bound to these parameters: velocities,
+        whatever the network predicts (`config.flow.prediction`)."""
         model = self.model
-        return lambda v, a, tv, ta, cond: model.apply({"params": params["dit"]}, v, a, tv, ta,
-                                                      cond)
+        net = lambda v, a, tv, ta, cond: model.apply({"params": params["dit"]}, v, a, tv, ta,
+                                                     cond)
+        return flow.x0_denoiser(net) if self.config.flow.prediction == "x0" else net
 
     # ---- parameters
     def example_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -128,6 +131,9 @@ def build_system(config: ml_collections.ConfigDict) -> System:
     must agree, and a mismatch names both keys."""
     video_codec, audio_codec = make_video_codec(config), make_audio_codec(config)
     text_encoder = make_text_encoder(config)
+    if config.flow.prediction not in flow.PREDICTIONS:
+        raise ValueError(f"config.flow.prediction={config.flow.prediction!r}: expected one of "
+                         f"{flow.PREDICTIONS}")
     m = config.model
     for key, want, have in (
             ("model.video.in_channels", m.video.in_channels, video_codec.latent_channels),

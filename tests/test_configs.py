@@ -32,3 +32,11 @@ def test_config_loads(path):
 def test_all_configs_found():
     names = {os.path.basename(p) for p in CONFIGS}
     assert {"tiny.py", "demo.py", "harmony_5b.py"} <= names
+
+
+def test_unknown_prediction_names_the_key():
+    from harmony_jax.system import build_system
+    config = _load(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"))
+    config.flow.prediction = "eps"
+    with pytest.raises(ValueError, match=r"config.flow.prediction='eps'.*velocity"):
+        build_system(config)

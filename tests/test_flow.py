@@ -45,3 +45,30 @@ def test_noise_path_and_velocity():
     # The velocity is d x_t / d sigma: a finite difference along the path recovers it.
     np.testing.assert_allclose(flow.add_noise(x0, e, sigma + 0.1) - xt, 0.1 * v, atol=1e-5)
     assert float(flow.timestep(jnp.float32(0.25))) == 250.0
+
+
+def test_x0_denoiser_turns_an_exact_clean_prediction_into_the_velocity_target():
+    kv, ka, ev, ea = jax.random.split(jax.random.PRNGKey(3), 4)
+    x0_v, x0_a = jax.random.normal(kv, (2, 4, 2, 2, 3)), jax.random.normal(ka, (2, 5, 6))
+    noise_v, noise_a = jax.random.normal(ev, x0_v.shape), jax.random.normal(ea, x0_a.shape)
+    # per-frame sigmas, including clean frames (0) and some below the clip
+    sigma_v = jnp.asarray([[0.0, 0.02, 0.5, 1.0], [0.3, 0.3, 0.9, 0.05]])
+    sigma_a = jnp.asarray([[0.0, 0.1, 0.2, 0.7, 1.0], [0.04, 0.5, 0.5, 0.5, 0.6]])
+    x_v, x_a = flow.add_noise(x0_v, noise_v, sigma_v), flow.add_noise(x0_a, noise_a, sigma_a)
+    oracle = lambda v, a, tv, ta, cond: (x0_v, x0_a)  # the network's clean prediction
+    v_v, v_a = flow.x0_denoiser(oracle)(x_v, x_a, flow.timestep(sigma_v),
+                                        flow.timestep(sigma_a), None)
+    for v, x, x0, noise, sigma in ((v_v, x_v, x0_v, noise_v, sigma_v),
+                                   (v_a, x_a, x0_a, noise_a, sigma_a)):
+        s = np.asarray(sigma).reshape(sigma.shape + (1,) * (x0.ndim - 2))
+        s = np.broadcast_to(s, x0.shape)
+        # where sigma >= the clip: exactly the flow-matching target e - x0
+        np.testing.assert_allclose(np.asarray(v)[s >= flow.X0_MIN_SIGMA],
+                                   np.asarray(flow.velocity_target(x0, noise))[s >= flow.X0_MIN_SIGMA],
+                                   rtol=1e-4, atol=1e-4)
+        # below it: (x_t - x0) / clip, so a clean frame (x_t = x0) gets exactly zero
+        below = s < flow.X0_MIN_SIGMA
+        np.testing.assert_allclose(np.asarray(v)[below],
+                                   (np.asarray(x) - np.asarray(x0))[below] / flow.X0_MIN_SIGMA,
+                                   rtol=1e-4, atol=1e-5)
+        assert np.all(np.asarray(v)[s == 0] == 0)

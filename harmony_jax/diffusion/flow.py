@@ -3,6 +3,11 @@
 `s` (sigma) runs from 0 (clean) to 1 (pure noise); the model sees the timestep `1000 * s`.
 Training sigmas are `U(0, 1)` pushed towards noise by the timestep shift, and the sampling
 schedule is the same shift applied to an even grid, so training and sampling agree.
+
+The network may instead output the clean sample (`x0_denoiser`, Li & He 2025, "Back to Basics:
+Let Denoising Generative Models Denoise"): its velocity `(x_t - x0) / s` is what the loss and
+the sampler see, so everything downstream is unchanged. A small model over raw pixels learns
+x0 (a low-dimensional image) far sooner than v, most of which is noise it must copy exactly.
 """
 
 from typing import Callable
@@ -44,6 +49,27 @@ def add_noise(x0: jax.Array, noise: jax.Array, sigma: jax.Array) -> jax.Array:
 def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
     """The velocity `d x_t / d s = e - x0` the model learns."""
     return noise - x0
+
+
+PREDICTIONS = ("velocity", "x0")
+X0_MIN_SIGMA = 0.05  # the velocity of an x0 prediction divides by max(sigma, this), as JiT does
+
+
+def x0_denoiser(predict_x0: Denoiser, min_sigma: float = X0_MIN_SIGMA) -> Denoiser:
+    """The velocity denoiser of a network that predicts clean latents: `v = (x_t - x0) / s`,
+    with s clipped below at `min_sigma` (clean frames, s = 0, stay finite; nothing scores or
+    integrates their velocity)."""
+    def denoise(video, audio, t_video, t_audio, cond):
+        x0_v, x0_a = predict_x0(video, audio, t_video, t_audio, cond)
+        return _velocity(video, x0_v, t_video, min_sigma), _velocity(audio, x0_a, t_audio,
+                                                                     min_sigma)
+    return denoise
+
+
+def _velocity(x_t: jax.Array, x0: jax.Array, t: jax.Array, min_sigma: float) -> jax.Array:
+    sigma = jnp.maximum(t.astype(jnp.float32) / TIMESTEP_SCALE, min_sigma)  # [B, T]
+    sigma = sigma.reshape(sigma.shape + (1,) * (x_t.ndim - sigma.ndim))
+    return ((x_t.astype(jnp.float32) - x0.astype(jnp.float32)) / sigma).astype(x0.dtype)
 
 
 def sigma_schedule(steps: int, shift: float) -> jax.Array:
