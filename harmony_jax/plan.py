@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -153,6 +153,13 @@ class PrecomputedText:
     dim: int
     trainable: bool = False
     module: nn.Module = dataclasses.field(default_factory=_Embeddings)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Zero embeddings [B, L, Dt] with one real token: only their shapes matter here (the
+        empty prompt of caption dropout), which a real encoder's would share."""
+        mask = np.zeros((len(texts), self.max_len), bool)
+        mask[:, 0] = True
+        return np.zeros((len(texts), self.max_len, self.dim), np.float32), mask
 
 
 def latent_system(config: ml_collections.ConfigDict) -> System:

@@ -134,6 +134,10 @@ def build_system(config: ml_collections.ConfigDict) -> System:
     if config.flow.prediction not in flow.PREDICTIONS:
         raise ValueError(f"config.flow.prediction={config.flow.prediction!r}: expected one of "
                          f"{flow.PREDICTIONS}")
+    if config.flow.prediction == "x0" and config.init.video_from:
+        raise ValueError(f"config.init.video_from={config.init.video_from} imports a Wan2.2 "
+                         f"tower, which predicts velocity; config.flow.prediction='x0' would "
+                         f"read its output as clean latents (use 'velocity')")
     m = config.model
     for key, want, have in (
             ("model.video.in_channels", m.video.in_channels, video_codec.latent_channels),

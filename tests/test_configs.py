@@ -40,3 +40,12 @@ def test_unknown_prediction_names_the_key():
     config.flow.prediction = "eps"
     with pytest.raises(ValueError, match=r"config.flow.prediction='eps'.*velocity"):
         build_system(config)
+
+
+def test_x0_prediction_refuses_an_imported_velocity_tower():
+    from harmony_jax.system import build_system
+    config = _load(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"))
+    config.flow.prediction = "x0"
+    config.init.video_from = "ckpt/wan_video_tower"
+    with pytest.raises(ValueError, match=r"video_from=ckpt/wan_video_tower.*velocity"):
+        build_system(config)

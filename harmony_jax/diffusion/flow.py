@@ -6,8 +6,9 @@ schedule is the same shift applied to an even grid, so training and sampling agr
 
 The network may instead output the clean sample (`x0_denoiser`, Li & He 2025, "Back to Basics:
 Let Denoising Generative Models Denoise"): its velocity `(x_t - x0) / s` is what the loss and
-the sampler see, so everything downstream is unchanged. A small model over raw pixels learns
-x0 (a low-dimensional image) far sooner than v, most of which is noise it must copy exactly.
+the sampler see, so everything downstream is unchanged. Why: predicting v, a small network
+over raw pixels must also reproduce the noise it is given, exactly; the clean image is
+low-dimensional and need not carry it. Wan's towers predict v, so imports keep 'velocity'.
 """
 
 from typing import Callable

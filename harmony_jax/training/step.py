@@ -51,12 +51,14 @@ def drop_captions(system: System, batch: Batch, rng: jax.Array, rate: float) -> 
     exactly these empty-prompt ids). Transcripts and reference audio are kept: CFG keeps them."""
     if rate <= 0:
         return batch
-    empty_ids, empty_mask = system.text_encoder.tokenize([""])  # [1, L]
-    drop = jax.random.bernoulli(rng, rate, (batch["video_text_ids"].shape[0], 1))  # [B, 1]
+    empty = dict(zip(("ids", "mask"), system.text_encoder.tokenize([""])))  # [1, L(, Dt)]
+    drop = jax.random.bernoulli(rng, rate, (batch["video_text_ids"].shape[0],))  # [B]
     out = dict(batch)
     for kind in ("video", "audio"):
-        out[f"{kind}_text_ids"] = jnp.where(drop, empty_ids, batch[f"{kind}_text_ids"])
-        out[f"{kind}_text_mask"] = jnp.where(drop, empty_mask, batch[f"{kind}_text_mask"])
+        for part, value in empty.items():
+            key = f"{kind}_text_{part}"
+            row = drop.reshape(drop.shape + (1,) * (value.ndim - 1))
+            out[key] = jnp.where(row, value, batch[key])
     return out
 
 
