@@ -76,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- flow matching + Cross-Task Synergy
     # prediction: what the network outputs, 'velocity' (Wan: an imported tower needs it) or
-    # 'x0' (clean latents, turned into velocity; learns raw pixels from scratch far sooner)
+    # 'x0' (clean latents, turned into velocity: a small pixel model need not copy the noise)
     c.flow = ml_collections.ConfigDict(dict(shift=5.0, prediction="velocity"))
     c.cts = ml_collections.ConfigDict(dict(
         mode="split",  # 'split' | 'all' | 'joint_only'
