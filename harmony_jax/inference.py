@@ -21,7 +21,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from harmony_jax.compile_cache import DEFAULT_DIR, enable_compile_cache
-from harmony_jax.media import MediaError, read_av
+from harmony_jax.media import MediaError
+from harmony_jax.media_window import read_soundtrack, read_window
 from harmony_jax.system import System, build_system
 from harmony_jax.training.checkpoint import check_params, read_config
 
@@ -95,9 +96,9 @@ def read_audio(path: str | os.PathLike, sample_rate: int,
     if not os.path.isfile(path):
         raise MediaError(f"{path}: no such file")
     if _has_video(path):
-        _, _, audio, rate = read_av(path)
-        if audio is None:
-            raise MediaError(f"{path}: no audio stream")
+        # no video frame is decoded; a little more than needed, so a longer track is noticed
+        seconds = None if num_samples is None else num_samples / sample_rate + 0.1
+        audio, rate = read_soundtrack(path, seconds)
     else:
         audio, rate = _decode_audio_only(path)
     if audio.shape[1] > 1:
@@ -117,19 +118,15 @@ def read_audio(path: str | os.PathLike, sample_rate: int,
 # ---- video and images
 
 
-def _resize(frames: np.ndarray, height: int, width: int, path: str) -> np.ndarray:
-    """[F, h, w, 3] float -> [F, height, width, 3]: centre crop to the target aspect ratio, then
-    an antialiased bilinear resize, so shapes keep their proportions."""
-    f, h, w, _ = frames.shape
+def _note_fit(path: str, source: tuple[int, int], height: int, width: int) -> None:
+    """The notice for frames of `source` (H, W) centre-cropped and resized to height x width."""
+    h, w = source
     if (h, w) == (height, width):
-        return frames
+        return
     crop_h, crop_w = min(h, round(w * height / width)), min(w, round(h * width / height))
-    top, left = (h - crop_h) // 2, (w - crop_w) // 2
     crop = f", centre-cropped to {crop_h}x{crop_w}," if (crop_h, crop_w) != (h, w) else ""
     logging.warning("%s: frames of %dx%d%s resized to %dx%d (HxW)", path, h, w, crop, height,
                     width)
-    frames = frames[:, top:top + crop_h, left:left + crop_w]
-    return np.asarray(jax.image.resize(frames, (f, height, width, 3), "linear", antialias=True))
 
 
 def _to_signed(frames: np.ndarray) -> np.ndarray:
@@ -138,28 +135,31 @@ def _to_signed(frames: np.ndarray) -> np.ndarray:
 
 def read_video(path: str | os.PathLike, fps: float, num_frames: int, height: int,
                width: int) -> np.ndarray:
-    """Frames float32 [num_frames, height, width, 3] in [-1, 1] from a video file: resampled to
-    `fps` (nearest earlier frame), cropped or padded with its last frame, resized."""
+    """Frames float32 [num_frames, height, width, 3] in [-1, 1] from a video file: the frame
+    shown at the middle of each output frame's interval (by presentation time), upright, centre
+    cropped and resized, padded with the last frame when the clip is shorter. Only those
+    frames are decoded and converted."""
     path = os.fspath(path)
-    frames, src_fps, _, _ = read_av(path)  # [F, h, w, 3] uint8
-    if abs(src_fps - fps) > 1e-3:
-        count = max(1, int(np.floor(len(frames) * fps / src_fps + 1e-6)))
-        index = np.minimum(np.floor(np.arange(count) * src_fps / fps + 1e-6).astype(int),
-                           len(frames) - 1)
-        logging.warning("%s: %g fps resampled to %g fps", path, src_fps, fps)
-        frames = frames[index]
-    if len(frames) != num_frames:
-        logging.warning("%s: %d frames %s to the model's %d", path, len(frames),
-                        "cropped" if len(frames) > num_frames else "padded with the last frame",
-                        num_frames)
-        index = np.minimum(np.arange(num_frames), len(frames) - 1)
-        frames = frames[index]
-    return _resize(_to_signed(frames), height, width, path)
+    window = read_window(path, fps=fps, num_frames=num_frames, size=(height, width),
+                         audio=False)
+    frames = window.video  # [F, height, width, 3] uint8
+    if abs(window.source_fps - fps) > 1e-3:
+        logging.warning("%s: %g fps resampled to %g fps", path, window.source_fps, fps)
+    _note_fit(path, window.source_size, height, width)
+    if len(frames) < num_frames:
+        logging.warning("%s: %.3f s of video padded with the last frame to the model's %d "
+                        "frames", path, window.end, num_frames)
+        frames = frames[np.minimum(np.arange(num_frames), len(frames) - 1)]
+    elif window.end > num_frames / fps + 1e-3:
+        logging.warning("%s: only the first %d frames (%.3f s) are used", path, num_frames,
+                        num_frames / fps)
+    return _to_signed(frames)
 
 
 def read_image(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
     """A reference first frame float32 [height, width, 3] in [-1, 1] from an image file (or the
-    first frame of a video)."""
+    first frame of a video), upright, centre-cropped and resized."""
     path = os.fspath(path)
-    frames, _, _, _ = read_av(path)
-    return _resize(_to_signed(frames[:1]), height, width, path)[0]
+    window = read_window(path, fps=1000.0, num_frames=1, size=(height, width), audio=False)
+    _note_fit(path, window.source_size, height, width)
+    return _to_signed(window.video[0])

@@ -2,8 +2,11 @@
 
 `captions.jsonl` holds one JSON object per line: `path` (relative to the folder),
 `video_caption`, `audio_caption` and optionally `transcript`. Each item is the first `num_frames`
-frames of the clip at `fps`, centre-cropped and resized to `height` x `width`, with the mono
-audio at `sample_rate` that plays over exactly those frames, in the sounding-shapes layout.
+frames of the clip at `fps`, picked by presentation time (variable frame rates are common),
+turned upright by the display matrix, centre-cropped and resized to `height` x `width`, with the
+mono audio at `sample_rate` that plays over exactly those frames, in the sounding-shapes layout.
+Only that window is decoded (`media_window.read_window`), so an item costs the same whatever the
+source's length and resolution.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from typing import Any
 
 import librosa
 import numpy as np
-from PIL import Image
 
-from harmony_jax.media import MediaError, read_av
+from harmony_jax.media import MediaError
+from harmony_jax.media_window import read_window
 
 CAPTIONS_FILE = "captions.jsonl"
 
@@ -59,24 +62,10 @@ def read_captions(root: str) -> list[Clip]:
     return clips
 
 
-def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Centre crop to the target aspect, then bicubic (antialiased) resize:
-    uint8 [F, H0, W0, 3] -> [F, H, W, 3]."""
-    h0, w0 = frames.shape[1:3]
-    crop_h, crop_w = min(h0, round(w0 * height / width)), min(w0, round(h0 * width / height))
-    top, left = (h0 - crop_h) // 2, (w0 - crop_w) // 2
-    frames = frames[:, top:top + crop_h, left:left + crop_w]
-    if (crop_h, crop_w) == (height, width):
-        return frames
-    return np.stack([np.asarray(Image.fromarray(f).resize((width, height),
-                                                          Image.Resampling.BICUBIC))
-                     for f in frames])
-
-
 def _to_mono(audio: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
     """float32 [S0, C] at `rate` -> mono float32 [S] at `sample_rate`."""
     mono = audio.mean(axis=1)
-    if rate != sample_rate:
+    if rate != sample_rate and len(mono):
         mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)
     return mono.astype(np.float32)
 
@@ -124,17 +113,15 @@ class ClipFolder:
     def load(self, index: int) -> dict[str, Any]:
         """Clip `index`, no skipping."""
         clip = self.clips[index]
-        frames, src_fps, audio, rate = read_av(clip.path)
-        if audio is None:
+        window = read_window(clip.path, fps=self.fps, num_frames=self.num_frames,
+                             size=(self.height, self.width))
+        if window.audio is None:
             raise MediaError(f"{clip.path}: no audio stream")
-        # Output frame i covers [i, i + 1) / fps: take the source frame whose interval centre is
-        # nearest to (i + 0.5) / fps.
-        centres = (np.arange(self.num_frames) + 0.5) * src_fps / self.fps - 0.5
-        source = np.floor(centres + 0.5).astype(int)  # [F]
-        if source[-1] >= len(frames):
-            raise MediaError(f"{clip.path}: {len(frames)} frames at {src_fps:g} fps is shorter "
-                             f"than {self.num_frames} frames at {self.fps:g} fps")
-        video = _resize(frames[source], self.height, self.width)  # [F, H, W, 3] uint8
+        if len(window.video) < self.num_frames:
+            raise MediaError(f"{clip.path}: {window.end:.3f} s of video is shorter than "
+                             f"{self.num_frames} frames at {self.fps:g} fps "
+                             f"({self.num_frames / self.fps:.3f} s)")
+        video, audio, rate = window.video, window.audio, window.sample_rate  # [F, H, W, 3] uint8
         wave = _to_mono(audio, rate, self.sample_rate)  # [S0]
         missing = self.num_samples - len(wave)
         if missing > self.sample_rate / self.fps:  # tolerate one frame of codec padding loss
