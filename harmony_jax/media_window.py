@@ -10,7 +10,7 @@ uses. `read_window` therefore:
   are honoured, so AAC's priming samples are not mistaken for the clip's start);
 - applies the display matrix (quarter turns and flips) before the centre crop;
 - seeks to the window, stops demuxing after it, and converts each *selected* frame to RGB at the
-  output size as it is decoded (swscale, through PyAV's reformat), so memory depends on the
+  output size as it is decoded (one FFmpeg filter graph: crop, scale), so memory depends on the
   window and the output size, not on the source's length or resolution.
 """
 
@@ -122,7 +122,8 @@ class _Converter:
         if (crop_h, crop_w) != coded:
             chain.append(self.graph.add("crop", f"{crop_w}:{crop_h}:{left}:{top}:exact=1"))
         if (out_h, out_w) != (crop_h, crop_w):
-            chain.append(self.graph.add("scale", f"{out_w}:{out_h}:flags=bicubic+accurate_rnd+full_chroma_int"))
+            chain.append(self.graph.add(
+                "scale", f"{out_w}:{out_h}:flags=bicubic+accurate_rnd+full_chroma_int"))
         chain += [self.graph.add("format", "rgb24"), self.graph.add("buffersink")]
         for source, sink in zip(chain, chain[1:]):
             source.link_to(sink)
