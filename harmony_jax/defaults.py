@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- data
     d = c.data = ml_collections.ConfigDict()
-    d.source = "sounding_shapes"  # 'sounding_shapes' | 'clip_folder'
+    d.source = "sounding_shapes"  # 'sounding_shapes' | 'clip_folder' | 'latents' (from encode)
     d.fps = 8.0
     d.num_frames = 16
     d.height = 32

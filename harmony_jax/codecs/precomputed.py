@@ -19,16 +19,13 @@ import numpy as np
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity, like the codecs it wraps
-class PrecomputedVideo:
-    """Video latents [B, Tv, h, w, Cv] in, the same out; geometry and decoder of `codec`."""
+class _PrecomputedLatents:
+    """Latents in, the same out; the timing and the decoder of the wrapped `codec`."""
 
     codec: Any
 
     latent_channels = property(lambda self: self.codec.latent_channels)
     latent_rate = property(lambda self: self.codec.latent_rate)
-
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-        return self.codec.latent_shape(num_frames, height, width)
 
     def frame_times(self, num_latent_frames: int) -> np.ndarray:
         return self.codec.frame_times(num_latent_frames)
@@ -41,26 +38,21 @@ class PrecomputedVideo:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class PrecomputedAudio:
-    """Audio latents [B, Ta, Ca] in, the same out; geometry and decoder of `codec`."""
+class PrecomputedVideo(_PrecomputedLatents):
+    """Video latents [B, Tv, h, w, Cv]; the geometry of the video `codec`."""
 
-    codec: Any
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        return self.codec.latent_shape(num_frames, height, width)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PrecomputedAudio(_PrecomputedLatents):
+    """Audio latents [B, Ta, Ca]; the sample rate and frame count of the audio `codec`."""
 
     sample_rate = property(lambda self: self.codec.sample_rate)
-    latent_channels = property(lambda self: self.codec.latent_channels)
-    latent_rate = property(lambda self: self.codec.latent_rate)
 
     def num_latent_frames(self, num_samples: int) -> int:
         return self.codec.num_latent_frames(num_samples)
-
-    def frame_times(self, num_latent_frames: int) -> np.ndarray:
-        return self.codec.frame_times(num_latent_frames)
-
-    def encode(self, latents: jax.Array) -> jax.Array:
-        return jnp.asarray(latents).astype(jnp.float32)
-
-    def decode(self, latents: jax.Array) -> np.ndarray:
-        return self.codec.decode(latents)
 
 
 class Embeddings(nn.Module):
