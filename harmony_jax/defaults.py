@@ -34,7 +34,13 @@ def base_config() -> ml_collections.ConfigDict:
         dict(vocab_size=256, dim=32, conv_layers=1, conv_mult=2, max_len=64))
     m.interaction = ml_collections.ConfigDict(
         dict(mode="gldi", window=2.0, rope_align=True))  # window in video latent frames
-    m.attention = "xla"  # "xla" | "cudnn" | "blockwise" | "auto" (cuDNN on GPU, else blockwise)
+    # "xla" | "cudnn" | "blockwise" | "splash" (Pallas TPU kernel; interpreted, slowly, off TPU)
+    # | "auto" (splash on TPU, cuDNN on GPU, else blockwise for long sequences)
+    m.attention = "xla"
+    # splash tiles, multiples of 128 (0: the TPU generation's default, v5e 512 .. v6e 2048);
+    # fused_bwd: dq, dk, dv in one backward kernel
+    m.splash = ml_collections.ConfigDict(
+        dict(block_q=0, block_kv=0, block_kv_compute=0, fused_bwd=False))
     m.dtype = "float32"  # compute dtype; params stay float32
     m.param_dtype = "float32"
     m.scan_layers = True
@@ -62,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- data
     d = c.data = ml_collections.ConfigDict()
-    d.source = "sounding_shapes"  # 'sounding_shapes' | 'clip_folder'
+    d.source = "sounding_shapes"  # 'sounding_shapes' | 'clip_folder' | 'latents' (from encode)
     d.fps = 8.0
     d.num_frames = 16
     d.height = 32

@@ -17,6 +17,7 @@ import numpy as np
 
 from harmony_jax.codecs import (AudioCodec, TextEncoder, VideoCodec, make_audio_codec,
                                 make_text_encoder, make_video_codec)
+from harmony_jax.codecs.precomputed import PrecomputedAudio, PrecomputedText, PrecomputedVideo
 from harmony_jax.codecs.text import TranscriptTokenizer
 from harmony_jax.diffusion import flow
 from harmony_jax.model import Conditioning, HarmonyDiT, ModelConfig
@@ -32,6 +33,7 @@ class System:
     audio_codec: AudioCodec
     text_encoder: TextEncoder
     transcript_tokenizer: TranscriptTokenizer
+    inputs: str = "media"  # 'media': frames and waveforms; 'latents': see `latent_inputs`
 
     @property
     def model(self) -> HarmonyDiT:
@@ -96,15 +98,25 @@ class System:
 
     # ---- parameters
     def example_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """One batch's shapes: raw media, or (`inputs='latents'`) latents and, for a frozen
+        text encoder, its embeddings [B, L, Dt] under the `*_text_ids` keys."""
         d = self.config.data
         S = jax.ShapeDtypeStruct
         L, Lc = self.text_len, self.model_config.transcript.max_len
-        return dict(
+        text = S((batch_size, L), jnp.int32)
+        batch = dict(
             video=S((batch_size, d.num_frames, d.height, d.width, 3), jnp.float32),
             audio=S((batch_size, self.num_samples), jnp.float32),
-            video_text_ids=S((batch_size, L), jnp.int32), video_text_mask=S((batch_size, L), bool),
-            audio_text_ids=S((batch_size, L), jnp.int32), audio_text_mask=S((batch_size, L), bool),
+            video_text_ids=text, video_text_mask=S((batch_size, L), bool),
+            audio_text_ids=text, audio_text_mask=S((batch_size, L), bool),
             transcript_ids=S((batch_size, Lc), jnp.int32))
+        if self.inputs == "latents":
+            batch.update(video=S((batch_size, *self.video_latent_shape), jnp.float32),
+                         audio=S((batch_size, *self.audio_latent_shape), jnp.float32))
+            if not self.text_encoder.trainable:
+                text = S((batch_size, L, self.text_encoder.dim), jnp.float32)
+                batch.update(video_text_ids=text, audio_text_ids=text)
+        return batch
 
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> Params:
         """Boxed (logically partitioned) parameters; wrap in `parallel.sharded_init` to shard."""
@@ -120,6 +132,20 @@ class System:
         t_a = jnp.zeros((b, audio.shape[1]), jnp.float32)
         params["dit"] = self.model.init(k_dit, video, audio, t_v, t_a, cond)["params"]
         return params
+
+
+def latent_inputs(system: System, empty_prompt: np.ndarray | None) -> System:
+    """`system` fed precomputed latents (`python -m harmony_jax.encode`): same model, geometry
+    and decoders, the encoders replaced by the identity, so their weights are never read. A
+    frozen text encoder becomes its stored embeddings (`empty_prompt` [n, Dt]: its embedding of
+    the empty prompt); a trainable one (the demo's) stays, fed the stored token ids."""
+    text = system.text_encoder
+    if not text.trainable:
+        text = PrecomputedText(max_len=text.max_len, dim=text.dim,
+                               empty=np.asarray(empty_prompt, np.float32))
+    return dataclasses.replace(system, video_codec=PrecomputedVideo(system.video_codec),
+                               audio_codec=PrecomputedAudio(system.audio_codec),
+                               text_encoder=text, inputs="latents")
 
 
 def _per_sample(times: np.ndarray, batch: int) -> jax.Array:

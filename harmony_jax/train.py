@@ -10,6 +10,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from harmony_jax.config_cli import parse_flags
+from harmony_jax.data.latent_records import LatentRecordsError
 from harmony_jax.training.checkpoint import CheckpointMismatchError
 from harmony_jax.training.loop import WorkdirError, train_and_evaluate
 
@@ -22,7 +23,7 @@ def main(argv):
     del argv
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (WorkdirError, CheckpointMismatchError) as e:
+    except (WorkdirError, CheckpointMismatchError, LatentRecordsError) as e:
         sys.exit(f"error: {e}")  # the command line is at fault: no traceback
 
 

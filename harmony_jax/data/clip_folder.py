@@ -96,12 +96,16 @@ class ClipFolder:
                 f"{self.height}x{self.width} at {self.fps:g} fps)")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.locate(index)[1]
+
+    def locate(self, index: int) -> tuple[int, dict[str, Any]]:
+        """(index of the clip item `index` holds, the item): `index` itself unless it is bad."""
         for k in range(len(self)):
             i = (index + k) % len(self)
             if i in self._bad:
                 continue
             try:
-                return self.load(i)
+                return i, self.load(i)
             except MediaError as e:
                 if not self.skip_bad_files:
                     raise

@@ -23,7 +23,7 @@ from absl import flags
 from harmony_jax.codecs.base import TextEncoder
 from harmony_jax.codecs.text import TranscriptTokenizer
 
-SOURCES = ("sounding_shapes", "clip_folder")
+SOURCES = ("sounding_shapes", "clip_folder", "latents")
 READ_THREADS = 2  # per process: overlap decoding (ffmpeg, numpy: mostly GIL-free) with training
 
 
@@ -40,6 +40,11 @@ def make_source(config: ml_collections.ConfigDict):
         if not d.root:
             raise ValueError("config.data.source='clip_folder' needs config.data.root")
         return ClipFolder(d.root, skip_bad_files=d.skip_bad_files, **shape)
+    if d.source == "latents":  # `python -m harmony_jax.encode` output; checked against config
+        from harmony_jax.data.latent_records import open_latent_records
+        if not d.root:
+            raise ValueError("config.data.source='latents' needs config.data.root")
+        return open_latent_records(config)
     raise ValueError(f"Unknown config.data.source={d.source!r}; valid: {list(SOURCES)}")
 
 
@@ -89,7 +94,8 @@ def make_train_dataset(source, config: ml_collections.ConfigDict, text_encoder: 
     batch = config.batch_size // process_count
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()  # new order each epoch
     ds = ds[process_index::process_count]
-    ds = ds.map(PrepareExample(text_encoder, transcript_tokenizer))
+    if not getattr(source, "prepared", False):  # latent records come tokenised
+        ds = ds.map(PrepareExample(text_encoder, transcript_tokenizer))
     ds = ds.batch(batch, drop_remainder=True)[start_step:]
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
                                               prefetch_buffer_size=READ_THREADS))

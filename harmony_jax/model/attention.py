@@ -11,10 +11,13 @@ import jax.numpy as jnp
 
 from harmony_jax.model.layers import RMSNorm, dense
 from harmony_jax.model.rope import apply_rope
+from harmony_jax.model.splash import SplashBlocks, splash_attention
 from harmony_jax.parallel import ulysses
 
 Dtype = Any
 
+# Every value of `config.model.attention` (model/config.py validates against it).
+IMPLEMENTATIONS = ("xla", "cudnn", "blockwise", "splash", "auto")
 
 BLOCK = 512  # query / key block of `blockwise_attention`
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # as jax.nn.dot_product_attention's 'xla'
@@ -22,19 +25,24 @@ _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # as jax.nn.dot_product_atte
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           mask: Optional[jax.Array] = None,
-                          implementation: str = "xla") -> jax.Array:
+                          implementation: str = "xla",
+                          splash_blocks: SplashBlocks = SplashBlocks()) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v for q [B, Lq, N, Hd], k/v [B, Lk, N, Hd].
 
     `mask` (bool, True = attend) broadcasts to [B, N, Lq, Lk]. `implementation` is
     `config.model.attention`: 'xla', 'cudnn' (fused flash kernel on NVIDIA GPUs), 'blockwise'
-    (`blockwise_attention` everywhere, so benchmarks can set it against the others) or 'auto':
-    JAX's pick on GPU (cuDNN's flash kernel where it applies), elsewhere `blockwise_attention`
-    once the scores outgrow a few blocks, so long sequences never hold [Lq, Lk] scores per head
-    (a 27k-token video would need 71 GB of them per sample). Every attention in the model goes
-    through here.
+    (`blockwise_attention` everywhere, so benchmarks can set it against the others), 'splash'
+    (the Pallas TPU splash kernel, `model.splash`; interpreted off TPU, so it is slow there) or
+    'auto': splash on TPU, JAX's pick on GPU (cuDNN's flash kernel where it applies), elsewhere
+    `blockwise_attention` once the scores outgrow a few blocks, so long sequences never hold
+    [Lq, Lk] scores per head (a 27k-token video would need 71 GB of them per sample). Every
+    attention in the model goes through here.
     """
+    backend = jax.default_backend()
+    if implementation == "splash" or (implementation == "auto" and backend == "tpu"):
+        return splash_attention(q, k, v, mask=mask, blocks=splash_blocks)
     if implementation == "blockwise" or (
-            implementation == "auto" and jax.default_backend() != "gpu"
+            implementation == "auto" and backend != "gpu"
             and q.shape[1] * k.shape[1] > 4 * BLOCK * BLOCK):
         return blockwise_attention(q, k, v, mask=mask)
     impl = None if implementation == "auto" else implementation
@@ -117,6 +125,7 @@ class Attention(nn.Module):
     eps: float = 1e-6
     zero_out: bool = False
     implementation: str = "xla"
+    splash_blocks: SplashBlocks = SplashBlocks()
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -139,7 +148,8 @@ class Attention(nn.Module):
         if k_angles is not None:
             k = apply_rope(k, k_angles)
         q = nn.with_logical_constraint(q, ("batch", "act_length", "act_heads", "kv"))
-        attend = functools.partial(dot_product_attention, implementation=self.implementation)
+        attend = functools.partial(dot_product_attention, implementation=self.implementation,
+                                   splash_blocks=self.splash_blocks)
         axis = None
         if self_attention and mask is None:
             axis = ulysses.sequence_axis(q.shape[1], self.heads)

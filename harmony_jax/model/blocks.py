@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from harmony_jax.model.attention import Attention
 from harmony_jax.model.layers import (MLP, LayerNorm32, dense, gelu_tanh, modulate,
                                       timestep_features)
+from harmony_jax.model.splash import SplashBlocks
 
 Dtype = Any
 
@@ -38,6 +39,7 @@ class DiTBlock(nn.Module):
     ffn_dim: int
     eps: float = 1e-6
     implementation: str = "xla"
+    splash_blocks: SplashBlocks = SplashBlocks()
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -52,7 +54,8 @@ class DiTBlock(nn.Module):
         mod = (table[None] + mod.astype(jnp.float32))[:, :, :, None, :]  # [B, T, 6, 1, D]
         shift, scale, gate, c_shift, c_scale, c_gate = (mod[:, :, i] for i in range(6))
         attn = lambda name: Attention(self.dim, self.heads, self.eps,
-                                      implementation=self.implementation, name=name, **kw)
+                                      implementation=self.implementation,
+                                      splash_blocks=self.splash_blocks, name=name, **kw)
 
         h = _per_frame(LayerNorm32(self.eps, name="norm1")(x), frames)
         h = modulate(h, shift, scale).reshape(x.shape).astype(self.dtype)

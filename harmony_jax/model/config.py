@@ -7,9 +7,11 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from harmony_jax.model.attention import IMPLEMENTATIONS as _ATTENTION
+from harmony_jax.model.splash import SplashBlocks
+
 _INTERACTIONS = ("gldi", "global")
 _REMAT = ("none", "full", "dots", "dots_no_batch")
-_ATTENTION = ("xla", "cudnn", "blockwise", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,7 @@ class ModelConfig:
     interaction: InteractionConfig
     video_latent_rate: float  # latent frames per second: the common time unit of both branches
     attention: str = "xla"
+    splash: SplashBlocks = SplashBlocks()  # tile sizes of the 'splash' kernel
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     scan_layers: bool = True
@@ -96,6 +99,8 @@ class ModelConfig:
                                           rope_align=bool(m.interaction.rope_align)),
             video_latent_rate=float(video_latent_rate),
             attention=str(m.attention),
+            splash=SplashBlocks(**{k: type(getattr(SplashBlocks(), k))(v)
+                                   for k, v in m.get("splash", {}).items()}),
             dtype=jnp.dtype(m.dtype),
             param_dtype=jnp.dtype(m.param_dtype),
             scan_layers=bool(m.scan_layers),

@@ -53,8 +53,8 @@ class JointLayer(nn.Module):
     def __call__(self, carry, inputs: LayerInputs):
         cfg = self.config
         x_v, x_a = carry
-        kw = dict(eps=cfg.eps, implementation=cfg.attention, dtype=cfg.dtype,
-                  param_dtype=cfg.param_dtype)
+        kw = dict(eps=cfg.eps, implementation=cfg.attention, splash_blocks=cfg.splash,
+                  dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         x_v = DiTBlock(cfg.video.dim, cfg.video.heads, cfg.video.ffn_dim, name="video_block", **kw)(
             x_v, inputs.mod_v, inputs.ctx_v, inputs.ctx_v_mask, inputs.angles_v)
         x_a = DiTBlock(cfg.audio.dim, cfg.audio.heads, cfg.audio.ffn_dim, name="audio_block", **kw)(

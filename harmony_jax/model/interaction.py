@@ -21,6 +21,7 @@ from harmony_jax.model.conditioning import Conditioning
 from harmony_jax.model.config import ModelConfig
 from harmony_jax.model.layers import LayerNorm32
 from harmony_jax.model.rope import sequence_angles
+from harmony_jax.model.splash import SplashBlocks
 
 
 @flax.struct.dataclass
@@ -81,6 +82,7 @@ class CrossModalAttention(nn.Module):
     implementation: str
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    splash_blocks: SplashBlocks = SplashBlocks()
 
     @nn.compact
     def __call__(self, x, context, *, q_angles=None, k_angles=None, mask=None):
@@ -88,7 +90,8 @@ class CrossModalAttention(nn.Module):
         kv_in = LayerNorm32(self.eps, affine=True, param_dtype=self.param_dtype,
                             name="norm_kv_in")(context)
         y = Attention(self.dim, self.heads, self.eps, zero_out=True,
-                      implementation=self.implementation, dtype=self.dtype,
+                      implementation=self.implementation, splash_blocks=self.splash_blocks,
+                      dtype=self.dtype,
                       param_dtype=self.param_dtype, name="attn")(
             q_in.astype(self.dtype), kv_in.astype(self.dtype), q_angles=q_angles,
             k_angles=k_angles, mask=mask)
@@ -105,8 +108,8 @@ class Interaction(nn.Module):
     def __call__(self, x_v: jax.Array, x_a: jax.Array, geo: CrossModalGeometry):
         # x_v [B, Lv, Dv]; x_a [B, Tr + Ta, Da]
         cfg = self.config
-        kw = dict(eps=cfg.eps, implementation=cfg.attention, dtype=cfg.dtype,
-                  param_dtype=cfg.param_dtype)
+        kw = dict(eps=cfg.eps, implementation=cfg.attention, splash_blocks=cfg.splash,
+                  dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         to_video = CrossModalAttention(cfg.video.dim, cfg.video.heads, name="a2v", **kw)
         to_audio = CrossModalAttention(cfg.audio.dim, cfg.audio.heads, name="v2a", **kw)
         ref, audio = x_a[:, : self.num_ref], x_a[:, self.num_ref:]

@@ -17,13 +17,14 @@ from harmony_jax import generation
 from harmony_jax.compile_cache import enable_compile_cache
 from harmony_jax.convert.f5_text import load_transcript
 from harmony_jax.convert.wan import load_video_tower
+from harmony_jax.data.latent_records import sample_items, unloaded_message
 from harmony_jax.data.pipeline import make_source, make_train_iterator
 from harmony_jax.media import write_av
 from harmony_jax.parallel import distributed
 from harmony_jax.parallel.mesh import make_mesh
 from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated, sharded_init
 from harmony_jax.parallel.state import sharded_train_state
-from harmony_jax.system import System, build_system
+from harmony_jax.system import System, build_system, latent_inputs
 from harmony_jax.training.checkpoint import Checkpointer, write_config
 from harmony_jax.training.optim import make_optimizer
 from harmony_jax.training.preemption import PreemptionWatch
@@ -74,7 +75,11 @@ def write_samples(system: System, params, step: int, workdir: str) -> list[str]:
     first frames, as it will be sampled."""
     config = system.config
     source = make_source(config)
-    items = [source[i] for i in range(config.num_sample_clips)]
+    if config.data.source == "latents":  # captions from the manifest, frames decoded
+        items = sample_items(source, config.num_sample_clips, system.video_codec,
+                             frames=config.cts.ref_image_prob > 0)
+    else:
+        items = [source[i] for i in range(config.num_sample_clips)]
     batch = generation.prompt_batch(system, [it["video_caption"] for it in items],
                                     [it["audio_caption"] for it in items],
                                     [it.get("transcript", "") for it in items])
@@ -121,10 +126,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
 
     # ---- system, parameters (born sharded), optimizer
-    system = build_system(config)
-    example = system.example_batch(1)
+    system = build_system(config)  # the real codecs: sampling decodes (and encodes) with them
+    train_system = system
+    if config.data.source == "latents":  # `harmony_jax.encode` output: the encoders never run
+        train_system = latent_inputs(system, make_source(config).empty_prompt())
+        logging.info(unloaded_message(config))
+    example = train_system.example_batch(1)
     zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
-    params, param_shardings = sharded_init(lambda rng: system.init(rng, zeros()), mesh, rules,
+    params, param_shardings = sharded_init(lambda rng: train_system.init(rng, zeros()), mesh, rules,
                                            jax.random.key(config.seed))
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     latest = checkpointer.latest_step()
@@ -151,12 +160,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     # ---- data: batch k is a pure function of (seed, k), so resuming replays nothing
     data_sharding = batch_sharding(mesh)
-    batches = make_train_iterator(config, system.text_encoder, seed=config.seed,
+    batches = make_train_iterator(config, train_system.text_encoder, seed=config.seed,
                                   start_step=start,
                                   transcript_tokenizer=system.transcript_tokenizer)
 
     # ---- the jitted step
-    train_step = jax.jit(make_train_step(system, tx, config),
+    train_step = jax.jit(make_train_step(train_system, tx, config),
                          in_shardings=(state_shardings, data_sharding),
                          out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
 

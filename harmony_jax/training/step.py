@@ -62,14 +62,39 @@ def drop_captions(system: System, batch: Batch, rng: jax.Array, rate: float) -> 
     return out
 
 
+def reference_frames(system: System) -> int:
+    """Latent frames of the reference voice (`data.ref_audio_seconds`; 0: none)."""
+    d = system.config.data
+    samples = int(round(float(d.ref_audio_seconds) * d.sample_rate))
+    if not samples:
+        return 0
+    frames, total = system.audio_codec.num_latent_frames(samples), system.audio_latent_shape[0]
+    if not 0 < frames <= total:
+        raise ValueError(f"config.data.ref_audio_seconds={d.ref_audio_seconds} makes {frames} "
+                         f"audio latent frames; a clip has {total}")
+    return frames
+
+
+def reference_voice(audio0: jax.Array, rng: jax.Array, frames: int) -> jax.Array:
+    """The paper's reference voice: a segment of each clip's own audio, `frames` latent frames
+    at a uniformly drawn offset, cut at the latent level so media and latent-record runs cut
+    the same one: [B, Ta, Ca] -> [B, frames, Ca]."""
+    offsets = jax.random.randint(rng, (audio0.shape[0],), 0, audio0.shape[1] - frames + 1)
+    return jax.vmap(lambda a, o: jax.lax.dynamic_slice_in_dim(a, o, frames, 0))(audio0, offsets)
+
+
 def make_loss_fn(system: System, config) -> Callable:
     cts = config.cts
+    ref_frames = reference_frames(system)
 
     def loss_fn(params, batch: Batch, rng: jax.Array):
         k_drop, rng = jax.random.split(rng)
         video0, audio0 = system.encode_media(batch)  # [B, Tv, h, w, Cv], [B, Ta, Ca]
         cond = system.conditioning(params, drop_captions(system, batch, k_drop,
                                                          cts.caption_dropout))
+        if ref_frames and cond.ref_audio is None:  # unless the batch brings its own
+            k_ref, rng = jax.random.split(rng)
+            cond = cond.replace(ref_audio=reference_voice(audio0, k_ref, ref_frames))
         return cts_loss(system.denoiser(params), video0, audio0, cond, rng, mode=cts.mode,
                         fractions=tuple(cts.fractions), lambda_v=cts.lambda_v,
                         lambda_a=cts.lambda_a, shift=config.flow.shift,
