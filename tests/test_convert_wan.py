@@ -22,6 +22,7 @@ import tiny  # noqa: E402
 from harmony_jax.convert import store, wan  # noqa: E402
 from harmony_jax.convert.state_dict import StateDictMismatchError, read_safetensors  # noqa: E402
 from harmony_jax.model import ModelConfig  # noqa: E402
+from harmony_jax.system import build_system  # noqa: E402
 from harmony_jax.training.loop import train_and_evaluate  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
@@ -201,6 +202,9 @@ def test_training_starts_from_the_converted_tower(tmp_path):
     config = tiny.get_config()
     config.update(total_steps=0)
     config.init.video_from = str(tmp_path / "video")
+    with pytest.raises(ValueError, match="text_pad_to=0"):  # Wan attends to its padding
+        build_system(config)
+    config.model.video.text_pad_to = config.codecs.text.max_len
     state = train_and_evaluate(config, str(tmp_path / "run"))
     got, src = flat(state.params["dit"]), flat(source["dit"])
     for path, value in src.items():
