@@ -211,7 +211,7 @@ def motion_change(video: np.ndarray, max_side: int = 64) -> np.ndarray:
 
 def _correlation(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
                  max_lag: float) -> tuple[np.ndarray, np.ndarray]:
-    """(lags in grid steps [L], scores [L]): the envelope cross-correlation `av_offset` maximises."""
+    """(lags in grid steps [L], scores [L]): the cross-correlation `av_offset` maximises."""
     rate = _ENVELOPE_RATE
     duration = len(audio) / sample_rate
     grid = np.arange(int(np.ceil(duration * rate))) / rate

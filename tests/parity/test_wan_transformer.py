@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from harmony_jax.convert.state_dict import read_safetensors
-from harmony_jax.convert.wan import (abstract_dit, export_wan, import_wan, tower_spec,
-                                     upstream_shapes)
+from harmony_jax.convert.wan import (abstract_dit, check_source_config, export_wan, import_wan,
+                                     tower_spec, upstream_shapes)
 from harmony_jax.model import HarmonyDiT, ModelConfig
 from harmony_jax.model.config import (InteractionConfig, TowerConfig, TranscriptConfig,
                                       VideoTowerConfig)
@@ -103,6 +103,9 @@ def test_diffusers_layout_sharded_parity(reference, ours, tmp_path):
     err = rel_err(apply(params), reference_output(reference, video, cond))
     print(f"diffusers layout: max relative error {err:.2e}")
     assert err < TOLERANCE
+    check_source_config(str(tmp_path), cfg)  # the config.json diffusers wrote agrees
+    with pytest.raises(ValueError, match=r"num_layers=2 but --config has model\.depth=3"):
+        check_source_config(str(tmp_path), dataclasses.replace(cfg, depth=3))
 
 
 def test_original_layout_parity(reference, ours, tmp_path):
