@@ -41,8 +41,9 @@ _EVENT_COLUMNS = (  # (metric, title, format) of the --sounding-shapes columns
     ("mean_abs_offset_ms", "|offset| ms", "{:.1f}"),
     ("num_bounces", "bounces", "{:.1f}"),
     ("num_onsets", "onsets", "{:.1f}"))
-_EVIDENCE_COLUMNS = (("peak_to_sidelobe", "PSR", "{:.1f}"), ("motion_events", "moves", "{:.0f}"),
-                     ("onset_events", "onsets", "{:.0f}"))
+_EVIDENCE_COLUMNS = (  # the evidence behind every clip's offset
+    ("peak_to_sidelobe", "PSR", "{:.1f}"), ("motion_events", "motion ev", "{:.0f}"),
+    ("onset_events", "onset ev", "{:.0f}"))
 _NO_EVIDENCE = "no sync evidence"
 _MAX_FPS = 60.0  # analysis rate cap: the envelopes are compared on a 100 Hz grid
 _SYNC_SIDE = 64  # short side the offset needs (`sync.motion_change` works at <= 64)
