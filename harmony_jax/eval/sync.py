@@ -25,6 +25,7 @@ _ONSET_HOP = 0.002  # s
 _ENVELOPE_RATE = 100.0  # Hz, common rate of the video and audio envelopes in `av_offset`
 _MOTION_FLOOR = 2e-3  # RMS second difference (pixel values in [0, 1]) a motion event reaches
 _PEAK_HALF_WIDTH = 0.1  # s around the correlation's peak that is not sidelobe
+_CHUNK = 64  # frames `motion_change` blurs at a time
 _MIN_PSR = 2.0  # peak-to-sidelobe ratio below which the correlation has no peak
 
 
@@ -196,17 +197,30 @@ def motion_change(video: np.ndarray, max_side: int = 64) -> np.ndarray:
     to at most `max_side` pixels on the short side, which keeps large videos cheap. RMS rather
     than mean |.| favours a localised change over diffuse noise of generated frames.
     """
-    frames = _to_unit(video)  # [F, H, W, 3]
-    if len(frames) < 3:
-        raise ValueError(f"motion change needs at least 3 frames, got video shape {frames.shape}")
-    factor = max(1, min(frames.shape[1:3]) // max_side)
-    if factor > 1:
-        f, h, w, c = frames.shape
-        frames = frames[:, :h - h % factor, :w - w % factor].reshape(
-            f, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
-    sigma = min(frames.shape[1:3]) / 6.0
-    frames = scipy.ndimage.gaussian_filter(frames, (0, sigma, sigma, 0))
-    return np.sqrt(np.mean((frames[2:] - 2 * frames[1:-1] + frames[:-2])**2, axis=(1, 2, 3)))
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"video must be [F, H, W, 3] in [-1, 1], got shape {video.shape}")
+    if len(video) < 3:
+        raise ValueError(f"motion change needs at least 3 frames, got video shape {video.shape}")
+    factor = max(1, min(video.shape[1:3]) // max_side)
+    h, w = video.shape[1] - video.shape[1] % factor, video.shape[2] - video.shape[2] % factor
+    sigma = min(h, w) // factor / 6.0
+
+    def blurred(frames: np.ndarray) -> np.ndarray:  # [f, H, W, 3] -> [f, h, w, 3] float64
+        frames = _to_unit(frames[:, :h, :w])
+        if factor > 1:
+            frames = frames.reshape(len(frames), h // factor, factor, w // factor, factor,
+                                    3).mean(axis=(2, 4))
+        return scipy.ndimage.gaussian_filter(frames, (0, sigma, sigma, 0))
+
+    # the blur is per frame: blurring _CHUNK frames (+ 2 shared) at a time is exact, and holds
+    # only those in float64 however long the clip
+    out = []
+    for start in range(0, len(video) - 2, _CHUNK):
+        frames = blurred(video[start:start + _CHUNK + 2])
+        out.append(np.sqrt(np.mean((frames[2:] - 2 * frames[1:-1] + frames[:-2])**2,
+                                   axis=(1, 2, 3))))
+    return np.concatenate(out)
 
 
 def _correlation(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
