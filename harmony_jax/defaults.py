@@ -112,6 +112,11 @@ def base_config() -> ml_collections.ConfigDict:
     # dcn_data / dcn_fsdp > 1: multi-slice, each of those axes spans that many slices.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1,
                                             dcn_data=1, dcn_fsdp=1))
+    # ---- several processes (hosts): how long to wait for peers at start-up and at each
+    # barrier, after how long a silent (dead) peer fails the run, how long shutdown may take
+    c.distributed = ml_collections.ConfigDict(dict(
+        init_timeout_s=300, barrier_timeout_s=1200, heartbeat_timeout_s=60,
+        shutdown_timeout_s=30))
     c.axis_rules = (  # mesh axes the mesh lacks ('sequence' when 1) drop out
         # parameters
         ("embed", ("fsdp", "sequence")),
