@@ -123,7 +123,7 @@ def test_entry_points_print_one_line(argv):
     done = subprocess.run([sys.executable, "-m", *argv, "--config", "configs/tiny.py",
                            "--config.optim.lrr=1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
+    assert done.returncode == 2  # a user error (errors.USER_EXIT)
     assert done.stderr.strip().splitlines() == [
         "error: --config.optim.lrr: no such config key; did you mean --config.optim.lr? "
         "(every key and its meaning: harmony_jax/defaults.py)"]

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 from harmony_jax.model.attention import IMPLEMENTATIONS as _ATTENTION
 from harmony_jax.model.splash import SplashBlocks
 
-_INTERACTIONS = ("gldi", "global")
-_REMAT = ("none", "full", "dots", "dots_no_batch")
+INTERACTIONS = ("gldi", "global")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")  # model/dit.py's policies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +66,8 @@ class ModelConfig:
     remat: str = "none"
 
     def __post_init__(self):
-        _check("model.interaction.mode", self.interaction.mode, _INTERACTIONS)
-        _check("model.remat", self.remat, _REMAT)
+        _check("model.interaction.mode", self.interaction.mode, INTERACTIONS)
+        _check("model.remat", self.remat, REMAT_POLICIES)
         _check("model.attention", self.attention, _ATTENTION)
         for name, tower in (("video", self.video), ("audio", self.audio)):
             if tower.dim % tower.heads:
