@@ -162,10 +162,10 @@ class _ParsedOnce(flags.ArgumentParser):
         return self._parser.flag_type()
 
 
-def _load_once(path: str, name: str) -> ml_collections.ConfigDict:
+def _load_once(path: str, name: str, flag_values: flags.FlagValues) -> ml_collections.ConfigDict:
     """The config `--name=path` names, loaded by the flag's own parser when `name` is a defined
     config-file flag (which then reuses it), else by `load_config_file`."""
-    flag = flags.FLAGS[name] if name in flags.FLAGS else None
+    flag = flag_values[name] if name in flag_values else None
     if flag is not None and isinstance(flag.parser, _ParsedOnce):  # a second parse_flags call
         flag.parser = flag.parser._parser
     if flag is None or not isinstance(flag.parser, ConfigFileFlagParser):
@@ -175,14 +175,16 @@ def _load_once(path: str, name: str) -> ml_collections.ConfigDict:
     return config
 
 
-def check_argv(argv: Sequence[str], name: str = "config") -> None:
-    """Checks every `--name.key[=value]` in argv against the config file argv names.
+def check_argv(argv: Sequence[str], name: str = "config",
+               flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Checks every `--name.key[=value]` in argv against the config file argv names; the
+    config-file flag `name` of `flag_values` then reuses the config loaded for the check.
 
     Without a readable config file nothing is checked: absl reports that itself."""
     path = _config_file(argv, name)
     if not path or not os.path.isfile(path.split(":", 1)[0]):
         return
-    config = _load_once(path, name)
+    config = _load_once(path, name, flag_values)
     if not isinstance(config, ml_collections.ConfigDict):  # a file that failed to load
         return
     for key, raw in _overrides(argv, config, name):

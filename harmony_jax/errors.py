@@ -43,6 +43,11 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read, or one that could not be written."""
 
 
+class DiskError(OSError):
+    """The disk cannot take what the run must write: too little free space for a checkpoint,
+    or a save that failed (ENOSPC, EIO, ...); an environment error (exit status 1)."""
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line: the first line of a multi-line message, or the
     exception's type when it has no message."""

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from harmony_jax.errors import CheckpointError, one_line
+from harmony_jax.errors import CheckpointError, DiskError, one_line
 
 T = TypeVar("T")
 DAMAGED_PREFIX = "damaged-"  # a step that cannot be read is moved to checkpoints/damaged-<step>
@@ -147,26 +147,26 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def check_space(self, state: Any) -> None:
-        """Raises CheckpointError, before training, if the disk cannot hold one more
+        """Raises DiskError, before training, if the disk cannot hold one more
         checkpoint of `state` (local workdirs; a bucket is not measured)."""
         if "://" in str(self.directory):
             return
         need, free = state_bytes(state), shutil.disk_usage(self.directory).free
         if free < need:
-            raise CheckpointError(f"{self.directory}: {free / 2**20:.1f} MiB free, a checkpoint "
+            raise DiskError(f"{self.directory}: {free / 2**20:.1f} MiB free, a checkpoint "
                                   f"needs {need / 2**20:.1f} MiB; free some space or use another "
                                   f"--workdir")
 
-    def _failed(self, step: int, error: BaseException) -> CheckpointError:
+    def _failed(self, step: int, error: BaseException) -> DiskError:
         self._broken = True
         good = (f"the last good checkpoint is step {self._good} "
                 f"({self.directory / str(self._good)}), intact" if self._good is not None
                 else "no checkpoint was saved before")
-        return CheckpointError(f"saving step {step} to {self.directory} failed "
+        return DiskError(f"saving step {step} to {self.directory} failed "
                                f"({one_line(error)[:300]}); the run stopped; {good}")
 
     def check_for_errors(self) -> None:
-        """Raises CheckpointError at once if the last (async) save failed; a finished one
+        """Raises DiskError at once if the last (async) save failed; a finished one
         becomes the last good step."""
         if self._saving is None:
             return
@@ -179,7 +179,7 @@ class Checkpointer:
             self._good, self._saving = self._saving, None
 
     def save(self, step: int, state: Any, config: ml_collections.ConfigDict) -> None:
-        """Starts saving `step`; a failure of this or the previous save raises CheckpointError
+        """Starts saving `step`; a failure of this or the previous save raises DiskError
         naming the last good step (the failed step's temporary directory never shadows it)."""
         self.check_for_errors()
         try:
@@ -216,7 +216,7 @@ class Checkpointer:
         return found
 
     def wait(self) -> None:
-        """Waits for a pending save; its failure raises CheckpointError (once: after a reported
+        """Waits for a pending save; its failure raises DiskError (once: after a reported
         failure the writer's later errors are only logged)."""
         try:
             self._manager.wait_until_finished()
