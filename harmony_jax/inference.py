@@ -26,9 +26,9 @@ from harmony_jax.errors import CheckpointError, one_line
 from harmony_jax.media import MediaError
 from harmony_jax.media_window import read_soundtrack, read_window
 from harmony_jax.system import System, build_system
-from harmony_jax.training.checkpoint import (DAMAGE_ERRORS, CheckpointMismatchError,
-                                             check_params, damaged_file, newest_intact,
-                                             read_config_file, steps_in)
+from harmony_jax.training.checkpoint import (CheckpointMismatchError, check_params, damage,
+                                             damaged_file, newest_intact, read_config_file,
+                                             steps_in)
 
 Params = Any
 
@@ -49,13 +49,16 @@ def load_for_inference(path: str | os.PathLike) -> tuple[System, Params]:
     if (path / "config").exists():  # a checkpoint step directory
         try:
             return _load_step(path)
-        except DAMAGE_ERRORS as e:
-            if isinstance(e, CheckpointMismatchError):
+        except Exception as error:  # noqa: BLE001 - damage is told apart from a bug below
+            e = damage(error)
+            if e is None or isinstance(error, CheckpointMismatchError):
                 raise
             others = [s for s in steps_in(path.parent) if str(s) != path.name]
-            raise CheckpointError(
-                f"{path} is damaged ({damaged_file(path, e)}: {one_line(e)[:200]}); other steps "
-                f"in {path.parent}: {', '.join(map(str, others)) or 'none'}") from e
+            file, reason = damaged_file(path, e), one_line(e)
+            what = reason if reason.startswith(file) else f"{file}: {reason}"
+            raise CheckpointError(f"{path} is damaged ({what[:300]}); other steps in "
+                                  f"{path.parent}: {', '.join(map(str, others)) or 'none'}"
+                                  ) from e
     found = newest_intact(path / "checkpoints", lambda step: _load_step(
         path / "checkpoints" / str(step)))
     if found is None:

@@ -25,7 +25,8 @@ from harmony_jax.errors import CheckpointError, DiskError, one_line
 
 T = TypeVar("T")
 DAMAGED_PREFIX = "damaged-"  # a step that cannot be read is moved to checkpoints/damaged-<step>
-# what reading a damaged step raises: tensorstore's ValueError, a JSON error, a missing file
+# what reading a damaged step raises (maybe wrapped): tensorstore's ValueError, a JSON error,
+# a missing file
 DAMAGE_ERRORS = (ValueError, OSError, KeyError)
 _JSON_FILES = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/_sharding", "config/metadata")
 
@@ -73,12 +74,26 @@ def steps_in(directory: epath.Path) -> list[int]:
     return sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
 
 
+def damage(error: BaseException) -> Optional[BaseException]:
+    """The error in `error`'s chain that says a checkpoint cannot be read (orbax wraps
+    tensorstore's ValueError in a bare Exception), or None: then it is a bug, not damage."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, DAMAGE_ERRORS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def damaged_file(step_dir: epath.Path, error: BaseException) -> str:
     """The file of `step_dir` that `error` (raised reading it) points at: the one tensorstore
-    names, else the first metadata file that is missing or no JSON, else the step directory."""
-    named = [f for f in re.findall(r'local file "([^"]+)"', str(error)) if not f.endswith("/")]
-    if named:
-        return named[-1]
+    names, else the first metadata file that is missing or no JSON, else the first empty file
+    (what a disk that filled mid-write leaves), else the database or step directory."""
+    named = re.findall(r'local file "([^"]+)"', str(error))
+    files = [f for f in named if not f.endswith("/")]
+    if files:
+        return files[-1]
     filename = getattr(error, "filename", None)
     if filename:
         return str(filename)
@@ -88,7 +103,11 @@ def damaged_file(step_dir: epath.Path, error: BaseException) -> str:
             json.loads(file.read_text())
         except (OSError, ValueError):
             return str(file)
-    return str(step_dir)
+    for root, _, names in os.walk(step_dir):
+        for name in sorted(names):
+            if os.path.getsize(os.path.join(root, name)) == 0:
+                return os.path.join(root, name)
+    return named[-1] if named else str(step_dir)
 
 
 def newest_intact(directory: epath.Path, load: Callable[[int], T], *,
@@ -106,11 +125,15 @@ def newest_intact(directory: epath.Path, load: Callable[[int], T], *,
             found = step, load(step)
         except CheckpointMismatchError:
             raise
-        except DAMAGE_ERRORS as e:
-            file = damaged_file(directory / str(step), e)
-            damaged.append((step, f"step {step} ({file}: {one_line(e)[:200]})"))
-            logging.warning("checkpoint step %d is damaged: %s: %s; trying the previous step",
-                            step, file, one_line(e)[:500])
+        except Exception as error:  # noqa: BLE001 - damage is told apart from a bug below
+            e = damage(error)
+            if e is None:
+                raise
+            file, reason = damaged_file(directory / str(step), e), one_line(e)
+            what = reason if reason.startswith(file) else f"{file}: {reason}"
+            damaged.append((step, f"step {step} ({what[:300]})"))
+            logging.warning("checkpoint step %d is damaged: %s; trying the previous step",
+                            step, what[:600])
             continue
         for bad, _ in damaged if set_aside else ():
             (directory / str(bad)).rename(directory / f"{DAMAGED_PREFIX}{bad}")
