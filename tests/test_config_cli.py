@@ -76,9 +76,11 @@ def test_argv_forms_as_absl_reads_them():
 
 
 def test_parse_flags_exits_with_one_line(capsys):
-    with pytest.raises(SystemExit, match=r"^error: --config.optim.lrr: no such config key; "
-                                         r"did you mean --config.optim.lr\?"):
+    with pytest.raises(SystemExit) as exit_info:
         parse_flags(["train.py", f"--config={TINY}", "--config.optim.lrr=1"])
+    assert exit_info.value.code == 2  # a user error (errors.USER_EXIT)
+    assert re.match(r"^error: --config.optim.lrr: no such config key; did you mean "
+                    r"--config.optim.lr\?", capsys.readouterr().err)
 
 
 def _absl_parse(key, raw):
