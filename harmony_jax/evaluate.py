@@ -3,9 +3,10 @@
     python -m harmony_jax.evaluate PATH [--json out.json] [--sounding-shapes] [--plot out.png]
                                         [--max-lag 1.0]
 
-PATH is one clip or a folder of clips (.mp4, .mov, .m4v, .mkv, .webm). Every clip gets the generic AV offset estimate of
-DESIGN.md section 9 (the lag, within +/- max-lag, that best aligns the video's motion-change
-envelope with the audio's onset-strength envelope; positive = audio late). `--sounding-shapes`
+PATH is one clip or a folder of clips (.mp4, .mov, .m4v, .mkv, .webm). Every clip gets the
+generic AV offset estimate of DESIGN.md section 9 (the lag, within +/- max-lag, shorter than the
+clip, that best aligns the video's motion-change envelope with the audio's onset-strength
+envelope; positive = audio late). `--sounding-shapes`
 adds the event metrics that need clips of that world: bounces seen vs onsets heard, event F1 and
 mean |offset| of the matched pairs. A table (one row per clip, then the mean) goes to stdout;
 `--json` writes the same numbers as one object, `--plot` a PNG of both envelopes per clip.

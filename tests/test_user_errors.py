@@ -6,7 +6,6 @@ what its `main` calls, so no case compiles a model; two subprocesses check the r
 Checkpoint faults (damaged steps, a disk that fills) are in tests/test_checkpoint_faults.py.
 """
 
-import argparse
 import json
 import logging
 import math
@@ -21,11 +20,11 @@ from ml_collections import config_flags
 
 from harmony_jax import errors, evaluate
 from harmony_jax import sample as sample_cli
+from harmony_jax.codecs import make_text_encoder
 from harmony_jax.config_check import check_config
 from harmony_jax.config_cli import check_argv
 from harmony_jax.data.clip_folder import ClipFolder, read_captions
 from harmony_jax.data.pipeline import make_train_dataset
-from harmony_jax.codecs import make_text_encoder
 from harmony_jax.media import write_av
 from harmony_jax.training import loop
 
