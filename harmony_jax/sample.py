@@ -148,15 +148,16 @@ def sample_to_files(system: System, params: Any, out: str, *, mode: str = "t2av"
 
 def check_flags(args: argparse.Namespace) -> None:
     """Flags argparse's types let through but the sampler cannot use, refused before any model
-    is loaded: a step count below 1, a non-finite or negative guidance scale, `--num` < 1."""
+    is loaded: a step count below 1, a non-finite guidance scale, `--num` < 1, an `--out` that
+    cannot be written."""
     if args.steps is not None and args.steps < 1:
         raise FlagError(f"--steps {args.steps}: expected at least 1 sampler step")
     if args.num < 1:
         raise FlagError(f"--num {args.num}: expected at least 1 clip")
     for flag in ("s_v", "s_a", "cfg_scale"):
         value = getattr(args, flag)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise FlagError(f"--{flag.replace('_', '-')} {value}: expected a finite scale >= 0")
+        if value is not None and not math.isfinite(value):
+            raise FlagError(f"--{flag.replace('_', '-')} {value}: expected a finite scale")
     output_paths(args.out, args.num, args.overwrite)
 
 

@@ -211,8 +211,8 @@ def _sample_args(tmp_path, *argv):
 
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "--steps 0: expected at least 1 sampler step"),
-    (["--s-v", "nan"], "--s-v nan: expected a finite scale >= 0"),
-    (["--s-a", "inf"], "--s-a inf: expected a finite scale >= 0"),
+    (["--s-v", "nan"], "--s-v nan: expected a finite scale"),
+    (["--s-a", "inf"], "--s-a inf: expected a finite scale"),
     (["--num", "0"], "--num 0: expected at least 1 clip"),
     (["--out", "{tmp}/o.wav"], "--out {tmp}/o.wav: .wav is not a video file name; use one of "
                                ".mp4, .mov, .m4v, .mkv (a .wav is written beside it)"),
@@ -281,6 +281,22 @@ def test_convert_is_one_line(tmp_path, src, message):
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [message.replace("{tmp}", str(tmp_path))]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mesh="data=x"), "--mesh 'data=x': data='x' is not an integer"),
+    (dict(mesh="data=8", batch=3), "config.batch_size=3: expected a multiple of the mesh's 8 "
+                                   "batch shards"),
+    (dict(mesh="data=2", remat="none", devices=2, batch=2, inputs="latents", hbm_gib=0.0,
+          config_overrides={"model.attention": "flash"}),
+     "config.model.attention='flash': expected one of"),
+])
+def test_plan_is_one_line_before_compiling(capsys, monkeypatch, kwargs, message):
+    from harmony_jax import plan
+    monkeypatch.setattr(plan, "plan_train_step", lambda *a, **k: pytest.fail("compiled"))
+    config = _config(**kwargs.pop("config_overrides", {}))
+    line = _one_line(capsys, lambda: plan.run(config, **kwargs))
+    assert line.startswith(f"error: {message}"), line
 
 
 # ---- the switch, and bugs

@@ -116,7 +116,8 @@ def newest_intact(directory: epath.Path, load: Callable[[int], T], *,
 
     A damaged step is named (which file) in a warning and the next older one is tried. With
     `set_aside`, once an intact step is found the damaged newer ones are moved to
-    `damaged-<step>` (nothing is deleted), so a resumed run can save those steps again.
+    `damaged-<step>` by process 0 (nothing is deleted), so a resumed run can save those steps
+    again.
     CheckpointMismatchError (another model) is raised, not skipped. With no intact step,
     CheckpointError lists every damaged one and nothing is moved."""
     damaged = []
@@ -135,7 +136,7 @@ def newest_intact(directory: epath.Path, load: Callable[[int], T], *,
             logging.warning("checkpoint step %d is damaged: %s; trying the previous step",
                             step, what[:600])
             continue
-        for bad, _ in damaged if set_aside else ():
+        for bad, _ in damaged if set_aside and jax.process_index() == 0 else ():
             (directory / str(bad)).rename(directory / f"{DAMAGED_PREFIX}{bad}")
             logging.warning("moved damaged %s to %s%d; resuming from step %d",
                             directory / str(bad), DAMAGED_PREFIX, bad, step)
@@ -177,8 +178,8 @@ class Checkpointer:
         need, free = state_bytes(state), shutil.disk_usage(self.directory).free
         if free < need:
             raise DiskError(f"{self.directory}: {free / 2**20:.1f} MiB free, a checkpoint "
-                                  f"needs {need / 2**20:.1f} MiB; free some space or use another "
-                                  f"--workdir")
+                            f"needs {need / 2**20:.1f} MiB; free some space or use another "
+                            f"--workdir")
 
     def _failed(self, step: int, error: BaseException) -> DiskError:
         self._broken = True
@@ -186,7 +187,7 @@ class Checkpointer:
                 f"({self.directory / str(self._good)}), intact" if self._good is not None
                 else "no checkpoint was saved before")
         return DiskError(f"saving step {step} to {self.directory} failed "
-                               f"({one_line(error)[:300]}); the run stopped; {good}")
+                         f"({one_line(error)[:300]}); the run stopped; {good}")
 
     def check_for_errors(self) -> None:
         """Raises DiskError at once if the last (async) save failed; a finished one
