@@ -17,9 +17,12 @@ from typing import Any, Optional, Sequence
 
 import ml_collections
 from absl import app, flags
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
+from harmony_jax.errors import USER_EXIT, ConfigError
 
 
-class ConfigOverrideError(ValueError):
+class ConfigOverrideError(ConfigError):
     """A `--config.key=value` names no config key, or gives a value of the wrong type."""
 
 
@@ -144,14 +147,46 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     return module.get_config(arg) if arg else module.get_config()
 
 
-def check_argv(argv: Sequence[str], name: str = "config") -> None:
-    """Checks every `--name.key[=value]` in argv against the config file argv names.
+class _ParsedOnce(flags.ArgumentParser):
+    """A config-file flag's parser that hands back the config `check_argv` already loaded for
+    that path, so the config file is executed once per start."""
+
+    def __init__(self, parser: flags.ArgumentParser, path: str,
+                 config: ml_collections.ConfigDict):
+        self._parser, self._path, self._config = parser, path, config
+
+    def parse(self, argument: str) -> Any:
+        return self._config if argument == self._path else self._parser.parse(argument)
+
+    def flag_type(self) -> str:
+        return self._parser.flag_type()
+
+
+def _load_once(path: str, name: str, flag_values: flags.FlagValues) -> ml_collections.ConfigDict:
+    """The config `--name=path` names, loaded by the flag's own parser when `name` is a defined
+    config-file flag (which then reuses it), else by `load_config_file`."""
+    flag = flag_values[name] if name in flag_values else None
+    if flag is not None and isinstance(flag.parser, _ParsedOnce):  # a second parse_flags call
+        flag.parser = flag.parser._parser
+    if flag is None or not isinstance(flag.parser, ConfigFileFlagParser):
+        return load_config_file(path)
+    config = flag.parser.parse(path)
+    flag.parser = _ParsedOnce(flag.parser, path, config)
+    return config
+
+
+def check_argv(argv: Sequence[str], name: str = "config",
+               flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Checks every `--name.key[=value]` in argv against the config file argv names; the
+    config-file flag `name` of `flag_values` then reuses the config loaded for the check.
 
     Without a readable config file nothing is checked: absl reports that itself."""
     path = _config_file(argv, name)
     if not path or not os.path.isfile(path.split(":", 1)[0]):
         return
-    config = load_config_file(path)
+    config = _load_once(path, name, flag_values)
+    if not isinstance(config, ml_collections.ConfigDict):  # a file that failed to load
+        return
     for key, raw in _overrides(argv, config, name):
         check_override(config, key, raw, name)
 
@@ -162,5 +197,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         check_argv(argv)
     except ConfigOverrideError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(USER_EXIT)
     return app.parse_flags_with_usage(argv)

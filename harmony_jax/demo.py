@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import jax
@@ -21,25 +20,23 @@ from ml_collections import config_flags
 
 from harmony_jax.atomic import atomic_path
 from harmony_jax.config_cli import parse_flags
+from harmony_jax.errors import reported_as_one_line
 from harmony_jax.eval.heldout import evaluate_sync
 from harmony_jax.eval.sync import sync_table
 from harmony_jax.system import build_system
-from harmony_jax.training.checkpoint import CheckpointMismatchError
-from harmony_jax.training.loop import WorkdirError, train_and_evaluate
+from harmony_jax.training.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Run config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the run and the clips go.")
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 8, "Held-out prompts to generate.")
 
 
+@reported_as_one_line  # a bad config, workdir or disk: one line, no traceback
 def main(argv):
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
     start = time.time()
-    try:
-        state = train_and_evaluate(config, workdir)
-    except (WorkdirError, CheckpointMismatchError) as e:
-        sys.exit(f"error: {e}")  # the command line is at fault: no traceback
+    state = train_and_evaluate(config, workdir)
     trained = time.time() - start
     lead = jax.process_index() == 0  # every process samples (the model is sharded); one writes
     rows = evaluate_sync(build_system(config), state.sampling_params, _NUM_CLIPS.value,

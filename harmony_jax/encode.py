@@ -34,13 +34,14 @@ from tqdm import tqdm
 
 from harmony_jax.atomic import atomic_path
 from harmony_jax.compile_cache import enable_compile_cache
+from harmony_jax.config_check import check_config
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.data.clip_folder import CAPTIONS_FILE, ClipFolder
 from harmony_jax.data.latent_records import (DTYPES, EMPTY_PROMPT_FILE, FORMAT, LAYOUT_FILE,
                                              MANIFEST_FILE, LatentRecordsError, identity, latent_geometry,
                                              first_difference, serialize_record, shard_name,
                                              sources_name, weights_digest)
-from harmony_jax.media import MediaError
+from harmony_jax.errors import DataError, UserError, one_line, reported_as_one_line
 from harmony_jax.parallel import distributed
 from harmony_jax.system import System, build_system
 
@@ -286,14 +287,18 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
                                                "Records per ArrayRecord shard."))
 
 
+@reported_as_one_line  # shards already written stay: a rerun resumes
 def main(values: dict[str, Any]) -> None:
     config = values.pop("config")
+    check_config(config)
     enable_compile_cache(config.compile_cache_dir)
     distributed.maybe_initialize()
     try:
         manifest = encode_folder(config, **values, progress=jax.process_index() == 0)
-    except (LatentRecordsError, MediaError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")  # shards already written stay: rerun resumes
+    except ValueError as e:  # the clip folder or --dst is at fault (codec errors included)
+        if isinstance(e, UserError):
+            raise
+        raise DataError(one_line(e)) from e
     if manifest is not None:
         logging.info("wrote %s: %d clips (%d bad clips skipped), %s latents",
                      os.path.join(values["dst"], MANIFEST_FILE), manifest["num_examples"],

@@ -3,7 +3,7 @@
     python -m harmony_jax.evaluate PATH [--json out.json] [--sounding-shapes] [--plot out.png]
                                         [--max-lag 1.0]
 
-PATH is one clip or a folder of .mp4 files. Every clip gets the generic AV offset estimate of
+PATH is one clip or a folder of clips (.mp4, .mov, .m4v, .mkv, .webm). Every clip gets the generic AV offset estimate of
 DESIGN.md section 9 (the lag, within +/- max-lag, that best aligns the video's motion-change
 envelope with the audio's onset-strength envelope; positive = audio late) with the evidence
 behind it: the correlation's peak-to-sidelobe ratio and the motion and onset events counted. A
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import sys
 from typing import Any, Optional
 
 import numpy as np
@@ -31,6 +31,7 @@ from absl import app
 from absl.flags import argparse_flags
 
 from harmony_jax.atomic import atomic_path
+from harmony_jax.errors import FlagError, reported_as_one_line
 from harmony_jax.eval import sync
 from harmony_jax.media import MediaError
 from harmony_jax.media_window import frame_rate, read_window
@@ -50,13 +51,16 @@ _SYNC_SIDE = 64  # short side the offset needs (`sync.motion_change` works at <=
 _EVENT_SIDE = 256  # short side for --sounding-shapes (ball centroids in pixels)
 
 
+CLIP_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm")
+
+
 def clip_paths(path: str) -> list[str]:
-    """The clip itself, or the folder's .mp4 files in name order."""
+    """The clip itself, or the folder's clips (CLIP_EXTENSIONS) in name order."""
     if os.path.isdir(path):
         paths = sorted(os.path.join(path, n) for n in os.listdir(path)
-                       if n.lower().endswith(".mp4") and not n.startswith("."))
+                       if n.lower().endswith(CLIP_EXTENSIONS) and not n.startswith("."))
         if not paths:
-            raise FileNotFoundError(f"{path}: no .mp4 files")
+            raise FileNotFoundError(f"{path}: no clips ({', '.join(CLIP_EXTENSIONS)})")
         return paths
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
@@ -94,12 +98,15 @@ def evaluate(path: str, *, sounding_shapes: bool = False, max_lag: float = 1.0,
     """{'clips': {name: metrics}, 'mean': metrics (nan-aware), 'max_lag_s': max_lag,
     'no_evidence': the clips without sync evidence, left out of the mean offset} for a clip or a
     folder of clips; `plot` saves the envelopes of every clip as one PNG."""
-    if max_lag <= 0:
-        raise ValueError(f"max_lag={max_lag} must be positive (seconds)")
+    if not (math.isfinite(max_lag) and max_lag > 0):
+        raise FlagError(f"--max-lag {max_lag}: expected a finite number of seconds > 0")
     clips, curves = {}, []
     for clip in clip_paths(path):
         name = os.path.basename(clip)
         video, fps, audio, rate = read_clip(clip, _EVENT_SIDE if sounding_shapes else _SYNC_SIDE)
+        if max_lag >= len(audio) / rate:  # no lag that long fits in the clip
+            raise FlagError(f"--max-lag {max_lag}: not shorter than {clip} "
+                            f"({len(audio) / rate:.2f} s)")
         try:
             clips[name] = evaluate_clip(video, fps, audio, rate, sounding_shapes=sounding_shapes,
                                         max_lag=max_lag)
@@ -184,7 +191,7 @@ def _plot(curves: list[tuple], path: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse_flags.ArgumentParser(prog="python -m harmony_jax.evaluate", description=__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", help="a clip, or a folder of .mp4 clips")
+    p.add_argument("path", help="a clip, or a folder of clips")
     p.add_argument("--json", help="write the results here as one JSON object")
     p.add_argument("--sounding-shapes", action="store_true",
                    help="also event F1 / offsets (sounding-shapes clips)")
@@ -193,12 +200,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@reported_as_one_line  # the input is at fault: one line, no traceback
 def main(args: argparse.Namespace) -> None:
-    try:
-        results = evaluate(args.path, sounding_shapes=args.sounding_shapes,
-                           max_lag=args.max_lag, plot=args.plot)
-    except (MediaError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")  # the input is at fault: no traceback
+    results = evaluate(args.path, sounding_shapes=args.sounding_shapes,
+                       max_lag=args.max_lag, plot=args.plot)
     print(format_table(results))
     if args.json:
         write_json(args.json, results)

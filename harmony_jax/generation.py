@@ -99,7 +99,8 @@ def generate(system: System, params: Any, rng: jax.Array, batch: dict[str, np.nd
     uncond = _token_batch(system, [""] * n)
     if "ref_audio" in batch:  # the voice is not text: CFG keeps it on both sides
         uncond["ref_audio"] = batch["ref_audio"]
-    run = _sampler(system, mode, guidance, int(steps or s.steps), solver or s.solver)
+    steps = int(s.steps if steps is None else steps)  # 0 is refused by the sampler, not replaced
+    run = _sampler(system, mode, guidance, steps, solver or s.solver)
     scales = jnp.asarray([s.s_v if s_v is None else s_v, s.s_a if s_a is None else s_a,
                           s.cfg_scale if cfg_scale is None else cfg_scale], jnp.float32)
     as_f32 = lambda x: None if x is None else jnp.asarray(x, jnp.float32)

@@ -19,26 +19,57 @@ import librosa
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from harmony_jax.compile_cache import DEFAULT_DIR, enable_compile_cache
+from harmony_jax.errors import CheckpointError, one_line
 from harmony_jax.media import MediaError
 from harmony_jax.media_window import read_soundtrack, read_window
 from harmony_jax.system import System, build_system
-from harmony_jax.training.checkpoint import check_params, read_config
+from harmony_jax.training.checkpoint import (CheckpointMismatchError, check_params, damage,
+                                             damaged_file, newest_intact, read_config_file,
+                                             steps_in)
 
 Params = Any
 
 
 def load_for_inference(path: str | os.PathLike) -> tuple[System, Params]:
-    """(system, params) from a workdir (its latest checkpoint) or a checkpoint step directory.
+    """(system, params) from a workdir (its newest intact checkpoint) or a checkpoint step
+    directory.
 
     The parameters land on the default device. EMA parameters are preferred when the run kept
-    them: averaged weights are the ones meant for sampling.
+    them: averaged weights are the ones meant for sampling. In a workdir a damaged step is
+    named in a warning and the previous one used; a damaged step directory given as such is
+    refused, naming the file and the other steps. Compiled programs are cached in the user's
+    own cache (JAX_COMPILATION_CACHE_DIR, else DEFAULT_DIR), never in a directory the run's
+    saved config names.
     """
-    config, step_dir = read_config(os.fspath(path))
-    enable_compile_cache(config.get("compile_cache_dir", DEFAULT_DIR))  # the sampler's compile
-    if step_dir is None:
-        raise FileNotFoundError(f"{path}: holds a config.json but no checkpoint; train first")
+    enable_compile_cache(DEFAULT_DIR)  # the sampler's compile
+    path = epath.Path(os.fspath(path)).absolute()
+    if (path / "config").exists():  # a checkpoint step directory
+        try:
+            return _load_step(path)
+        except Exception as error:  # noqa: BLE001 - damage is told apart from a bug below
+            e = damage(error)
+            if e is None or isinstance(error, CheckpointMismatchError):
+                raise
+            others = [s for s in steps_in(path.parent) if str(s) != path.name]
+            file, reason = damaged_file(path, e), one_line(e)
+            what = reason if reason.startswith(file) else f"{file}: {reason}"
+            raise CheckpointError(f"{path} is damaged ({what[:300]}); other steps in "
+                                  f"{path.parent}: {', '.join(map(str, others)) or 'none'}"
+                                  ) from e
+    found = newest_intact(path / "checkpoints", lambda step: _load_step(
+        path / "checkpoints" / str(step)))
+    if found is None:
+        what = "a config.json but no checkpoint; train first" if (path / "config.json").exists() \
+            else "no checkpoint with a saved config and no config.json"
+        raise FileNotFoundError(f"{path}: holds {what}")
+    return found[1]
+
+
+def _load_step(step_dir: epath.Path) -> tuple[System, Params]:
+    config = read_config_file(step_dir / "config" / "metadata")
     system = build_system(config)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shapes = jax.eval_shape(lambda batch: system.init(jax.random.key(0), batch),

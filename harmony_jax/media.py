@@ -18,13 +18,14 @@ import av
 import numpy as np
 
 from harmony_jax.atomic import atomic_path
+from harmony_jax.errors import UserError
 
 _X264_OPTIONS = {"crf": "18", "preset": "medium"}
 _LAYOUTS = {1: "mono", 2: "stereo"}
 _INT_SCALE = {"u8": 128.0, "s16": 2.0 ** 15, "s32": 2.0 ** 31, "s64": 2.0 ** 63}
 
 
-class MediaError(Exception):
+class MediaError(UserError):
     """A media file is missing, corrupt, truncated or lacks what the caller needs."""
 
 

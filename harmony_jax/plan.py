@@ -45,7 +45,9 @@ from ml_collections import config_flags
 
 from harmony_jax.codecs import interval_centres, make_audio_codec, make_video_codec
 from harmony_jax.codecs.text import TranscriptTokenizer
+from harmony_jax.config_check import check_config
 from harmony_jax.config_cli import parse_flags
+from harmony_jax.errors import FlagError, reported_as_one_line
 from harmony_jax.model import ModelConfig
 from harmony_jax.parallel.mesh import AXES, make_mesh
 from harmony_jax.parallel.sharding import (axis_rules, batch_sharding, logical_shardings,
@@ -355,7 +357,9 @@ def apply_flags(config: ml_collections.ConfigDict, mesh: Optional[str], batch: O
         for item in mesh.split(","):
             key, _, value = item.partition("=")
             if key not in config.mesh:
-                raise ValueError(f"--mesh {mesh!r}: {key!r} is not one of {list(config.mesh)}")
+                raise FlagError(f"--mesh {mesh!r}: {key!r} is not one of {list(config.mesh)}")
+            if not value.lstrip("-").isdigit():
+                raise FlagError(f"--mesh {mesh!r}: {key}={value!r} is not an integer")
             config.mesh[key] = int(value)
     if batch is not None:
         config.batch_size = batch
@@ -388,6 +392,7 @@ def run(config: ml_collections.ConfigDict, *, mesh: Optional[str] = None,
     if devices is None and -1 in sizes:
         raise ValueError(f"mesh {dict(config.mesh)} has a -1 axis: pass --devices")
     count = devices or math.prod(sizes)
+    check_config(config, count)  # names the key before anything compiles
     simulate_cpu_devices(count)
     plan = plan_train_step(config, inputs=inputs, devices=jax.devices()[:count])
     return format_plan(plan, hbm_gib)
@@ -413,5 +418,6 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
 if __name__ == "__main__":
     _FLAGS = _define_flags()
     flags.mark_flags_as_required(["config"])
-    app.run(lambda argv: print(run(**{k: f.value for k, f in _FLAGS.items()})),
+    app.run(reported_as_one_line(lambda argv: print(run(**{k: f.value
+                                                           for k, f in _FLAGS.items()}))),
             flags_parser=parse_flags)

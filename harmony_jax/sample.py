@@ -22,8 +22,8 @@ complete, so an interrupted run leaves no partial file under an output's name.
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import sys
 from typing import Any, Optional
 
 import jax
@@ -34,16 +34,37 @@ from tqdm import tqdm
 
 from harmony_jax import generation
 from harmony_jax.diffusion.syncfg import GUIDANCES, SOLVERS
+from harmony_jax.errors import FlagError, UserError, one_line, reported_as_one_line
 from harmony_jax.inference import load_for_inference, read_audio, read_image, read_video
 from harmony_jax.media import MediaError, write_av, write_wav
 from harmony_jax.system import System
 
 REF_AUDIO_MAX_SECONDS = 3.0  # the paper's reference voices are 1-3 s
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take H.264 + AAC
+
+
+def _check_out(out: str) -> None:
+    """`--out` must name a video file in a directory that exists or can be made, writable."""
+    ext = os.path.splitext(out)[1].lower()
+    if ext and ext not in VIDEO_EXTENSIONS:
+        raise FlagError(f"--out {out}: {ext} is not a video file name; use one of "
+                        f"{', '.join(VIDEO_EXTENSIONS)} (a .wav is written beside it)")
+    if os.path.isdir(out):
+        raise FlagError(f"--out {out} is a directory; name the .mp4 to write")
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):  # atomic_path makes the missing directories
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise FlagError(f"--out {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FlagError(f"--out {out}: directory {parent} is not writable")
 
 
 def output_paths(out: str, num: int, overwrite: bool) -> list[tuple[str, str]]:
     """(mp4, wav) per clip: OUT for clip 0, OUT's stem + `_i` for clip i. Raises before any
-    work is done if one exists and `overwrite` is False."""
+    work is done if `out` cannot be written (FlagError) or if one exists and `overwrite` is
+    False (FileExistsError)."""
+    _check_out(out)
     stem, ext = os.path.splitext(out)
     stems = [stem if i == 0 else f"{stem}_{i}" for i in range(num)]
     paths = [(s + (ext or ".mp4"), s + ".wav") for s in stems]
@@ -58,13 +79,13 @@ def _check_inputs(mode: str, audio, video, image, ref_audio) -> None:
     """Each given file must mean something in `mode`; the error names the flag."""
     needs = {"a2v": ("audio", audio), "v2a": ("video", video)}
     if mode in needs and needs[mode][1] is None:
-        raise ValueError(f"mode {mode!r} needs --{needs[mode][0]}")
+        raise FlagError(f"mode {mode!r} needs --{needs[mode][0]}")
     unused = {"t2av": ("audio", "video"), "a2v": ("video", "ref-audio"),
               "v2a": ("audio", "image")}[mode]
     given = {"audio": audio, "video": video, "image": image, "ref-audio": ref_audio}
     for name in unused:
         if given[name] is not None:
-            raise ValueError(f"--{name} has no meaning in mode {mode!r}")
+            raise FlagError(f"--{name} has no meaning in mode {mode!r}")
 
 
 def _reference_voice(system: System, path: str) -> np.ndarray:
@@ -125,6 +146,21 @@ def sample_to_files(system: System, params: Any, out: str, *, mode: str = "t2av"
     return [mp4 for mp4, _ in paths]
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Flags argparse's types let through but the sampler cannot use, refused before any model
+    is loaded: a step count below 1, a non-finite guidance scale, `--num` < 1, an `--out` that
+    cannot be written."""
+    if args.steps is not None and args.steps < 1:
+        raise FlagError(f"--steps {args.steps}: expected at least 1 sampler step")
+    if args.num < 1:
+        raise FlagError(f"--num {args.num}: expected at least 1 clip")
+    for flag in ("s_v", "s_a", "cfg_scale"):
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            raise FlagError(f"--{flag.replace('_', '-')} {value}: expected a finite scale")
+    output_paths(args.out, args.num, args.overwrite)
+
+
 def _caption(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty; describe the clip to generate")
@@ -159,18 +195,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@reported_as_one_line
 def main(args: argparse.Namespace) -> None:
+    check_flags(args)  # before the slow part
+    _check_inputs(args.mode, args.audio, args.video, args.image, args.ref_audio)
+    system, params = load_for_inference(args.workdir or args.checkpoint)
     try:
-        output_paths(args.out, args.num, args.overwrite)  # before the slow part
-        system, params = load_for_inference(args.workdir or args.checkpoint)
         paths = sample_to_files(
             system, params, args.out, mode=args.mode, prompt=args.prompt,
             audio_prompt=args.audio_prompt, transcript=args.transcript, image=args.image,
             ref_audio=args.ref_audio, audio=args.audio, video=args.video, steps=args.steps,
             guidance=args.guidance, s_v=args.s_v, s_a=args.s_a, cfg_scale=args.cfg_scale,
             solver=args.solver, seed=args.seed, num=args.num, overwrite=args.overwrite)
-    except (MediaError, FileExistsError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")  # the user's input is at fault: no traceback
+    except ValueError as e:  # a prompt or a given file the run cannot use
+        if isinstance(e, UserError):
+            raise
+        raise FlagError(one_line(e)) from e
     logging.info("wrote %s", ", ".join(paths))
 
 

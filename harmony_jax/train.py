@@ -11,23 +11,19 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from harmony_jax.config_cli import parse_flags
-from harmony_jax.data.latent_records import LatentRecordsError
-from harmony_jax.training.checkpoint import CheckpointMismatchError
-from harmony_jax.parallel.distributed import ProcessMismatchError
-from harmony_jax.training.loop import PeerLostError, WorkdirError, train_and_evaluate
+from harmony_jax.errors import reported_as_one_line
+from harmony_jax.training.loop import PeerLostError, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, samples, TensorBoard logs.")
 
 
+@reported_as_one_line  # a bad config, data folder, workdir or disk: one line, no traceback
 def main(argv):
     del argv
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (WorkdirError, CheckpointMismatchError, LatentRecordsError,
-            ProcessMismatchError) as e:
-        sys.exit(f"error: {e}")  # the command line is at fault: no traceback
     except PeerLostError as e:  # no orderly shutdown: it would wait for the lost peer
         print(f"error: {e}", file=sys.stderr, flush=True)
         os._exit(1)

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harmony_jax.data.clip_folder import ClipFolder, read_captions
+from harmony_jax.errors import DataError
 from harmony_jax.media import MediaError, write_av
 
 SR = 16000
@@ -124,7 +125,7 @@ def test_bad_captions_line_names_file_and_line(tmp_path, bad_line, message):
 
 
 def test_missing_captions_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="captions.jsonl"):
+    with pytest.raises(DataError, match="captions.jsonl: no such file"):
         read_captions(str(tmp_path))
 
 

@@ -76,9 +76,11 @@ def test_argv_forms_as_absl_reads_them():
 
 
 def test_parse_flags_exits_with_one_line(capsys):
-    with pytest.raises(SystemExit, match=r"^error: --config.optim.lrr: no such config key; "
-                                         r"did you mean --config.optim.lr\?"):
+    with pytest.raises(SystemExit) as exit_info:
         parse_flags(["train.py", f"--config={TINY}", "--config.optim.lrr=1"])
+    assert exit_info.value.code == 2  # a user error (errors.USER_EXIT)
+    assert re.match(r"^error: --config.optim.lrr: no such config key; did you mean "
+                    r"--config.optim.lr\?", capsys.readouterr().err)
 
 
 def _absl_parse(key, raw):
@@ -123,7 +125,7 @@ def test_entry_points_print_one_line(argv):
     done = subprocess.run([sys.executable, "-m", *argv, "--config", "configs/tiny.py",
                            "--config.optim.lrr=1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
+    assert done.returncode == 2  # a user error (errors.USER_EXIT)
     assert done.stderr.strip().splitlines() == [
         "error: --config.optim.lrr: no such config key; did you mean --config.optim.lr? "
         "(every key and its meaning: harmony_jax/defaults.py)"]

@@ -59,7 +59,7 @@ def test_late_audio_gives_a_positive_offset(world, tmp_path):
 
 
 def test_unusable_paths_are_named(world, tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no .mp4 files"):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no clips"):
         evaluate.evaluate(str(tmp_path))
     write_av(tmp_path / "mute.mp4", world[0]["video"], FPS)
     with pytest.raises(MediaError, match="mute.mp4: no audio stream"):

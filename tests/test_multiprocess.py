@@ -154,7 +154,7 @@ def test_processes_started_with_different_configs_are_refused(tmp_path):
     command = lambda i: _train(tmp_path / "pod", *(["--config.optim.lr=0.002"] if i else []))
     cluster = _cluster(command, tmp_path / "logs")
     codes = cluster.wait(timeout=TIMEOUT, grace=60)
-    assert codes == [1, 1], cluster.logs
+    assert codes == [2, 2], cluster.logs  # a user error (errors.USER_EXIT)
     for log in cluster.logs:
         assert _last_line(log) == (
             "error: process 1 was started with another config than process 0: "

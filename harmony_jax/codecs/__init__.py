@@ -63,6 +63,8 @@ def _umt5(config: ml_collections.ConfigDict) -> TextEncoder:
 _VIDEO: dict[str, Callable] = {"pixel": _pixel, "wan2.2": _wan22}
 _AUDIO: dict[str, Callable] = {"mel": _mel, "mmaudio": _mmaudio}
 _TEXT: dict[str, Callable] = {"demo": _demo_text, "umt5": _umt5}
+NAMES = {"video": tuple(_VIDEO), "audio": tuple(_AUDIO),  # config.codecs.<kind>.name
+         "text": tuple(_TEXT)}
 
 
 def _make(registry: dict[str, Callable], kind: str, config: ml_collections.ConfigDict):

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import importlib
 import pathlib
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from harmony_jax.config_check import check_config
+from harmony_jax.config_cli import parse_flags
+from harmony_jax.errors import FlagError, UserError, one_line, reported_as_one_line
 
 _COMMANDS = {  # command -> module under harmony_jax.convert
     "wan": "wan",
@@ -35,18 +38,26 @@ _DST = flags.DEFINE_string("dst", None, "Orbax checkpoint directory to create.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --dst.")
 
 
+@reported_as_one_line
 def main(argv: list[str]) -> None:
+    """Checks the command line, then converts; a checkpoint of another layout, a missing file or
+    an absent torch is one line naming it (HARMONY_TRACEBACK=1 shows where it was found)."""
     usage = f"usage: python -m harmony_jax.convert {{{'|'.join(_COMMANDS)}}} --src DIR --dst DIR"
     if len(argv) != 2 or argv[1] not in _COMMANDS:
-        raise app.UsageError(f"{usage}; got arguments {argv[1:]}")
+        raise FlagError(f"{usage}; got arguments {argv[1:]}")
+    for flag, value in (("src", _SRC.value), ("dst", _DST.value)):
+        if not value:
+            raise FlagError(f"--{flag} is required ({usage})")
+    check_config(_CONFIG.value)
     module = importlib.import_module(f"harmony_jax.convert.{_COMMANDS[argv[1]]}")
     try:
         module.convert_checkpoint(_SRC.value, _DST.value, _CONFIG.value,
                                   overwrite=_OVERWRITE.value)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        sys.exit(f"error: {e}")  # the source, --dst or --config is at fault: no traceback
+    except (ValueError, ImportError) as e:  # what --src holds does not fit, or needs torch
+        if isinstance(e, UserError):
+            raise
+        raise UserError(one_line(e)) from e
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["src", "dst"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

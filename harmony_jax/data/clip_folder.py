@@ -11,15 +11,18 @@ source's length and resolution.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import logging
 import os
+import threading
 from typing import Any
 
 import librosa
 import numpy as np
 
+from harmony_jax.errors import DataError
 from harmony_jax.media import MediaError
 from harmony_jax.media_window import read_window
 
@@ -34,18 +37,31 @@ class Clip:
     transcript: str = ""
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object hook: a key given twice is an error, not the last value silently."""
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"key {repeated[0]!r} given twice")
+    return dict(pairs)
+
+
 def read_captions(root: str) -> list[Clip]:
-    """Parses `root/captions.jsonl`; a malformed line raises ValueError naming file and line."""
+    """Parses `root/captions.jsonl` (UTF-8, a byte-order mark allowed); a malformed line or a
+    clip listed twice raises DataError naming the file and the line."""
     file = os.path.join(root, CAPTIONS_FILE)
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"{file}: no such file (config.data.root={root!r})")
-    clips = []
+        raise DataError(f"{file}: no such file (config.data.root={root!r} must hold the clips "
+                        f"and {CAPTIONS_FILE})")
+    clips, first_line = [], {}
     with open(file, "rb") as f:  # decoded line by line: bad UTF-8 is that line's error
         for number, line in enumerate(f, start=1):
+            if number == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8):]
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line.decode("utf-8"))
+                entry = json.loads(line.decode("utf-8"), object_pairs_hook=_unique_keys)
                 if not isinstance(entry, dict):
                     raise ValueError("not a JSON object")
                 fields = {k: entry[k] for k in ("path", "video_caption", "audio_caption")}
@@ -54,11 +70,16 @@ def read_captions(root: str) -> list[Clip]:
                     raise ValueError("path, captions and transcript must be strings")
             except (ValueError, KeyError, RecursionError) as e:  # JSON and UTF-8 errors are
                 # ValueErrors; RecursionError: nesting too deep for the parser
-                raise ValueError(f"{file}:{number}: bad line ({type(e).__name__}: {e})") from e
+                raise DataError(f"{file}:{number}: bad line ({type(e).__name__}: {e})") from e
+            path = os.path.normpath(os.path.join(root, fields["path"]))
+            if path in first_line:
+                raise DataError(f"{file}:{number}: clip {fields['path']!r} is already listed on "
+                                f"line {first_line[path]}")
+            first_line[path] = number
             fields["path"] = os.path.join(root, fields["path"])
             clips.append(Clip(**fields))
     if not clips:
-        raise ValueError(f"{file}: no clips")
+        raise DataError(f"{file}: no clips")
     return clips
 
 
@@ -86,7 +107,9 @@ class ClipFolder:
         self.height, self.width, self.sample_rate = int(height), int(width), int(sample_rate)
         self.skip_bad_files = skip_bad_files
         self.num_samples = round(self.num_frames * self.sample_rate / self.fps)  # S
-        self._bad: set[int] = set()  # known-bad indices: warn once, never decode twice
+        # known-bad index -> the reading thread that found it first: only that one warns (grain
+        # reads with several threads, which may decode the same bad clip at once)
+        self._bad: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -109,8 +132,8 @@ class ClipFolder:
             except MediaError as e:
                 if not self.skip_bad_files:
                     raise
-                logging.warning("Skipping bad clip %d: %s", i, e)
-                self._bad.add(i)
+                if self._bad.setdefault(i, threading.get_ident()) == threading.get_ident():
+                    logging.warning("Skipping bad clip %d: %s", i, e)  # once per clip
         raise MediaError(f"no usable clip among the {len(self)} in "
                          f"{os.path.join(self.root, CAPTIONS_FILE)}")
 

@@ -33,6 +33,7 @@ from array_record.python.array_record_module import ArrayRecordReader
 from flax import serialization
 
 from harmony_jax.codecs.precomputed import pad_tokens
+from harmony_jax.errors import DataError
 from harmony_jax.system import build_system
 
 FORMAT = "harmony_jax.latents/1"
@@ -52,7 +53,7 @@ _CODEC_KEYS = {
 _DATA_KEYS = ("fps", "num_frames", "height", "width", "sample_rate")
 
 
-class LatentRecordsError(ValueError):
+class LatentRecordsError(DataError):
     """A latent directory that cannot feed this run: missing, unfinished, corrupt or foreign."""
 
 

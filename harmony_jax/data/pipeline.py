@@ -24,6 +24,7 @@ from absl import flags
 
 from harmony_jax.codecs.base import TextEncoder
 from harmony_jax.codecs.text import TranscriptTokenizer
+from harmony_jax.errors import ConfigError
 
 SOURCES = ("sounding_shapes", "clip_folder", "latents")
 READ_THREADS = 2  # per process: overlap decoding (ffmpeg, numpy: mostly GIL-free) with training
@@ -40,14 +41,14 @@ def make_source(config: ml_collections.ConfigDict):
     if d.source == "clip_folder":
         from harmony_jax.data.clip_folder import ClipFolder
         if not d.root:
-            raise ValueError("config.data.source='clip_folder' needs config.data.root")
+            raise ConfigError("config.data.source='clip_folder' needs config.data.root")
         return ClipFolder(d.root, skip_bad_files=d.skip_bad_files, **shape)
     if d.source == "latents":  # `python -m harmony_jax.encode` output; checked against config
         from harmony_jax.data.latent_records import open_latent_records
         if not d.root:
-            raise ValueError("config.data.source='latents' needs config.data.root")
+            raise ConfigError("config.data.source='latents' needs config.data.root")
         return open_latent_records(config)
-    raise ValueError(f"Unknown config.data.source={d.source!r}; valid: {list(SOURCES)}")
+    raise ConfigError(f"Unknown config.data.source={d.source!r}; valid: {list(SOURCES)}")
 
 
 @dataclasses.dataclass(frozen=True)

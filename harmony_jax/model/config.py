@@ -10,8 +10,8 @@ import jax.numpy as jnp
 from harmony_jax.model.attention import IMPLEMENTATIONS as _ATTENTION
 from harmony_jax.model.splash import SplashBlocks
 
-_INTERACTIONS = ("gldi", "global")
-_REMAT = ("none", "full", "dots", "dots_no_batch")
+INTERACTIONS = ("gldi", "global")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")  # model/dit.py's policies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +70,8 @@ class ModelConfig:
     remat: str = "none"
 
     def __post_init__(self):
-        _check("model.interaction.mode", self.interaction.mode, _INTERACTIONS)
-        _check("model.remat", self.remat, _REMAT)
+        _check("model.interaction.mode", self.interaction.mode, INTERACTIONS)
+        _check("model.remat", self.remat, REMAT_POLICIES)
         _check("model.attention", self.attention, _ATTENTION)
         if self.video.text_pad_to < 0:
             raise ValueError(f"model.video.text_pad_to={self.video.text_pad_to} must be >= 0 "

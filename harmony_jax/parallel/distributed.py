@@ -14,12 +14,13 @@ from absl import logging
 from orbax.checkpoint import multihost
 
 from harmony_jax.config_diff import first_difference
+from harmony_jax.errors import ConfigError
 
 _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
                 "MEGASCALE_COORDINATOR_ADDRESS")
 
 
-class ProcessMismatchError(ValueError):
+class ProcessMismatchError(ConfigError):
     """The processes of one run were started differently (another config, another count)."""
 
 

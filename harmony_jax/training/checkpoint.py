@@ -1,24 +1,38 @@
 """Orbax checkpoints of the train state, with the run config saved beside every step.
 
 Layout: `WORKDIR/checkpoints/<step>/{state,config}`; orbax writes each step to a temporary
-directory and renames it when complete, so an interrupted save never shadows a good one.
+directory and renames it when complete, so an interrupted save never shadows a good one. A save
+that fails (a full disk) stops the run naming the last good step; a step that cannot be read
+(truncated, corrupt) is named with the file at fault, and the newest intact step is used instead.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+import re
+import shutil
+from typing import Any, Callable, Optional, TypeVar
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from harmony_jax.config_diff import first_difference, without
+from harmony_jax.errors import CheckpointError, DiskError, one_line
+
+T = TypeVar("T")
+DAMAGED_PREFIX = "damaged-"  # a step that cannot be read is moved to checkpoints/damaged-<step>
+# what reading a damaged step raises (maybe wrapped): tensorstore's ValueError, a JSON error,
+# a missing file
+DAMAGE_ERRORS = (ValueError, OSError, KeyError)
+_JSON_FILES = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/_sharding", "config/metadata")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint's parameters do not have the shapes the config's model has."""
 
 
@@ -54,6 +68,92 @@ def _abstract(tree: Any) -> Any:
         tree)
 
 
+def steps_in(directory: epath.Path) -> list[int]:
+    """The finished steps in a checkpoints directory, newest first."""
+    if not directory.exists():
+        return []
+    return sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
+
+
+def damage(error: BaseException) -> Optional[BaseException]:
+    """The error in `error`'s chain that says a checkpoint cannot be read (orbax wraps
+    tensorstore's ValueError in a bare Exception), or None: then it is a bug, not damage."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, DAMAGE_ERRORS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def damaged_file(step_dir: epath.Path, error: BaseException) -> str:
+    """The file of `step_dir` that `error` (raised reading it) points at: the one tensorstore
+    names, else the first metadata file that is missing or no JSON, else the first empty file
+    (what a disk that filled mid-write leaves), else the database or step directory."""
+    named = re.findall(r'local file "([^"]+)"', str(error))
+    files = [f for f in named if not f.endswith("/")]
+    if files:
+        return files[-1]
+    filename = getattr(error, "filename", None)
+    if filename:
+        return str(filename)
+    for name in _JSON_FILES:
+        file = step_dir / name
+        try:
+            json.loads(file.read_text())
+        except (OSError, ValueError):
+            return str(file)
+    for root, _, names in os.walk(step_dir):
+        for name in sorted(names):
+            if os.path.getsize(os.path.join(root, name)) == 0:
+                return os.path.join(root, name)
+    return named[-1] if named else str(step_dir)
+
+
+def newest_intact(directory: epath.Path, load: Callable[[int], T], *,
+                  set_aside: bool = False) -> Optional[tuple[int, T]]:
+    """(step, load(step)) for the newest step `load` can read; None without any step.
+
+    A damaged step is named (which file) in a warning and the next older one is tried. With
+    `set_aside`, once an intact step is found the damaged newer ones are moved to
+    `damaged-<step>` by process 0 (nothing is deleted), so a resumed run can save those steps
+    again.
+    CheckpointMismatchError (another model) is raised, not skipped. With no intact step,
+    CheckpointError lists every damaged one and nothing is moved."""
+    damaged = []
+    for step in steps_in(directory):
+        try:
+            found = step, load(step)
+        except CheckpointMismatchError:
+            raise
+        except Exception as error:  # noqa: BLE001 - damage is told apart from a bug below
+            e = damage(error)
+            if e is None:
+                raise
+            file, reason = damaged_file(directory / str(step), e), one_line(e)
+            what = reason if reason.startswith(file) else f"{file}: {reason}"
+            damaged.append((step, f"step {step} ({what[:300]})"))
+            logging.warning("checkpoint step %d is damaged: %s; trying the previous step",
+                            step, what[:600])
+            continue
+        for bad, _ in damaged if set_aside and jax.process_index() == 0 else ():
+            (directory / str(bad)).rename(directory / f"{DAMAGED_PREFIX}{bad}")
+            logging.warning("moved damaged %s to %s%d; resuming from step %d",
+                            directory / str(bad), DAMAGED_PREFIX, bad, step)
+        return found
+    if damaged:
+        raise CheckpointError(f"{directory}: no intact checkpoint; damaged: "
+                              f"{'; '.join(text for _, text in damaged)}")
+    return None
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes one checkpoint of `state` takes (arrays or ShapeDtypeStructs: shapes only)."""
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(state))
+
+
 class Checkpointer:
     """Async, keep-N checkpointing of (train state, config) in `workdir/checkpoints`."""
 
@@ -64,6 +164,9 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                  enable_async_checkpointing=async_save),
             item_names=("state", "config", "run"))
+        self._saving: Optional[int] = None  # the step whose save may still be running
+        self._broken = False  # a save failed (and was reported)
+        self._good: Optional[int] = self._manager.latest_step()  # the newest complete save
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -75,26 +178,23 @@ class Checkpointer:
             return []
         return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
 
-    def save(self, step: int, state: Any, config: ml_collections.ConfigDict) -> None:
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            config=ocp.args.JsonSave(json.loads(config.to_json())),
-            run=ocp.args.JsonSave(run_layout())))
-
     def check_resumable(self, step: int, config: ml_collections.ConfigDict) -> None:
         """Raises CheckpointMismatchError when this run is not the one that wrote `step`: another
         process count, or another value of a key that changes what is computed (keys that only
         say how often to log, save or sample, where data and caches live, or how long to train
         may change on a resume)."""
         where = self.directory / str(step)
-        run_file = where / "run" / "metadata"
-        if run_file.exists():  # written since multi-process runs are checked
-            saved = json.loads(run_file.read_text())
+        try:
+            run_file = where / "run" / "metadata"
+            saved = json.loads(run_file.read_text()) if run_file.exists() else None
+            saved_config = json.loads((where / "config" / "metadata").read_text())
+        except DAMAGE_ERRORS:  # a damaged step: set aside when the state is restored
+            return
+        if saved is not None:  # recorded since multi-process runs are checked
             if saved["process_count"] != jax.process_count():
                 raise CheckpointMismatchError(
                     f"{where} was written by a run of {saved['process_count']} processes; this "
                     f"one has {jax.process_count()}: restart it with {saved['process_count']}")
-        saved_config = json.loads((where / "config" / "metadata").read_text())
         difference = first_difference(without(saved_config, RESUMABLE_CHANGES),
                                       without(json.loads(config.to_json()), RESUMABLE_CHANGES))
         if difference is not None:
@@ -102,6 +202,54 @@ class Checkpointer:
             raise CheckpointMismatchError(
                 f"{where} was written with {key}={then!r}; this run has {key}={now!r}: resume "
                 f"with the run's own config (saved in config.json) or use another --workdir")
+
+    def check_space(self, state: Any) -> None:
+        """Raises DiskError, before training, if the disk cannot hold one more
+        checkpoint of `state` (local workdirs; a bucket is not measured)."""
+        if "://" in str(self.directory):
+            return
+        need, free = state_bytes(state), shutil.disk_usage(self.directory).free
+        if free < need:
+            raise DiskError(f"{self.directory}: {free / 2**20:.1f} MiB free, a checkpoint "
+                            f"needs {need / 2**20:.1f} MiB; free some space or use another "
+                            f"--workdir")
+
+    def _failed(self, step: int, error: BaseException) -> DiskError:
+        self._broken = True
+        good = (f"the last good checkpoint is step {self._good} "
+                f"({self.directory / str(self._good)}), intact" if self._good is not None
+                else "no checkpoint was saved before")
+        return DiskError(f"saving step {step} to {self.directory} failed "
+                         f"({one_line(error)[:300]}); the run stopped; {good}")
+
+    def check_for_errors(self) -> None:
+        """Raises DiskError at once if the last (async) save failed; a finished one
+        becomes the last good step."""
+        if self._saving is None:
+            return
+        try:
+            self._manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001 - whatever the writer raised, named in one line
+            step, self._saving = self._saving, None
+            raise self._failed(step, e) from e
+        if not self._manager.is_saving_in_progress():
+            self._good, self._saving = self._saving, None
+
+    def save(self, step: int, state: Any, config: ml_collections.ConfigDict) -> None:
+        """Starts saving `step`; a failure of this or the previous save raises DiskError
+        naming the last good step (the failed step's temporary directory never shadows it)."""
+        self.check_for_errors()
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                config=ocp.args.JsonSave(json.loads(config.to_json())),
+                run=ocp.args.JsonSave(run_layout())))
+        except Exception as e:  # noqa: BLE001 - e.g. OSError(ENOSPC), or a previous save's
+            self._saving = None
+            raise self._failed(step, e) from e
+        if self._saving is not None:  # save() waited for the previous one: it is complete
+            self._good = self._saving
+        self._saving = step
 
     def check_params(self, step: int, params: Any) -> None:
         """Raises CheckpointMismatchError if step's parameters do not fit `params`' shapes."""
@@ -116,8 +264,27 @@ class Checkpointer:
             state=ocp.args.StandardRestore(_abstract(like_state))))
         return restored["state"]
 
+    def restore_newest_intact(self, like_state: Any) -> Optional[tuple[int, Any]]:
+        """(step, state) of the newest step that reads back, damaged newer ones set aside with
+        a warning; None in a fresh workdir."""
+        found = newest_intact(self.directory, lambda step: self.restore(step, like_state),
+                              set_aside=True)
+        self._manager.reload()
+        self._good = self._manager.latest_step()
+        return found
+
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        """Waits for a pending save; its failure raises DiskError (once: after a reported
+        failure the writer's later errors are only logged)."""
+        try:
+            self._manager.wait_until_finished()
+            self.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            if self._broken:
+                logging.warning("after the failed save: %s", one_line(e))
+                return
+            step, self._saving = self._saving, None
+            raise self._failed(step, e) from e
 
     def close(self) -> None:
         self._manager.close()
@@ -149,7 +316,15 @@ def read_config(path: str) -> tuple[ml_collections.ConfigDict, Optional[epath.Pa
     config_file = step_dir / "config" / "metadata" if step_dir else path / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{path}: no checkpoint with a saved config and no config.json")
-    return ml_collections.ConfigDict(json.loads(config_file.read_text())), step_dir
+    return read_config_file(config_file), step_dir
+
+
+def read_config_file(file: epath.Path) -> ml_collections.ConfigDict:
+    """A saved run config; one that is no JSON raises CheckpointError naming the file."""
+    try:
+        return ml_collections.ConfigDict(json.loads(file.read_text()))
+    except ValueError as e:
+        raise CheckpointError(f"{file}: damaged, not a JSON run config ({e})") from e
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

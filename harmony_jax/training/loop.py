@@ -16,6 +16,7 @@ from absl import logging
 
 from harmony_jax import generation
 from harmony_jax.compile_cache import enable_compile_cache
+from harmony_jax.config_check import check_config
 from harmony_jax.convert.f5_text import load_transcript
 from harmony_jax.convert.wan import load_video_tower
 from harmony_jax.data.latent_records import sample_items, unloaded_message
@@ -120,20 +121,19 @@ def _log(step: int, metrics: dict[str, float], steps_per_s: float, remaining: in
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains to `config.total_steps`, resuming from `workdir` if it holds a checkpoint."""
-    # ---- workdir, processes, mesh
+    # ---- config, workdir, processes, mesh
+    check_config(config, reads_data=True)  # every value, before anything is built
     enable_compile_cache(config.compile_cache_dir)
     _check_workdir(workdir)
     distributed.maybe_initialize(config.distributed)
     distributed.check_same_config(config, config.distributed.barrier_timeout_s)
+    check_config(config, jax.device_count(), reads_data=True)  # and the batch over the mesh
+    make_source(config)  # a missing or malformed data folder is named before the model is built
     mesh = make_mesh(config.mesh)
     rules = axis_rules(config)
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.batch_size % batch_shards:
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
-                         f"{batch_shards} batch shards of the mesh (mesh.data x mesh.fsdp)")
     logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    latest = checkpointer.latest_step()
+    latest = checkpointer.latest_step()  # damaged or not: a resumed run imports nothing
     if latest is not None:  # another run's checkpoint is refused before anything is built
         checkpointer.check_resumable(latest, config)
 
@@ -160,9 +160,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     logging.info("parameters: %s", {k: int(sum(np.prod(x.shape) for x in jax.tree.leaves(v)))
                                     for k, v in state.params.items()})
 
-    # ---- resume
-    if latest is not None:  # a checkpoint of another model raises here, the workdir untouched
-        state = checkpointer.restore(latest, state)
+    checkpointer.check_space(state)  # a full disk is found now, not at the first save
+
+    # ---- resume: a checkpoint of another model raises here, the workdir untouched; a damaged
+    # step is set aside (named in a warning) and the newest intact one used
+    resumed = checkpointer.restore_newest_intact(state) if latest is not None else None
+    if resumed is not None:
+        latest, state = resumed
         logging.info("resumed from %s at step %d", checkpointer.directory, latest)
     start = int(state.step)
     if jax.process_index() == 0:
@@ -193,9 +197,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer = SummaryWriter(os.path.join(workdir, "tb"))
 
     # ---- loop
-    if config.optim.on_nonfinite not in ("skip", "halt"):
-        raise ValueError(f"config.optim.on_nonfinite={config.optim.on_nonfinite!r}; "
-                         f"expected 'skip' or 'halt'")
     halt_on_nonfinite = config.optim.on_nonfinite == "halt"
     preemption = PreemptionWatch()
     t_last, steps_since, done, peer_lost = time.time(), 0, start, False
@@ -204,6 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             for step in range(start, config.total_steps):
                 state, metrics = train_step(state, next(batches))
                 steps_since += 1
+                checkpointer.check_for_errors()  # a failed async save stops the run at once
                 done = step + 1
                 log_now = done % config.log_every == 0 or done == config.total_steps
                 if log_now or halt_on_nonfinite:  # halting must look at every step

@@ -10,6 +10,7 @@ import optax
 
 
 SCHEDULES = ("constant", "cosine")
+ON_NONFINITE = ("skip", "halt")  # config.optim.on_nonfinite: the loop drops the update or stops
 
 
 def learning_rate(optim_cfg, total_steps: int) -> optax.Schedule:
