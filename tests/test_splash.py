@@ -246,3 +246,34 @@ def test_every_remat_policy_traces_with_splash():
         loss = lambda p: sum(jnp.sum(jnp.sin(o)) for o in model.apply(p, *inputs))
         jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
         assert "pallas_call" in jaxpr and ("remat" in jaxpr) == (remat != "none"), remat
+
+
+def test_band_block_maps_are_built_once_per_geometry(monkeypatch):
+    """Two unscanned joint layers make four band attentions (A2V, V2A each); the bands' block
+    maps are built twice, in `cross_modal_geometry`, and no attention builds its own."""
+    from harmony_jax.model import HarmonyDiT, interaction, splash
+    from harmony_jax.model.inputs import example_inputs
+    from test_model import tiny_model_config
+    built = {"geometry": [], "per call": [], "attention": []}
+
+    def counting(where, fn):
+        def wrapped(mask, sizes, **kw):
+            built[where].append((mask.shape, sizes.block_q, sizes.block_kv))
+            return fn(mask, sizes, **kw)
+        return wrapped
+    monkeypatch.setattr(interaction, "band_kernel", counting("geometry", splash.band_kernel))
+    monkeypatch.setattr(splash, "band_kernel", counting("per call", splash.band_kernel))
+    attend = splash._band_attention
+    monkeypatch.setattr(splash, "_band_attention",
+                        lambda *a: built["attention"].append(a[0].shape) or attend(*a))
+    cfg = tiny_model_config(attention="splash", scan_layers=False, depth=2, splash=SMALL)
+    inputs = example_inputs(cfg, batch=1, video_frames=2, height=4, width=4, audio_frames=10,
+                            audio_rate=AUDIO_RATE, ref_frames=2)
+    model = HarmonyDiT(cfg)
+    params = jax.eval_shape(model.init, jax.random.key(1), *inputs)
+    built["geometry"].clear(), built["attention"].clear()  # init traced the model too
+    jax.make_jaxpr(model.apply)(params, *inputs)
+    lv = 2 * 2 * 2  # 2 latent frames of 2x2 tokens (4x4 latents, 1x2x2 patch)
+    assert built["per call"] == []
+    assert built["geometry"] == [((1, 1, lv, 10), 128, 128), ((1, 1, 10, lv), 128, 128)]
+    assert len(built["attention"]) == 4  # each layer's A2V and V2A ran the built block map
