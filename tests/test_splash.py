@@ -171,6 +171,29 @@ def test_block_config_is_checked_and_fitted():
         SplashBlocks(block_kv=512, block_kv_compute=384)
     sizes = block_sizes(SplashBlocks(block_q=2048, block_kv=2048), 27280, 157)
     assert (sizes.block_q, sizes.block_kv, sizes.block_kv_compute) == (2048, 256, 256)
+    with pytest.raises(ValueError, match="model.splash.band_block=0"):
+        SplashBlocks(band_block=0)
+    a2v = block_sizes(SplashBlocks(), 27280, 157, band_axis="kv")  # off TPU: 512 blocks
+    v2a = block_sizes(SplashBlocks(), 157, 27280, band_axis="q")
+    assert (a2v.block_q, a2v.block_kv, v2a.block_q, v2a.block_kv) == (512, 128, 128, 512)
+
+
+def test_default_band_tiles_skip_at_the_papers_geometry():
+    """121 frames at 24 fps (31 latent frames x 880 tokens), 157 audio latents: the default
+    tiles (512, and `band_block` 128 on the audio axis) skip what the analytic count says, about
+    44%; the audio axis in one block skips nothing."""
+    band = _band(24.0, 31, 880, 157)
+    v_times = np.repeat(_video_times(24.0, 31), 880)
+    a_times = interval_centres(157, AUDIO_RATE)
+    for q_times, k_times, mask, axis in ((v_times, a_times, band, "kv"),
+                                         (a_times, v_times, band.T, "q")):
+        mask = jnp.asarray(np.ascontiguousarray(mask))
+        sizes = block_sizes(SplashBlocks(), *mask.shape, band_axis=axis)
+        blocks = computed_blocks(mask, sizes)
+        assert blocks.sum() == _analytic_band_blocks(q_times, k_times, 2.0 / 6.0, sizes.block_q,
+                                                     sizes.block_kv)
+        assert 0.4 < 1 - blocks.mean() < 0.5
+        assert computed_blocks(mask, block_sizes(SplashBlocks(), *mask.shape)).all()
 
 
 @needs_8
