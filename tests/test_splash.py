@@ -22,8 +22,8 @@ from harmony_jax.codecs import interval_centres  # noqa: E402
 from harmony_jax.model import attention as attention_lib  # noqa: E402
 from harmony_jax.model.attention import Attention, dot_product_attention  # noqa: E402
 from harmony_jax.model.interaction import band_mask  # noqa: E402
-from harmony_jax.model.splash import (SplashBlocks, block_sizes, computed_blocks,  # noqa: E402
-                                      splash_attention)
+from harmony_jax.model.splash import (SplashBlocks, band_kernel, block_sizes,  # noqa: E402
+                                      computed_blocks, splash_attention)
 from harmony_jax.parallel.mesh import make_mesh  # noqa: E402
 from harmony_jax.parallel.sharding import axis_rules  # noqa: E402
 from harmony_jax.perf.train_step import random_batch  # noqa: E402
@@ -300,3 +300,32 @@ def test_band_block_maps_are_built_once_per_geometry(monkeypatch):
     assert built["per call"] == []
     assert built["geometry"] == [((1, 1, lv, 10), 128, 128), ((1, 1, 10, lv), 128, 128)]
     assert len(built["attention"]) == 4  # each layer's A2V and V2A ran the built block map
+
+
+@needs_8
+def test_band_split_over_the_batch_equals_xla():
+    """A2V with the batch split 2 ways ('data') and heads 2 ways ('tensor'): each device runs
+    its rows of the block map built once outside (`band_kernel`), values and gradients as
+    'xla'."""
+    config = ml_collections.ConfigDict(dict(
+        mesh=dict(data=2, sequence=1, tensor=2), axis_rules=tiny.get_config().axis_rules))
+    mesh, rules = make_mesh(config.mesh, jax.devices()[:4]), axis_rules(config)
+    band = _band(24.0, 6, tokens_per_frame=24, audio_frames=40)
+    mask = jnp.asarray(np.broadcast_to(band, (2, 1) + band.shape))
+    keys = jax.random.split(jax.random.key(5), 3)
+    q, k, v = (jax.random.normal(key, (2, n, 2, 16)) for key, n in
+               zip(keys, (band.shape[0], 40, 40)))
+
+    def loss(attend):
+        return jit(jax.value_and_grad(
+            lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v))), argnums=(0, 1, 2)))
+
+    plain = loss(functools.partial(dot_product_attention, mask=mask))(q, k, v)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        def splash(q, k, v):
+            built = band_kernel(mask, block_sizes(SMALL, band.shape[0], 40))
+            return splash_attention(q, k, v, mask=mask, band=built)
+        split = loss(splash)(q, k, v)
+        assert "shard_map" in str(jax.make_jaxpr(splash)(q, k, v))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=F32_TOL),
+                 split, plain)
