@@ -18,6 +18,7 @@ import numpy as np
 
 from harmony_jax import plan
 from harmony_jax.diffusion.syncfg import sample
+from harmony_jax.model.attention import uses_splash
 from harmony_jax.model.conditioning import concat_conditionings
 from harmony_jax.perf.measure import format_table, interleaved_medians
 from harmony_jax.perf.train_step import interpreted_note, quick_config, random_batch
@@ -81,11 +82,13 @@ def measure_sampler(config: ml_collections.ConfigDict, *, steps: int = 40, runs:
 
 def default_attentions(config: ml_collections.ConfigDict, quick: bool) -> tuple[str, ...]:
     """The config's kernel, and beside it blockwise and splash where the backend runs them at
-    this size: on a TPU, or for the tiny `--quick` model (splash interpreted off TPU)."""
-    kernels = [str(config.model.attention)]
-    if quick or jax.default_backend() == "tpu":
-        kernels += ["blockwise", "splash"]
-    return tuple(dict.fromkeys(kernels))
+    this size: on a TPU, or for the tiny `--quick` model (splash interpreted off TPU). A kernel
+    the config's already is ('auto' on TPU is splash) is not measured twice."""
+    kernel = str(config.model.attention)
+    if not (quick or jax.default_backend() == "tpu"):
+        return (kernel,)
+    return (kernel,) + tuple(k for k in ("blockwise", "splash") if k != kernel
+                             and not (k == "splash" and uses_splash(kernel)))
 
 
 def measure_attentions(config: ml_collections.ConfigDict, attentions, **kwargs
