@@ -470,7 +470,7 @@ def run(config: ml_collections.ConfigDict, *, mesh: Optional[str] = None,
 
 def _define_flags() -> dict[str, flags.FlagHolder]:
     """The CLI's flags; defined only when run as a program (harmony_jax.train owns --config)."""
-    return dict(
+    holders = dict(
         config=config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py)."),
         mesh=flags.DEFINE_string("mesh", None, "Mesh axis sizes, e.g. data=1,fsdp=64,tensor=1 "
                                  f"(axes {AXES}, dcn_data, dcn_fsdp); default: config.mesh."),
@@ -486,6 +486,11 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
         attention=flags.DEFINE_list("attention", None, "model.attention kernels to plan side "
                                     "by side, e.g. splash,blockwise; default: the config's "
                                     "(with blockwise beside splash)."))
+    from harmony_jax.model.attention import IMPLEMENTATIONS
+    kernels = [k for k in IMPLEMENTATIONS if k != "cudnn"]  # no cuDNN on the CPU devices
+    flags.register_validator("attention", lambda v: v is None or set(v) <= set(kernels),
+                             message=f"each kernel must be one of {kernels}")
+    return holders
 
 
 if __name__ == "__main__":
