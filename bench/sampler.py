@@ -1,14 +1,16 @@
 """SyncCFG sampling cost and our video tower against diffusers' Wan transformer.
 
     python bench/sampler.py [--config configs/harmony_5b.py] [--quick] [--steps 40] [--runs 3] \
-        [--nopeer] [--config.batch_size=1 ...]
+        [--attention auto,blockwise,splash] [--nopeer] [--config.batch_size=1 ...]
 
 First table: one joint forward pass, the 3B-row call SyncCFG makes per step, one SyncCFG step
 inside the jitted 40-step sampler and the whole clip, each also as a multiple of the joint
 forward (3.0 is the floor where the device is busy at B rows). Second table: diffusers'
 WanTransformer3DModel (PyTorch) against our video tower on the same shapes and weights (the
 Wan2.2-TI2V-5B tower at 480p; `--quick`: a 2-layer tower on 320 tokens), ours / theirs.
-`--quick` is for a CPU: a tiny model, float32 on both sides of the comparison.
+`--quick` is for a CPU: a tiny model, float32 on both sides of the comparison. `--attention`:
+the kernels measured side by side (default: the config's, with blockwise and splash beside it on
+a TPU or with `--quick`; off TPU splash runs interpreted, and its rows say so).
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ _QUICK = flags.DEFINE_bool("quick", False, "Tiny models for a CPU instead of --c
 _STEPS = flags.DEFINE_integer("steps", 40, "Sampler steps per clip.")
 _RUNS = flags.DEFINE_integer("runs", 3, "Timed calls per measurement (median; after 1 warmup).")
 _PEER = flags.DEFINE_bool("peer", True, "Also time diffusers' Wan transformer (needs torch).")
+_ATTENTION = flags.DEFINE_list("attention", None, "model.attention kernels, side by side; "
+                               "default: the config's (+ blockwise, splash on TPU or --quick).")
 
 
 def main(argv):
     del argv
     config = sampler.quick_sampler_config() if _QUICK.value else _CONFIG.value
-    times = sampler.measure_sampler(config, steps=_STEPS.value, runs=_RUNS.value)
-    print(f"SyncCFG t2av, {times.batch} clip(s) per call, {times.steps} Euler steps")
+    attentions = _ATTENTION.value or sampler.default_attentions(config, _QUICK.value)
+    times = sampler.measure_attentions(config, attentions, steps=_STEPS.value, runs=_RUNS.value)
+    print(f"SyncCFG t2av, {config.batch_size} clip(s) per call, {_STEPS.value} Euler steps")
     print(sampler.sampler_table(times))
     if _PEER.value:
         shape = peer.QUICK if _QUICK.value else peer.WAN22_5B_480P

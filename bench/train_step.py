@@ -2,7 +2,7 @@
 MFU against this device's own matmul peak, and memory.
 
     python bench/train_step.py [--config configs/bench_2b.py] [--quick] [--steps 10] \
-        [--remat none,full,dots,dots_no_batch] [--attention xla,cudnn,blockwise] \
+        [--remat none,full,dots,dots_no_batch] [--attention xla,cudnn,blockwise,splash] \
         [--dtype float32,bfloat16] [--nodonate] [--isolate|--noisolate] [--config.x=...]
 
 `--quick`: a tiny model (`harmony_jax.perf.train_step.quick_config`) for a CPU, rows in one
@@ -10,7 +10,10 @@ process. Otherwise each row runs in a fresh process (`--isolate`), so its peak m
 and an out-of-memory row is reported instead of ending the run. FLOPs are XLA's cost analysis of
 the step with its layers unrolled (a scanned body would be counted once): MFU counts the model's
 FLOPs, HFU adds what the row's remat policy recomputes. Inputs are latents and text embeddings
-(`harmony_jax.plan`'s geometry), parameters float32 in every row.
+(`harmony_jax.plan`'s geometry), parameters float32 in every row. A second table sets each
+kernel's step time and memory against the blockwise row of the same remat and dtype. Off TPU the
+splash rows run the Pallas kernel interpreted (their note says so): a correctness row, not a
+speed one, run with `--quick` or when `--attention` is given, else skipped with a note.
 """
 
 from __future__ import annotations
@@ -41,9 +44,13 @@ def main(argv):
     isolate = _ISOLATE.value if flags.FLAGS["isolate"].present else not _QUICK.value
     rows, peak, peak_what = bench.measure(
         config, remats=_REMAT.value, attentions=_ATTENTION.value, dtypes=_DTYPE.value,
-        steps=_STEPS.value, warmup=_WARMUP.value, donate=_DONATE.value, isolate=isolate)
+        steps=_STEPS.value, warmup=_WARMUP.value, donate=_DONATE.value, isolate=isolate,
+        interpret_splash=_QUICK.value or flags.FLAGS["attention"].present)
     print(bench.describe(config, peak, peak_what))
     print(bench.table(rows, peak))
+    ratios = bench.ratio_table(rows)
+    if ratios:
+        print("\n" + ratios)
 
 
 if __name__ == "__main__":

@@ -41,9 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
     # | "auto" (splash on TPU, cuDNN on GPU, else blockwise for long sequences)
     m.attention = "xla"
     # splash tiles, multiples of 128 (0: the TPU generation's default, v5e 512 .. v6e 2048);
-    # fused_bwd: dq, dk, dv in one backward kernel
+    # band_block: the tile along the audio axis of the A2V / V2A bands (128: blocks outside the
+    # band are skipped); fused_bwd: dq, dk, dv in one backward kernel
     m.splash = ml_collections.ConfigDict(
-        dict(block_q=0, block_kv=0, block_kv_compute=0, fused_bwd=False))
+        dict(block_q=0, block_kv=0, block_kv_compute=0, band_block=128, fused_bwd=False))
     m.dtype = "float32"  # compute dtype; params stay float32
     m.param_dtype = "float32"
     m.scan_layers = True

@@ -2,7 +2,7 @@
 
     python -m harmony_jax.plan --config configs/harmony_5b.py --mesh data=1,fsdp=64,tensor=1 \
         [--batch 128] [--remat full|dots|dots_no_batch|none] [--inputs latents|media] \
-        [--hbm_gib 95] [--config.optim.grad_accum=2 ...]
+        [--hbm_gib 95] [--attention splash,blockwise] [--config.optim.grad_accum=2 ...]
 
 `make_train_step` (with the run's optimizer, EMA and CTS loss) is lowered and compiled on
 abstract inputs (`jax.ShapeDtypeStruct`s with their `NamedSharding`s: no array is ever made) for
@@ -26,6 +26,10 @@ close estimate. Attention is the configured kernel as it lowers off GPU: 'auto' 
 the blockwise kernel, in the memory class of the flash kernels TPU and GPU run. FLOPs come from lowering the step unrolled at depth 1 and 2 and extrapolating
 linearly in depth (XLA's cost analysis counts a loop body once); they include remat
 recomputation and the optimizer.
+
+Attention kernels (`--attention`, default `model.attention`): each one named is compiled and the
+plans print side by side, one column each. `splash` runs interpreted here (the Pallas TPU kernel
+lowered for XLA:CPU), so `model.attention=splash` alone also prints the blockwise plan beside it.
 """
 
 from __future__ import annotations
@@ -290,8 +294,9 @@ def step_flops(system: System, config: ml_collections.ConfigDict, batch: dict) -
 
 
 def plan_train_step(config: ml_collections.ConfigDict, *, inputs: str = "latents",
-                    devices: Optional[list] = None) -> Plan:
-    """Compiles the train step of `config` for the mesh `config.mesh` over `devices`."""
+                    devices: Optional[list] = None, flops: Optional[float] = None) -> Plan:
+    """Compiles the train step of `config` for the mesh `config.mesh` over `devices`; `flops`:
+    the step's FLOPs if already counted (`step_flops`), else counted here."""
     mesh = make_mesh(config.mesh, devices)
     rules = axis_rules(config)
     system = latent_system(config) if inputs == "latents" else build_system(config)
@@ -322,27 +327,95 @@ def plan_train_step(config: ml_collections.ConfigDict, *, inputs: str = "latents
         params=_bytes_per_device(state.params), opt_state=_bytes_per_device(state.opt_state),
         ema=_bytes_per_device(state.ema_params) if state.ema_params is not None else 0,
         batch=_bytes_per_device(batch), temp=int(mem.temp_size_in_bytes), total=int(total),
-        flops=step_flops(system, config, batch), compile_seconds=seconds)
+        flops=step_flops(system, config, batch) if flops is None else flops,
+        compile_seconds=seconds)
+
+
+def _heading(plan: Plan) -> str:
+    mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
+    micro = "" if plan.grad_accum == 1 else \
+        f" in {plan.grad_accum} microbatches of {plan.per_device_batch / plan.grad_accum:g}"
+    return (f"mesh {mesh} ({plan.devices} devices), global batch {plan.batch_size} "
+            f"({plan.per_device_batch:g} per data x fsdp shard{micro}), remat {plan.remat}")
+
+
+def _rows(plan: Plan) -> list[tuple[str, int]]:
+    return [("parameters", plan.params), ("optimizer state", plan.opt_state),
+            ("EMA parameters", plan.ema), ("batch", plan.batch),
+            ("activations + temporaries", plan.temp), ("total", plan.total)]
 
 
 def format_plan(plan: Plan, hbm_gib: float = 0.0) -> str:
     """The plan as a small table; with `hbm_gib`, whether it fits that much device memory."""
-    mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
-    rows = [("parameters", plan.params), ("optimizer state", plan.opt_state),
-            ("EMA parameters", plan.ema), ("batch", plan.batch),
-            ("activations + temporaries", plan.temp), ("total", plan.total)]
-    micro = "" if plan.grad_accum == 1 else \
-        f" in {plan.grad_accum} microbatches of {plan.per_device_batch / plan.grad_accum:g}"
-    lines = [f"mesh {mesh} ({plan.devices} devices), global batch {plan.batch_size} "
-             f"({plan.per_device_batch:g} per data x fsdp shard{micro}), remat {plan.remat}",
-             f"{'per device':<28}{'GiB':>10}"]
-    lines += [f"  {name:<26}{size / GiB:>10.2f}" for name, size in rows]
+    lines = [_heading(plan), f"{'per device':<28}{'GiB':>10}"]
+    lines += [f"  {name:<26}{size / GiB:>10.2f}" for name, size in _rows(plan)]
     lines.append(f"FLOPs per step {plan.flops:.3e} ({plan.flops / plan.devices:.3e} per device)")
     lines.append(f"compiled in {plan.compile_seconds:.0f} s")
     if hbm_gib:
         verdict = "fits" if plan.total <= hbm_gib * GiB else "does NOT fit"
         lines.append(f"{verdict} in {hbm_gib:g} GiB per device "
                      f"({100 * plan.total / (hbm_gib * GiB):.0f}% used)")
+    return "\n".join(lines)
+
+
+# ---- attention kernels side by side
+
+# What the splash column measures off TPU (where `plan` compiles).
+SPLASH_NOTE = ("splash: the Pallas TPU kernel as the Pallas interpreter lowers it for XLA:CPU "
+               "(its grid a loop over whole arrays, where a TPU keeps each tile in VMEM); the "
+               "blockwise column is the flash-memory reference compiled the same way")
+
+
+def attention_kernels(config: ml_collections.ConfigDict,
+                      requested: Optional[Sequence[str]] = None) -> list[str]:
+    """The `model.attention` kernels to plan: `requested` (`--attention`), else the config's,
+    with 'blockwise' beside 'splash' (splash's figures off TPU are the interpreter's)."""
+    from harmony_jax.model.attention import IMPLEMENTATIONS
+    kernels = list(requested) if requested else [str(config.model.attention)]
+    for kernel in kernels:
+        if kernel not in IMPLEMENTATIONS:
+            raise ValueError(f"--attention {kernel!r} is not one of {IMPLEMENTATIONS}")
+        if kernel == "cudnn":
+            raise ValueError("--attention cudnn: plan compiles for CPU devices, which have no "
+                             "cuDNN (plan 'auto' or 'blockwise' for a GPU run's memory)")
+    if not requested and kernels == ["splash"]:
+        kernels.append("blockwise")
+    return list(dict.fromkeys(kernels))
+
+
+def plan_attentions(config: ml_collections.ConfigDict, kernels: Sequence[str], *,
+                    inputs: str = "latents", devices: Optional[list] = None) -> dict[str, Plan]:
+    """One compiled plan per attention kernel, the step otherwise the same (FLOPs counted once:
+    `step_flops` counts plain attention whatever the kernel)."""
+    plans, flops = {}, None
+    for kernel in kernels:
+        c = ml_collections.ConfigDict(config.to_dict())
+        c.model.attention = kernel
+        plans[kernel] = plan_train_step(c, inputs=inputs, devices=devices, flops=flops)
+        flops = plans[kernel].flops
+    return plans
+
+
+def format_plans(plans: dict[str, Plan], hbm_gib: float = 0.0) -> str:
+    """Plans of the same step under different attention kernels, one column each."""
+    if len(plans) == 1:
+        return format_plan(next(iter(plans.values())), hbm_gib)
+    first = next(iter(plans.values()))
+    width = max(12, *(len(k) + 2 for k in plans))
+    cell = lambda values: "".join(f"{v:>{width}}" for v in values)
+    lines = [_heading(first), f"{'per device GiB':<28}" + cell(plans)]
+    for i, (name, _) in enumerate(_rows(first)):
+        lines.append(f"  {name:<26}" + cell(f"{_rows(p)[i][1] / GiB:.2f}" for p in plans.values()))
+    if hbm_gib:
+        used = [p.total / (hbm_gib * GiB) for p in plans.values()]
+        lines.append(f"{'fits in ' + format(hbm_gib, 'g') + ' GiB':<28}" + cell(
+            f"{'yes' if u <= 1 else 'NO'} {100 * u:.0f}%" for u in used))
+    lines.append(f"{'compiled in (s)':<28}" + cell(f"{p.compile_seconds:.0f}"
+                                                   for p in plans.values()))
+    lines.append(f"FLOPs per step {first.flops:.3e} ({first.flops / first.devices:.3e} per "
+                 "device; plain attention, the same for every kernel)")
+    if "splash" in plans:
+        lines.append(SPLASH_NOTE)
     return "\n".join(lines)
 
 
@@ -384,9 +457,11 @@ def simulate_cpu_devices(count: int) -> None:
 
 def run(config: ml_collections.ConfigDict, *, mesh: Optional[str] = None,
         devices: Optional[int] = None, batch: Optional[int] = None, remat: Optional[str] = None,
-        inputs: str = "latents", hbm_gib: float = 0.0) -> str:
+        inputs: str = "latents", hbm_gib: float = 0.0,
+        attention: Optional[Sequence[str]] = None) -> str:
     """What `python -m harmony_jax.plan` prints, for the command line's values."""
     config = apply_flags(config, mesh, batch, remat)
+    kernels = attention_kernels(config, attention)
     sizes = [int(config.mesh.get(a, 1)) for a in AXES] + \
         [int(config.mesh.get(f"dcn_{a}", 1)) for a in ("data", "fsdp")]
     if devices is None and -1 in sizes:
@@ -394,13 +469,13 @@ def run(config: ml_collections.ConfigDict, *, mesh: Optional[str] = None,
     count = devices or math.prod(sizes)
     check_config(config, count)  # names the key before anything compiles
     simulate_cpu_devices(count)
-    plan = plan_train_step(config, inputs=inputs, devices=jax.devices()[:count])
-    return format_plan(plan, hbm_gib)
+    plans = plan_attentions(config, kernels, inputs=inputs, devices=jax.devices()[:count])
+    return format_plans(plans, hbm_gib)
 
 
 def _define_flags() -> dict[str, flags.FlagHolder]:
     """The CLI's flags; defined only when run as a program (harmony_jax.train owns --config)."""
-    return dict(
+    holders = dict(
         config=config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py)."),
         mesh=flags.DEFINE_string("mesh", None, "Mesh axis sizes, e.g. data=1,fsdp=64,tensor=1 "
                                  f"(axes {AXES}, dcn_data, dcn_fsdp); default: config.mesh."),
@@ -412,7 +487,15 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
         inputs=flags.DEFINE_enum("inputs", "latents", ["latents", "media"],
                                  "Plan the step on latents (no codecs) or on raw media."),
         hbm_gib=flags.DEFINE_float("hbm_gib", 0.0, "Device memory to check the total "
-                                   "against (GiB)."))
+                                   "against (GiB)."),
+        attention=flags.DEFINE_list("attention", None, "model.attention kernels to plan side "
+                                    "by side, e.g. splash,blockwise; default: the config's "
+                                    "(with blockwise beside splash)."))
+    from harmony_jax.model.attention import IMPLEMENTATIONS
+    kernels = [k for k in IMPLEMENTATIONS if k != "cudnn"]  # no cuDNN on the CPU devices
+    flags.register_validator("attention", lambda v: v is None or set(v) <= set(kernels),
+                             message=f"each kernel must be one of {kernels}")
+    return holders
 
 
 if __name__ == "__main__":

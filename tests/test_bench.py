@@ -37,16 +37,31 @@ def _positive(cell: str) -> bool:
 
 
 def test_train_step_table():
-    """One measured row and one the CPU cannot run, with why."""
-    rows, peak, what = bench.measure(_tiniest(), remats=("none",), attentions=("xla", "cudnn"),
+    """One measured row, one the CPU cannot run (with why), an interpreted splash row (noted)
+    and one skipped where interpreting is not asked for; the ratio table pairs splash with
+    xla."""
+    config = _tiniest()
+    config.model.splash.update(block_q=128, block_kv=128, block_kv_compute=128)
+    rows, peak, what = bench.measure(config, remats=("none",),
+                                     attentions=("xla", "cudnn", "splash"),
                                      dtypes=("float32",), steps=2, warmup=1, num_devices=1)
     assert peak > 0 and "matmul" in what
     cells = _numbers(bench.table(rows, peak), bench.HEADERS)
-    assert [c[:3] for c in cells] == [["none", "xla", "float32"], ["none", "cudnn", "float32"]]
-    measured, skipped = cells
+    assert [c[:3] for c in cells] == [["none", "xla", "float32"], ["none", "cudnn", "float32"],
+                                      ["none", "splash", "float32"]]
+    measured, skipped, splash = cells
     assert all(_positive(c) for c in measured[3:8] + measured[9:10]), measured
     assert measured[8] == "n/a" and measured[10] == ""  # no allocator statistics on CPU
     assert skipped[3:10] == ["-"] * 7 and "NVIDIA GPU" in skipped[10]
+    assert all(_positive(c) for c in splash[3:8] + splash[9:10]), splash
+    assert splash[10].startswith("interpreted")
+    ratios = _numbers(bench.ratio_table(rows, baseline="xla"),
+                      [h.format("xla") for h in bench.RATIO_HEADERS])
+    assert [r[:3] for r in ratios] == [["none", "float32", "splash"]]
+    assert all(_positive(c) for c in ratios[0][3:])
+    assert bench.ratio_table(rows) == ""  # no blockwise row to pair with
+    row = bench.measure_row(config, "none", "splash", "float32", interpret_splash=False)
+    assert row.step_seconds is None and "interpreted" in row.note
 
 
 def test_bfloat16_compute_keeps_float32_master_weights_in_the_train_step():
@@ -66,16 +81,23 @@ def test_bfloat16_compute_keeps_float32_master_weights_in_the_train_step():
 
 
 def test_sampler_table():
+    """Two kernels in one run: each block of rows against its own joint forward and against the
+    first kernel's same measurement; interpreted splash is named so."""
     config = sampler.quick_sampler_config()
     tiny = _tiniest()
     config.data, config.model = tiny.data, tiny.model
-    times = sampler.measure_sampler(config, steps=2, runs=1, warmup=1)
-    cells = _numbers(sampler.sampler_table(times), sampler.HEADERS)
-    assert [c[0] for c in cells] == ["joint forward", "batched forward (the SyncCFG call)",
-                                     "SyncCFG step (in the jitted sampler)",
-                                     "SyncCFG clip (2 steps)"]
-    assert [c[1] for c in cells] == ["1", "3", "3", "3"]
-    assert all(_positive(c) for row in cells for c in row[2:])
+    config.model.splash.update(block_q=128, block_kv=128, block_kv_compute=128)
+    assert sampler.default_attentions(config, quick=True) == ("xla", "blockwise", "splash")
+    assert sampler.default_attentions(config, quick=False) == ("xla",)  # a CPU
+    times = sampler.measure_attentions(config, ("xla", "splash"), steps=2, runs=1, warmup=1)
+    cells = _numbers(sampler.sampler_table(times), sampler.headers("xla"))
+    what = ["joint forward", "batched forward (the SyncCFG call)",
+            "SyncCFG step (in the jitted sampler)", "SyncCFG clip (2 steps)"]
+    assert [c[:2] for c in cells] == [["xla", w] for w in what] + [
+        ["splash (interpreted)", w] for w in what]
+    assert [c[2] for c in cells] == ["1", "3", "3", "3"] * 2
+    assert all(_positive(c) for row in cells for c in row[3:])
+    assert [c[5] for c in cells[:4]] == ["1"] * 4  # xla against itself
 
 
 def test_peer_table():

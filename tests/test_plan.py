@@ -84,3 +84,30 @@ def test_tiny_plan_on_8_devices():
     assert result.flops > 0 and result.per_device_batch == 2
     text = plan.format_plan(result, hbm_gib=1.0)
     assert "optimizer state" in text and "fits in 1 GiB" in text
+
+
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (simulated) devices")
+@pytest.mark.slow
+def test_splash_plan_prints_beside_the_blockwise_plan():
+    """`model.attention=splash` plans the interpreted splash step and the blockwise step, one
+    column each; the parameters and the FLOP count are the same step's."""
+    config = plan.apply_flags(tiny.get_config(), "data=1,fsdp=2,tensor=1", 2, "full")
+    config.model.attention = "splash"
+    config.model.splash.update(block_q=128, block_kv=128, block_kv_compute=128)
+    config.model.depth = 1
+    config.data.update(num_frames=4, height=8, width=8)
+    kernels = plan.attention_kernels(config)
+    assert kernels == ["splash", "blockwise"]
+    assert plan.attention_kernels(config, ["xla"]) == ["xla"]
+    with pytest.raises(ValueError, match="--attention 'flash' is not one of"):
+        plan.attention_kernels(config, ["flash"])
+    plans = plan.plan_attentions(config, kernels, devices=jax.devices()[:2])
+    splash, blockwise = plans["splash"], plans["blockwise"]
+    assert splash.params == blockwise.params and splash.flops == blockwise.flops > 0
+    assert splash.temp > 0 and blockwise.temp > 0
+    lines = plan.format_plans(plans, hbm_gib=1.0).splitlines()
+    assert lines[1].split() == ["per", "device", "GiB", "splash", "blockwise"]
+    total = next(line for line in lines if line.strip().startswith("total")).split()
+    assert [float(x) for x in total[1:]] == [round(p.total / plan.GiB, 2) for p in
+                                             (splash, blockwise)]
+    assert lines[-1] == plan.SPLASH_NOTE

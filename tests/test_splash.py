@@ -22,8 +22,8 @@ from harmony_jax.codecs import interval_centres  # noqa: E402
 from harmony_jax.model import attention as attention_lib  # noqa: E402
 from harmony_jax.model.attention import Attention, dot_product_attention  # noqa: E402
 from harmony_jax.model.interaction import band_mask  # noqa: E402
-from harmony_jax.model.splash import (SplashBlocks, block_sizes, computed_blocks,  # noqa: E402
-                                      splash_attention)
+from harmony_jax.model.splash import (SplashBlocks, band_kernel, block_sizes,  # noqa: E402
+                                      computed_blocks, splash_attention)
 from harmony_jax.parallel.mesh import make_mesh  # noqa: E402
 from harmony_jax.parallel.sharding import axis_rules  # noqa: E402
 from harmony_jax.perf.train_step import random_batch  # noqa: E402
@@ -171,6 +171,29 @@ def test_block_config_is_checked_and_fitted():
         SplashBlocks(block_kv=512, block_kv_compute=384)
     sizes = block_sizes(SplashBlocks(block_q=2048, block_kv=2048), 27280, 157)
     assert (sizes.block_q, sizes.block_kv, sizes.block_kv_compute) == (2048, 256, 256)
+    with pytest.raises(ValueError, match="model.splash.band_block=0"):
+        SplashBlocks(band_block=0)
+    a2v = block_sizes(SplashBlocks(), 27280, 157, band_axis="kv")  # off TPU: 512 blocks
+    v2a = block_sizes(SplashBlocks(), 157, 27280, band_axis="q")
+    assert (a2v.block_q, a2v.block_kv, v2a.block_q, v2a.block_kv) == (512, 128, 128, 512)
+
+
+def test_default_band_tiles_skip_at_the_papers_geometry():
+    """121 frames at 24 fps (31 latent frames x 880 tokens), 157 audio latents: the default
+    tiles (512, and `band_block` 128 on the audio axis) skip what the analytic count says, about
+    44%; the audio axis in one block skips nothing."""
+    band = _band(24.0, 31, 880, 157)
+    v_times = np.repeat(_video_times(24.0, 31), 880)
+    a_times = interval_centres(157, AUDIO_RATE)
+    for q_times, k_times, mask, axis in ((v_times, a_times, band, "kv"),
+                                         (a_times, v_times, band.T, "q")):
+        mask = jnp.asarray(np.ascontiguousarray(mask))
+        sizes = block_sizes(SplashBlocks(), *mask.shape, band_axis=axis)
+        blocks = computed_blocks(mask, sizes)
+        assert blocks.sum() == _analytic_band_blocks(q_times, k_times, 2.0 / 6.0, sizes.block_q,
+                                                     sizes.block_kv)
+        assert 0.4 < 1 - blocks.mean() < 0.5
+        assert computed_blocks(mask, block_sizes(SplashBlocks(), *mask.shape)).all()
 
 
 @needs_8
@@ -246,3 +269,63 @@ def test_every_remat_policy_traces_with_splash():
         loss = lambda p: sum(jnp.sum(jnp.sin(o)) for o in model.apply(p, *inputs))
         jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
         assert "pallas_call" in jaxpr and ("remat" in jaxpr) == (remat != "none"), remat
+
+
+def test_band_block_maps_are_built_once_per_geometry(monkeypatch):
+    """Two unscanned joint layers make four band attentions (A2V, V2A each); the bands' block
+    maps are built twice, in `cross_modal_geometry`, and no attention builds its own."""
+    from harmony_jax.model import HarmonyDiT, interaction, splash
+    from harmony_jax.model.inputs import example_inputs
+    from test_model import tiny_model_config
+    built = {"geometry": [], "per call": [], "attention": []}
+
+    def counting(where, fn):
+        def wrapped(mask, sizes, **kw):
+            built[where].append((mask.shape, sizes.block_q, sizes.block_kv))
+            return fn(mask, sizes, **kw)
+        return wrapped
+    monkeypatch.setattr(interaction, "band_kernel", counting("geometry", splash.band_kernel))
+    monkeypatch.setattr(splash, "band_kernel", counting("per call", splash.band_kernel))
+    attend = splash._band_attention
+    monkeypatch.setattr(splash, "_band_attention",
+                        lambda *a: built["attention"].append(a[0].shape) or attend(*a))
+    cfg = tiny_model_config(attention="splash", scan_layers=False, depth=2, splash=SMALL)
+    inputs = example_inputs(cfg, batch=1, video_frames=2, height=4, width=4, audio_frames=10,
+                            audio_rate=AUDIO_RATE, ref_frames=2)
+    model = HarmonyDiT(cfg)
+    params = jax.eval_shape(model.init, jax.random.key(1), *inputs)
+    built["geometry"].clear(), built["attention"].clear()  # init traced the model too
+    jax.make_jaxpr(model.apply)(params, *inputs)
+    lv = 2 * 2 * 2  # 2 latent frames of 2x2 tokens (4x4 latents, 1x2x2 patch)
+    assert built["per call"] == []
+    assert built["geometry"] == [((1, 1, lv, 10), 128, 128), ((1, 1, 10, lv), 128, 128)]
+    assert len(built["attention"]) == 4  # each layer's A2V and V2A ran the built block map
+
+
+@needs_8
+def test_band_split_over_the_batch_equals_xla():
+    """A2V with the batch split 2 ways ('data') and heads 2 ways ('tensor'): each device runs
+    its rows of the block map built once outside (`band_kernel`), values and gradients as
+    'xla'."""
+    config = ml_collections.ConfigDict(dict(
+        mesh=dict(data=2, sequence=1, tensor=2), axis_rules=tiny.get_config().axis_rules))
+    mesh, rules = make_mesh(config.mesh, jax.devices()[:4]), axis_rules(config)
+    band = _band(24.0, 6, tokens_per_frame=24, audio_frames=40)
+    mask = jnp.asarray(np.broadcast_to(band, (2, 1) + band.shape))
+    keys = jax.random.split(jax.random.key(5), 3)
+    q, k, v = (jax.random.normal(key, (2, n, 2, 16)) for key, n in
+               zip(keys, (band.shape[0], 40, 40)))
+
+    def loss(attend):
+        return jit(jax.value_and_grad(
+            lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v))), argnums=(0, 1, 2)))
+
+    plain = loss(functools.partial(dot_product_attention, mask=mask))(q, k, v)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        def splash(q, k, v):
+            built = band_kernel(mask, block_sizes(SMALL, band.shape[0], 40))
+            return splash_attention(q, k, v, mask=mask, band=built)
+        split = loss(splash)(q, k, v)
+        assert "shard_map" in str(jax.make_jaxpr(splash)(q, k, v))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=F32_TOL),
+                 split, plain)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from harmony_jax.model.layers import RMSNorm, dense
 from harmony_jax.model.rope import apply_rope
-from harmony_jax.model.splash import SplashBlocks, splash_attention
+from harmony_jax.model.splash import BandKernel, SplashBlocks, splash_attention
 from harmony_jax.parallel import ulysses
 
 Dtype = Any
@@ -23,10 +23,17 @@ BLOCK = 512  # query / key block of `blockwise_attention`
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # as jax.nn.dot_product_attention's 'xla'
 
 
+def uses_splash(implementation: str) -> bool:
+    """Whether `config.model.attention` runs the splash kernel on this backend."""
+    return implementation == "splash" or (implementation == "auto"
+                                          and jax.default_backend() == "tpu")
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           mask: Optional[jax.Array] = None,
                           implementation: str = "xla",
-                          splash_blocks: SplashBlocks = SplashBlocks()) -> jax.Array:
+                          splash_blocks: SplashBlocks = SplashBlocks(),
+                          splash_band: Optional[BandKernel] = None) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v for q [B, Lq, N, Hd], k/v [B, Lk, N, Hd].
 
     `mask` (bool, True = attend) broadcasts to [B, N, Lq, Lk]. `implementation` is
@@ -36,11 +43,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     'auto': splash on TPU, JAX's pick on GPU (cuDNN's flash kernel where it applies), elsewhere
     `blockwise_attention` once the scores outgrow a few blocks, so long sequences never hold
     [Lq, Lk] scores per head (a 27k-token video would need 71 GB of them per sample). Every
-    attention in the model goes through here.
+    attention in the model goes through here. `splash_band` is `mask` as the splash kernel's
+    block map, built once per geometry (GLDI's bands); the other kernels read `mask`.
     """
     backend = jax.default_backend()
-    if implementation == "splash" or (implementation == "auto" and backend == "tpu"):
-        return splash_attention(q, k, v, mask=mask, blocks=splash_blocks)
+    if uses_splash(implementation):
+        return splash_attention(q, k, v, mask=mask, band=splash_band, blocks=splash_blocks)
     if implementation == "blockwise" or (
             implementation == "auto" and backend != "gpu"
             and q.shape[1] * k.shape[1] > 4 * BLOCK * BLOCK):
@@ -132,7 +140,8 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, context: Optional[jax.Array] = None, *,
                  q_angles: Optional[jax.Array] = None, k_angles: Optional[jax.Array] = None,
-                 mask: Optional[jax.Array] = None) -> jax.Array:
+                 mask: Optional[jax.Array] = None,
+                 splash_band: Optional[BandKernel] = None) -> jax.Array:
         self_attention, context = context is None, x if context is None else context
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         q = dense(self.dim, ("embed", "heads"), name="q", **kw)(x)
@@ -149,7 +158,7 @@ class Attention(nn.Module):
             k = apply_rope(k, k_angles)
         q = nn.with_logical_constraint(q, ("batch", "act_length", "act_heads", "kv"))
         attend = functools.partial(dot_product_attention, implementation=self.implementation,
-                                   splash_blocks=self.splash_blocks)
+                                   splash_blocks=self.splash_blocks, splash_band=splash_band)
         axis = None
         if self_attention and mask is None:
             axis = ulysses.sequence_axis(q.shape[1], self.heads)

@@ -16,12 +16,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from harmony_jax.model.attention import Attention
+from harmony_jax.model.attention import Attention, uses_splash
 from harmony_jax.model.conditioning import Conditioning
 from harmony_jax.model.config import ModelConfig
 from harmony_jax.model.layers import LayerNorm32
 from harmony_jax.model.rope import sequence_angles
-from harmony_jax.model.splash import SplashBlocks
+from harmony_jax.model.splash import BandKernel, SplashBlocks, band_kernel, block_sizes
 
 
 @flax.struct.dataclass
@@ -34,6 +34,9 @@ class CrossModalGeometry:
     video_angles_a: jax.Array  # [B, Lv, Hd_a/2] video tokens, audio head dim
     a2v_mask: Optional[jax.Array]  # [B, 1, Lv, Ta] bool, None = unmasked
     v2a_mask: Optional[jax.Array]  # [B, 1, Ta, Lv] bool
+    # the two bands as the splash kernel's block maps (`model.attention` splash only)
+    a2v_splash: Optional[BandKernel] = None
+    v2a_splash: Optional[BandKernel] = None
 
 
 def band_mask(q_time: jax.Array, k_time: jax.Array, window_seconds: float) -> jax.Array:
@@ -47,7 +50,9 @@ def cross_modal_geometry(cfg: ModelConfig, cond: Conditioning, frames: int, toke
     """Cross-modal RoPE angles and band masks from the per-latent-frame times in seconds.
 
     Positions are time x video latent rate (`rope_align`) or raw frame indices (the ablation).
-    The band always uses real time: the local window is a statement about synchrony.
+    The band always uses real time: the local window is a statement about synchrony. Under the
+    splash kernel the bands' block maps are built here too, once for all layers, with
+    `model.splash.band_block` tiles along the audio axis.
     """
     pt = cfg.video.patch[0]
     v_time = cond.video_time[:, ::pt]  # [B, Tv]
@@ -60,17 +65,23 @@ def cross_modal_geometry(cfg: ModelConfig, cond: Conditioning, frames: int, toke
         a_pos = jnp.broadcast_to(jnp.arange(audio_frames, dtype=jnp.float32), (b, audio_frames))
     v_pos_tokens = jnp.repeat(v_pos, tokens_per_frame, axis=1)  # [B, Lv]
     hd_v, hd_a = cfg.video.head_dim, cfg.audio.head_dim
-    a2v = v2a = None
+    a2v = v2a = a2v_splash = v2a_splash = None
     if cfg.interaction.mode == "gldi":
         frame_mask = band_mask(v_time, a_time, cfg.interaction.window / cfg.video_latent_rate)
         a2v = jnp.repeat(frame_mask, tokens_per_frame, axis=1)[:, None]  # [B, 1, Lv, Ta]
         v2a = jnp.swapaxes(a2v, -1, -2)  # [B, 1, Ta, Lv]
+        if uses_splash(cfg.attention):
+            lv = a2v.shape[2]
+            a2v_splash = band_kernel(a2v, block_sizes(cfg.splash, lv, audio_frames,
+                                                      band_axis="kv"))
+            v2a_splash = band_kernel(v2a, block_sizes(cfg.splash, audio_frames, lv,
+                                                      band_axis="q"))
     return CrossModalGeometry(
         video_angles=sequence_angles(v_pos_tokens, hd_v),
         audio_angles=sequence_angles(a_pos, hd_v),
         audio_angles_a=sequence_angles(a_pos, hd_a),
         video_angles_a=sequence_angles(v_pos_tokens, hd_a),
-        a2v_mask=a2v, v2a_mask=v2a)
+        a2v_mask=a2v, v2a_mask=v2a, a2v_splash=a2v_splash, v2a_splash=v2a_splash)
 
 
 class CrossModalAttention(nn.Module):
@@ -85,7 +96,8 @@ class CrossModalAttention(nn.Module):
     splash_blocks: SplashBlocks = SplashBlocks()
 
     @nn.compact
-    def __call__(self, x, context, *, q_angles=None, k_angles=None, mask=None):
+    def __call__(self, x, context, *, q_angles=None, k_angles=None, mask=None,
+                 splash_band=None):
         q_in = LayerNorm32(self.eps, affine=True, param_dtype=self.param_dtype, name="norm_q_in")(x)
         kv_in = LayerNorm32(self.eps, affine=True, param_dtype=self.param_dtype,
                             name="norm_kv_in")(context)
@@ -94,7 +106,7 @@ class CrossModalAttention(nn.Module):
                       dtype=self.dtype,
                       param_dtype=self.param_dtype, name="attn")(
             q_in.astype(self.dtype), kv_in.astype(self.dtype), q_angles=q_angles,
-            k_angles=k_angles, mask=mask)
+            k_angles=k_angles, mask=mask, splash_band=splash_band)
         return x + y.astype(x.dtype)
 
 
@@ -114,9 +126,9 @@ class Interaction(nn.Module):
         to_audio = CrossModalAttention(cfg.audio.dim, cfg.audio.heads, name="v2a", **kw)
         ref, audio = x_a[:, : self.num_ref], x_a[:, self.num_ref:]
         new_v = to_video(x_v, audio, q_angles=geo.video_angles, k_angles=geo.audio_angles,
-                         mask=geo.a2v_mask)
+                         mask=geo.a2v_mask, splash_band=geo.a2v_splash)
         new_a = to_audio(audio, x_v, q_angles=geo.audio_angles_a, k_angles=geo.video_angles_a,
-                         mask=geo.v2a_mask)
+                         mask=geo.v2a_mask, splash_band=geo.v2a_splash)
         if cfg.interaction.mode == "gldi":
             # Global style path: timbre tokens read the whole video, no band, no positions.
             ref = CrossModalAttention(cfg.audio.dim, cfg.audio.heads, name="global", **kw)(ref, x_v)

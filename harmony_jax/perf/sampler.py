@@ -4,6 +4,7 @@ the whole jitted sampler (`diffusion.syncfg.sample`, Euler) per step and per cli
 SyncCFG runs the joint, audio-driven and video-driven passes as one call on 3B rows, so a step
 costs at least 3 joint passes where the device is busy at B rows; the ratio step / forward says
 how close the sampler gets to that floor (less than 3 where B rows leave the device idle).
+Several `model.attention` kernels are measured in one run, each set against the first.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import numpy as np
 
 from harmony_jax import plan
 from harmony_jax.diffusion.syncfg import sample
+from harmony_jax.model.attention import uses_splash
 from harmony_jax.model.conditioning import concat_conditionings
 from harmony_jax.perf.measure import format_table, interleaved_medians
-from harmony_jax.perf.train_step import quick_config, random_batch
+from harmony_jax.perf.train_step import interpreted_note, quick_config, random_batch
 
-HEADERS = ("measurement", "rows", "ms", "x joint forward")
+
+def headers(baseline: str) -> tuple[str, ...]:
+    """The table's columns, the last one each time against the `baseline` kernel's."""
+    return ("attention", "measurement", "rows", "ms", "x joint forward", f"x {baseline}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +80,43 @@ def measure_sampler(config: ml_collections.ConfigDict, *, steps: int = 40, runs:
                         batched_seconds=times["batched"], clip_seconds=times["clip"])
 
 
-def sampler_table(t: SamplerTimes) -> str:
-    f = t.forward_seconds
-    rows = [("joint forward", t.batch, 1e3 * f, 1.0),
-            ("batched forward (the SyncCFG call)", 3 * t.batch, 1e3 * t.batched_seconds,
-             t.batched_seconds / f),
-            ("SyncCFG step (in the jitted sampler)", 3 * t.batch, 1e3 * t.step_seconds,
-             t.step_ratio),
-            (f"SyncCFG clip ({t.steps} steps)", 3 * t.batch, 1e3 * t.clip_seconds,
-             t.clip_seconds / f)]
-    return format_table(HEADERS, rows)
+def default_attentions(config: ml_collections.ConfigDict, quick: bool) -> tuple[str, ...]:
+    """The config's kernel, and beside it blockwise and splash where the backend runs them at
+    this size: on a TPU, or for the tiny `--quick` model (splash interpreted off TPU). A kernel
+    the config's already is ('auto' on TPU is splash) is not measured twice."""
+    kernel = str(config.model.attention)
+    if not (quick or jax.default_backend() == "tpu"):
+        return (kernel,)
+    return (kernel,) + tuple(k for k in ("blockwise", "splash") if k != kernel
+                             and not (k == "splash" and uses_splash(kernel)))
+
+
+def measure_attentions(config: ml_collections.ConfigDict, attentions, **kwargs
+                       ) -> dict[str, SamplerTimes]:
+    """`measure_sampler` (same `kwargs`) once per `model.attention` kernel, in this order."""
+    times = {}
+    for attention in attentions:
+        c = ml_collections.ConfigDict(config.to_dict())
+        c.model.attention = attention
+        times[attention] = measure_sampler(c, **kwargs)
+    return times
+
+
+def _rows(t: SamplerTimes) -> list[tuple[str, int, float]]:
+    return [("joint forward", t.batch, t.forward_seconds),
+            ("batched forward (the SyncCFG call)", 3 * t.batch, t.batched_seconds),
+            ("SyncCFG step (in the jitted sampler)", 3 * t.batch, t.step_seconds),
+            (f"SyncCFG clip ({t.steps} steps)", 3 * t.batch, t.clip_seconds)]
+
+
+def sampler_table(times: dict[str, SamplerTimes]) -> str:
+    """One block of rows per kernel: ms, as a multiple of its joint forward, and against the
+    same measurement under the first kernel. Interpreted kernels are named so."""
+    baseline = next(iter(times))
+    rows = []
+    for attention, t in times.items():
+        name = f"{attention} (interpreted)" if interpreted_note(attention) else attention
+        for (what, n, seconds), (_, _, base) in zip(_rows(t), _rows(times[baseline])):
+            rows.append((name, what, n, 1e3 * seconds, seconds / t.forward_seconds,
+                         seconds / base))
+    return format_table(headers(baseline), rows)

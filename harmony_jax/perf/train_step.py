@@ -35,10 +35,19 @@ from harmony_jax.training.optim import make_optimizer
 from harmony_jax.training.step import make_train_step
 
 REMATS = ("none", "full", "dots", "dots_no_batch")
-ATTENTIONS = ("xla", "cudnn", "blockwise")
+ATTENTIONS = ("xla", "cudnn", "blockwise", "splash")
 DTYPES = ("float32", "bfloat16")
 HEADERS = ("remat", "attention", "compute", "step ms", "TFLOP/s", "MFU %", "HFU %",
            "compiled GiB", "peak GiB", "compile s", "note")
+RATIO_HEADERS = ("remat", "compute", "attention", "step time / {}", "compiled GiB / {}")
+
+
+def interpreted_note(attention: str) -> str:
+    """What a row of this kernel measures on this backend, where that is not the kernel itself."""
+    if attention == "splash" and jax.default_backend() != "tpu":
+        return f"interpreted: the Pallas TPU kernel run by the interpreter on " \
+               f"{jax.default_backend()}"
+    return ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,17 +127,23 @@ def init_params(config: ml_collections.ConfigDict, num_devices: Optional[int] = 
 
 def measure_row(config: ml_collections.ConfigDict, remat: str, attention: str, dtype: str, *,
                 steps: int = 10, warmup: int = 2, donate: bool = True,
-                num_devices: Optional[int] = None, params=None) -> StepRow:
+                num_devices: Optional[int] = None, params=None,
+                interpret_splash: bool = True) -> StepRow:
     """One row without its FLOPs: compiles the step of `config` with these settings and times
     `steps` calls. `params` (from `init_params`) are copied, else made here.
 
     Rows that cannot run say why in `note` (a kernel this backend lacks, a compile or run error
-    such as running out of memory) instead of raising.
+    such as running out of memory) instead of raising; so do splash rows off TPU unless
+    `interpret_splash` (the interpreter is exact but only a tiny model can afford it).
     """
     row = StepRow(remat, attention, dtype)
     if attention == "cudnn" and jax.default_backend() != "gpu":
         return dataclasses.replace(row, note=f"skipped: cuDNN attention needs an NVIDIA GPU "
                                              f"(backend {jax.default_backend()})")
+    if attention == "splash" and jax.default_backend() != "tpu" and not interpret_splash:
+        return dataclasses.replace(row, note=f"skipped: off TPU splash runs interpreted "
+                                             f"(backend {jax.default_backend()}); name it in "
+                                             f"--attention to run it")
     config = row_config(config, remat, attention, dtype)
     try:
         if params is None:
@@ -139,10 +154,11 @@ def measure_row(config: ml_collections.ConfigDict, remat: str, attention: str, d
                                                             donate)
     except Exception as e:  # noqa: BLE001 - the table reports it
         return dataclasses.replace(row, note=error_note(e))
+    notes = [interpreted_note(attention), "" if np.isfinite(loss) else f"non-finite loss {loss}"]
     return dataclasses.replace(row, step_seconds=seconds, compile_seconds=compile_seconds,
                                compiled_bytes=nbytes,
                                peak_bytes=peak_memory_bytes(),
-                               note="" if np.isfinite(loss) else f"non-finite loss {loss}")
+                               note="; ".join(n for n in notes if n))
 
 
 def _time_step(config: ml_collections.ConfigDict, params, param_shardings, steps: int,
@@ -179,8 +195,10 @@ def _time_step(config: ml_collections.ConfigDict, params, param_shardings, steps
 def measure(config: ml_collections.ConfigDict, *, remats: Sequence[str] = REMATS,
             attentions: Sequence[str] = ATTENTIONS, dtypes: Sequence[str] = DTYPES,
             steps: int = 10, warmup: int = 2, donate: bool = True, isolate: bool = False,
-            num_devices: Optional[int] = None) -> tuple[list[StepRow], float, str]:
-    """(rows, peak FLOP/s, what the peak was measured with) for every combination.
+            num_devices: Optional[int] = None,
+            interpret_splash: bool = True) -> tuple[list[StepRow], float, str]:
+    """(rows, peak FLOP/s, what the peak was measured with) for every combination
+    (`interpret_splash` as `measure_row`'s).
 
     `isolate` runs the peak matmul, each row and each FLOP count in a fresh process: each row's
     peak memory is its own, one that runs out of memory cannot take the others down, and this
@@ -197,7 +215,7 @@ def measure(config: ml_collections.ConfigDict, *, remats: Sequence[str] = REMATS
                 try:
                     row = call(measure_row, config, remat, attention, dtype, steps=steps,
                                warmup=warmup, donate=donate, num_devices=num_devices,
-                               params=params)
+                               params=params, interpret_splash=interpret_splash)
                 except RuntimeError as e:
                     row = StepRow(remat, attention, dtype, note=error_note(e))
                 if row.step_seconds is not None:
@@ -243,3 +261,18 @@ def describe(config: ml_collections.ConfigDict, peak_flops: float, peak_what: st
 
 def table(rows: Sequence[StepRow], peak_flops: float) -> str:
     return format_table(HEADERS, [row.cells(peak_flops) for row in rows])
+
+
+def ratio_table(rows: Sequence[StepRow], baseline: str = "blockwise") -> str:
+    """Each measured row against the `baseline` kernel's row of the same remat policy and
+    compute dtype: step time and compiled bytes as ratios ('' where there is no pair)."""
+    base = {(r.remat, r.dtype): r for r in rows
+            if r.attention == baseline and r.step_seconds is not None}
+    pairs = [(r, base[r.remat, r.dtype]) for r in rows if r.attention != baseline
+             and r.step_seconds is not None and (r.remat, r.dtype) in base]
+    if not pairs:
+        return ""
+    headers = [h.format(baseline) for h in RATIO_HEADERS]
+    return format_table(headers, [(r.remat, r.dtype, r.attention,
+                                   r.step_seconds / b.step_seconds,
+                                   r.compiled_bytes / b.compiled_bytes) for r, b in pairs])
