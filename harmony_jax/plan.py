@@ -51,7 +51,7 @@ from harmony_jax.codecs import interval_centres, make_audio_codec, make_video_co
 from harmony_jax.codecs.text import TranscriptTokenizer
 from harmony_jax.config_check import check_config
 from harmony_jax.config_cli import parse_flags
-from harmony_jax.errors import FlagError, reported_as_one_line
+from harmony_jax.errors import ConfigError, FlagError, reported_as_one_line
 from harmony_jax.model import ModelConfig
 from harmony_jax.parallel.mesh import AXES, make_mesh
 from harmony_jax.parallel.sharding import (axis_rules, batch_sharding, logical_shardings,
@@ -81,7 +81,7 @@ class CausalVideoGeometry:
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         st, sh, sw = self.stride
         if (num_frames - 1) % st or height % sh or width % sw:
-            raise ValueError(f"config.data: {num_frames} frames of {height}x{width} do not fit "
+            raise ConfigError(f"config.data: {num_frames} frames of {height}x{width} do not fit "
                              f"the video codec's stride {self.stride} (frames = 1 + {st}k)")
         return 1 + (num_frames - 1) // st, height // sh, width // sw
 
@@ -111,7 +111,7 @@ class FramedAudioGeometry:
 
 def _mmaudio(config: ml_collections.ConfigDict) -> FramedAudioGeometry:
     if config.data.sample_rate != 16000:
-        raise ValueError(f"config.data.sample_rate={config.data.sample_rate}: the 'mmaudio' "
+        raise ConfigError(f"config.data.sample_rate={config.data.sample_rate}: the 'mmaudio' "
                          "codec is the 16 kHz MMAudio VAE")
     return FramedAudioGeometry(sample_rate=16000, hop=512)
 
@@ -212,7 +212,7 @@ def abstract_batch(system: System, batch_size: int, inputs: str,
             batch["ref_audio"] = S((batch_size, system.audio_codec.num_latent_frames(ref_samples),
                                     system.audio_latent_shape[1]), jnp.float32)
     else:
-        raise ValueError(f"--inputs={inputs!r} is not one of ('latents', 'media')")
+        raise FlagError(f"--inputs={inputs!r} is not one of ('latents', 'media')")
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
             for k, v in batch.items()}
 
@@ -304,7 +304,7 @@ def plan_train_step(config: ml_collections.ConfigDict, *, inputs: str = "latents
     replicas = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = config.batch_size // int(config.optim.grad_accum)
     if micro % replicas:
-        raise ValueError(f"config.batch_size={config.batch_size} / config.optim.grad_accum="
+        raise ConfigError(f"config.batch_size={config.batch_size} / config.optim.grad_accum="
                          f"{config.optim.grad_accum} does not split over the {replicas} "
                          f"data x fsdp shards of mesh {dict(mesh.shape)}")
     batch = abstract_batch(system, config.batch_size, inputs, data_sharding)
@@ -374,9 +374,9 @@ def attention_kernels(config: ml_collections.ConfigDict,
     kernels = list(requested) if requested else [str(config.model.attention)]
     for kernel in kernels:
         if kernel not in IMPLEMENTATIONS:
-            raise ValueError(f"--attention {kernel!r} is not one of {IMPLEMENTATIONS}")
+            raise FlagError(f"--attention {kernel!r} is not one of {IMPLEMENTATIONS}")
         if kernel == "cudnn":
-            raise ValueError("--attention cudnn: plan compiles for CPU devices, which have no "
+            raise FlagError("--attention cudnn: plan compiles for CPU devices, which have no "
                              "cuDNN (plan 'auto' or 'blockwise' for a GPU run's memory)")
     if not requested and kernels == ["splash"]:
         kernels.append("blockwise")
@@ -451,7 +451,7 @@ def simulate_cpu_devices(count: int) -> None:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:
         if jax.device_count() < count:
-            raise ValueError(f"--devices {count}: JAX already started with "
+            raise FlagError(f"--devices {count}: JAX already started with "
                              f"{jax.device_count()} devices") from None
 
 
@@ -461,13 +461,13 @@ def run(config: ml_collections.ConfigDict, *, mesh: Optional[str] = None,
         attention: Optional[Sequence[str]] = None) -> str:
     """What `python -m harmony_jax.plan` prints, for the command line's values."""
     config = apply_flags(config, mesh, batch, remat)
-    kernels = attention_kernels(config, attention)
     sizes = [int(config.mesh.get(a, 1)) for a in AXES] + \
         [int(config.mesh.get(f"dcn_{a}", 1)) for a in ("data", "fsdp")]
     if devices is None and -1 in sizes:
-        raise ValueError(f"mesh {dict(config.mesh)} has a -1 axis: pass --devices")
+        raise FlagError(f"mesh {dict(config.mesh)} has a -1 axis: pass --devices")
     count = devices or math.prod(sizes)
     check_config(config, count)  # names the key before anything compiles
+    kernels = attention_kernels(config, attention)
     simulate_cpu_devices(count)
     plans = plan_attentions(config, kernels, inputs=inputs, devices=jax.devices()[:count])
     return format_plans(plans, hbm_gib)
