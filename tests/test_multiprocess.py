@@ -74,11 +74,17 @@ def _max_difference(a, b) -> float:
     return max(jax.tree.leaves(diffs))
 
 
+FSDP_OVER_HOSTS = ["--config.mesh.data=1", "--config.mesh.fsdp=-1"]  # a pod's usual layout
+
+
 @pytest.mark.slow
 def test_two_processes_train_like_one_and_come_back_after_a_kill(tmp_path):
+    """Parameters and optimizer state sharded over all 8 devices of both processes (the batch
+    too); the same run on one process of 8 devices is the reference."""
     workdir = tmp_path / "pod"
     # 1. Kill process 1 once step 2 is saved: process 0 stops at once, naming what happened.
-    cluster = _cluster(_train(workdir, "--config.checkpoint_every=1"), tmp_path / "killed")
+    cluster = _cluster(_train(workdir, "--config.checkpoint_every=1", *FSDP_OVER_HOSTS),
+                       tmp_path / "killed")
     try:
         _wait_for(workdir / "checkpoints" / "2", cluster)
         os.kill(cluster.pids[1], signal.SIGKILL)
@@ -94,7 +100,7 @@ def test_two_processes_train_like_one_and_come_back_after_a_kill(tmp_path):
                     _last_line(cluster.logs[0])), _last_line(cluster.logs[0])
 
     # 2. Restart both with the same command: the run resumes and ends, sampling once.
-    cluster = _cluster(_train(workdir, "--config.checkpoint_every=1",
+    cluster = _cluster(_train(workdir, "--config.checkpoint_every=1", *FSDP_OVER_HOSTS,
                               f"--config.sample_every={STEPS}"), tmp_path / "resumed")
     codes = cluster.wait(timeout=TIMEOUT, grace=60)
     assert codes == [0, 0], cluster.logs
@@ -108,6 +114,7 @@ def test_two_processes_train_like_one_and_come_back_after_a_kill(tmp_path):
     # 3. One process of 8 devices, uninterrupted, reaches the same parameters.
     config = tiny.get_config()
     config.total_steps = STEPS
+    config.mesh.update(data=1, fsdp=-1)
     alone = loop.train_and_evaluate(config, str(tmp_path / "alone"))
     pod = Checkpointer(str(workdir)).restore(STEPS, alone)
     assert _max_difference(alone.params, pod.params) < 1e-6
