@@ -54,10 +54,10 @@ def test_bfloat16_compute_keeps_float32_master_weights_in_the_train_step():
     config = bench.row_config(bench.quick_config(), "none", "xla", "bfloat16")
     system = plan.latent_system(config)
     mesh = make_mesh(config.mesh, jax.devices()[:1])
-    tx, state = plan.abstract_state(system, config, mesh, axis_rules(config), "latents")
+    tx, state = plan.abstract_state(system, config, mesh, axis_rules(config))
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
     new_state, _ = jax.eval_shape(bench.make_train_step(system, tx, config), state,
-                                  plan.abstract_batch(system, 2, "latents"))
+                                  plan.abstract_batch(system, 2))
     assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)
     shares = bench.matmul_dtype_shares(config)
     assert shares["bfloat16"] > 0.7 and shares.get("float32", 0) < 0.1, shares
