@@ -65,6 +65,22 @@ def test_bfloat16_compute_keeps_float32_master_weights_in_the_train_step():
         "float32": 1.0}
 
 
+def test_encode_and_latent_vs_media_step_tables(tmp_path):
+    """Encode clips/s per stage, then the step fed latents and fed media: the ratio's base row
+    is 1 and every number is positive."""
+    from harmony_jax.perf import encode
+    config = _tiniest()
+    src = encode.write_clip_folder(config, str(tmp_path / "clips"), 2)
+    rows = encode.measure_encode(config, src, str(tmp_path / "latents"), runs=1)
+    cells = _numbers(encode.encode_table(rows), encode.ENCODE_HEADERS)
+    assert [c[1] for c in cells] == ["2", "1", "2"]
+    assert all(_positive(c) for row in cells for c in row[2:])
+    steps = encode.measure_steps(config, steps=1, warmup=1, num_devices=1)
+    cells = _numbers(encode.step_table(steps), encode.STEP_HEADERS)
+    assert [c[0] for c in cells] == ["latents", "media"] and cells[0][3] == "1"
+    assert all(_positive(c) for row in cells for c in row[1:])
+
+
 def test_sampler_table():
     config = sampler.quick_sampler_config()
     tiny = _tiniest()
