@@ -21,6 +21,10 @@ Inputs (`--inputs`):
            and a frozen text encoder run inside the step, so their weights must be readable at
            the configured paths.
 
+For a frozen text encoder (umT5) the latent plan adds its weights (bf16, replicated) and the
+total with them resident: a run from latents does not load it, unless to embed the prompts of
+the samples it writes.
+
 Caveats: XLA:CPU's buffer assignment and fusion differ from TPU/GPU, so treat the figures as a
 close estimate. Attention is the configured kernel as it lowers off GPU: 'auto' (harmony_5b) is
 the blockwise kernel, in the memory class of the flash kernels TPU and GPU run. FLOPs come from lowering the step unrolled at depth 1 and 2 and extrapolating
@@ -37,6 +41,7 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -50,6 +55,7 @@ from harmony_jax.training.state import make_train_state
 from harmony_jax.training.step import make_train_step
 
 GiB = 1024 ** 3
+FROZEN_TEXT_DTYPE = "bfloat16"  # Wan2.2's umT5-XXL checkpoint (models_t5_umt5-xxl-enc-bf16)
 
 
 # ---- the inputs of a run from latent records
@@ -103,10 +109,24 @@ class Plan:
     total: int  # arguments + temporaries + outputs not aliased to (donated) arguments
     flops: float  # per step, all devices together
     compile_seconds: float
+    frozen_text: int = 0  # latent runs: a frozen text encoder's weights, if it were resident
 
     @property
     def devices(self) -> int:
         return math.prod(self.mesh.values())
+
+
+def frozen_text_bytes(config: ml_collections.ConfigDict) -> int:
+    """Bytes of the configured frozen text encoder's weights (0 for a trained one), from its
+    module's shapes (nothing read) at FROZEN_TEXT_DTYPE: what each device holds when a run keeps
+    it resident (replicated, as a run from media does; one from latents loads it only to embed
+    sampling prompts)."""
+    text = build_system(config).text_encoder
+    if text.trainable:
+        return 0
+    ids = jax.ShapeDtypeStruct((1, text.max_len), jnp.int32)
+    shapes = jax.eval_shape(text.module.init, jax.random.key(0), ids)
+    return sum(x.size for x in jax.tree.leaves(shapes)) * jnp.dtype(FROZEN_TEXT_DTYPE).itemsize
 
 
 def _bytes_per_device(tree: Any) -> int:
@@ -176,7 +196,8 @@ def plan_train_step(config: ml_collections.ConfigDict, *, inputs: str = "latents
         params=_bytes_per_device(state.params), opt_state=_bytes_per_device(state.opt_state),
         ema=_bytes_per_device(state.ema_params) if state.ema_params is not None else 0,
         batch=_bytes_per_device(batch), temp=int(mem.temp_size_in_bytes), total=int(total),
-        flops=step_flops(system, config, batch), compile_seconds=seconds)
+        flops=step_flops(system, config, batch), compile_seconds=seconds,
+        frozen_text=frozen_text_bytes(config) if inputs == "latents" else 0)
 
 
 def format_plan(plan: Plan, hbm_gib: float = 0.0) -> str:
@@ -190,6 +211,9 @@ def format_plan(plan: Plan, hbm_gib: float = 0.0) -> str:
     lines = [f"mesh {mesh} ({plan.devices} devices), global batch {plan.batch_size} "
              f"({plan.per_device_batch:g} per data x fsdp shard{micro}), remat {plan.remat}",
              f"{'per device':<28}{'GiB':>10}"]
+    if plan.frozen_text:  # latent runs: the text encoder is not loaded, unless to sample
+        rows += [("+ frozen text encoder", plan.frozen_text),
+                 ("total with it resident", plan.total + plan.frozen_text)]
     lines += [f"  {name:<26}{size / GiB:>10.2f}" for name, size in rows]
     lines.append(f"FLOPs per step {plan.flops:.3e} ({plan.flops / plan.devices:.3e} per device)")
     lines.append(f"compiled in {plan.compile_seconds:.0f} s")

@@ -46,6 +46,9 @@ def test_paper_geometry_from_the_real_codecs():
     times = system.video_codec.frame_times(31)
     assert times[0] == 0.0 and times[1] == pytest.approx(2.5 / 24)  # frames 1-4: mean 2.5
     assert np.allclose(np.diff(times[1:]), 4 / 24)
+    umt5 = plan.frozen_text_bytes(harmony_5b.get_config())  # umT5-XXL encoder, bf16, no file read
+    assert umt5 / plan.GiB == pytest.approx(10.58, abs=0.01)
+    assert plan.frozen_text_bytes(tiny.get_config()) == 0  # the demo encoder is trained
     media = plan.plan_system(harmony_5b.get_config(), "media")
     assert media.video_latent_shape == system.video_latent_shape
     assert plan.abstract_batch(media, 1)["video"].shape == (1, 121, 704, 1280, 3)
@@ -96,5 +99,6 @@ def test_tiny_plan_on_8_devices():
     assert 2 * result.params <= result.opt_state <= 2 * result.params + 1024
     assert result.temp > 0 and result.total > result.params + result.opt_state + result.ema
     assert result.flops > 0 and result.per_device_batch == 2
+    assert result.frozen_text == 0  # tiny trains its text encoder
     text = plan.format_plan(result, hbm_gib=1.0)
     assert "optimizer state" in text and "fits in 1 GiB" in text
