@@ -7,9 +7,9 @@ The run's configured codecs and text encoder (video VAE posterior mean, audio VA
 encoder's embeddings, or a trainable one's token ids; transcript ids) run jitted over this
 process's devices, batch-parallel; with several processes (`jax.distributed`), process p of P
 encodes and writes shards p, p + P, ... (`shards_of`), and process 0 writes the manifest once
-all have met at a barrier. Record i is item i of the clip folder (`data.skip_bad_files` decides whether
-a bad clip stops the encode or is replaced by the next good one, as training from the folder
-would). Each shard is written under a temporary name and renamed when complete, so a killed
+all have met at a barrier. Record i is item i of the clip folder (`data.skip_bad_files` decides
+whether a bad clip stops the encode or is replaced by the next good one, as training from the
+folder would). Each shard is written under a temporary name and renamed when complete, so a killed
 encode rerun with the same command redoes only unfinished shards and ends byte-identical to an
 uninterrupted one; `manifest.json`, written last, marks the directory finished.
 """

@@ -3,8 +3,8 @@
 Each row builds what `training.loop` builds (the train state of
 `training.state.make_train_state`, `make_train_step` jitted with the state donated) for a run
 from latent records (`plan.latent_system`: the step `data.source='latents'` takes), then reports
-the median step time, achieved TFLOP/s and MFU from XLA's cost analysis (`plan.step_flops`: layers unrolled, so no loop body is counted once) and the
-step's memory. Parameters stay float32 in every row: 'bfloat16' is the compute dtype only.
+the median step time, achieved TFLOP/s and MFU from XLA's cost analysis (`plan.step_flops`:
+layers unrolled, so no loop body is counted once) and the step's memory. Parameters stay float32 in every row: 'bfloat16' is the compute dtype only.
 """
 
 from __future__ import annotations
