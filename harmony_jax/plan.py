@@ -218,9 +218,12 @@ def format_plan(plan: Plan, hbm_gib: float = 0.0) -> str:
     lines.append(f"FLOPs per step {plan.flops:.3e} ({plan.flops / plan.devices:.3e} per device)")
     lines.append(f"compiled in {plan.compile_seconds:.0f} s")
     if hbm_gib:
-        verdict = "fits" if plan.total <= hbm_gib * GiB else "does NOT fit"
-        lines.append(f"{verdict} in {hbm_gib:g} GiB per device "
-                     f"({100 * plan.total / (hbm_gib * GiB):.0f}% used)")
+        totals = [("", plan.total)] + ([(" with the text encoder resident",
+                                         plan.total + plan.frozen_text)] if plan.frozen_text else [])
+        for what, total in totals:
+            verdict = "fits" if total <= hbm_gib * GiB else "does NOT fit"
+            lines.append(f"{verdict} in {hbm_gib:g} GiB per device{what} "
+                         f"({100 * total / (hbm_gib * GiB):.0f}% used)")
     return "\n".join(lines)
 
 
