@@ -3,7 +3,7 @@
 Encode: clips/s of reading a clip folder (decode, resize, resample, tokenise), of the jitted
 codecs alone once compiled, and of `encode_folder` end to end (one compile, records written).
 Train: the step fed latent records against the same step fed media (the codec encoders inside
-it), timed alike in one run, as a ratio.
+it), timed in turn in one run, as a ratio.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from harmony_jax.data.clip_folder import CAPTIONS_FILE, ClipFolder
 from harmony_jax.data.sounding_shapes import SoundingShapes
 from harmony_jax.encode import BatchEncoder, encode_folder, load_item
 from harmony_jax.media import write_av
-from harmony_jax.perf.measure import format_table, median_seconds
-from harmony_jax.perf.train_step import time_step
+from harmony_jax.perf.measure import format_table, interleaved_medians, median_seconds
+from harmony_jax.perf.train_step import compiled_step
 from harmony_jax.system import build_system
 
 ENCODE_HEADERS = ("encode stage", "clips", "seconds", "clips/s")
@@ -93,15 +93,15 @@ class StepRow:
 
 def measure_steps(config: ml_collections.ConfigDict, *, steps: int = 5, warmup: int = 1,
                   num_devices: Optional[int] = None) -> list[StepRow]:
-    """The train step of a run from latent records, then of the same run from media (the codec
-    encoders inside the step), each assembled and timed as `perf.train_step` times a row."""
-    rows = []
+    """The train step of a run from latent records and of the same run from media (the codec
+    encoders inside the step), each assembled as `perf.train_step` assembles a row, timed in
+    turn step after step (so a shared machine's load falls on both alike)."""
+    steps_of, compile_seconds = {}, {}
     for inputs in ("latents", "media"):
-        seconds, compile_seconds, _, _ = time_step(plan.plan_system(config, inputs), config,
-                                                   steps=steps, warmup=warmup,
-                                                   num_devices=num_devices)
-        rows.append(StepRow(inputs, seconds, compile_seconds))
-    return rows
+        steps_of[inputs], compile_seconds[inputs], _ = compiled_step(
+            plan.plan_system(config, inputs), config, num_devices=num_devices)
+    seconds = interleaved_medians(steps_of, steps, warmup)
+    return [StepRow(inputs, seconds[inputs], compile_seconds[inputs]) for inputs in steps_of]
 
 
 def encode_table(rows: Sequence[EncodeRow]) -> str:

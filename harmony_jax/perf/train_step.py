@@ -4,7 +4,8 @@ Each row builds what `training.loop` builds (the train state of
 `training.state.make_train_state`, `make_train_step` jitted with the state donated) for a run
 from latent records (`plan.latent_system`: the step `data.source='latents'` takes), then reports
 the median step time, achieved TFLOP/s and MFU from XLA's cost analysis (`plan.step_flops`:
-layers unrolled, so no loop body is counted once) and the step's memory. Parameters stay float32 in every row: 'bfloat16' is the compute dtype only.
+layers unrolled, so no loop body is counted once) and the step's memory. Parameters stay float32
+in every row: 'bfloat16' is the compute dtype only.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -134,8 +135,20 @@ def time_step(system: System, config: ml_collections.ConfigDict, *, steps: int, 
               donate: bool = True, num_devices: Optional[int] = None
               ) -> tuple[float, float, float, int]:
     """(median step seconds, compile seconds, last loss, compiled bytes) of `system`'s train
-    step as the loop runs it (the train state of `make_train_state` on `config`'s mesh, the
-    step jitted with it donated), on one random batch of `system`'s inputs."""
+    step (`compiled_step`)."""
+    one_step, compile_seconds, nbytes = compiled_step(system, config, donate=donate,
+                                                      num_devices=num_devices)
+    seconds = median_seconds(one_step, steps, warmup)
+    return seconds, compile_seconds, float(one_step()), nbytes
+
+
+def compiled_step(system: System, config: ml_collections.ConfigDict, *, donate: bool = True,
+                  num_devices: Optional[int] = None
+                  ) -> tuple[Callable[[], jax.Array], float, int]:
+    """(one_step, compile seconds, compiled bytes) of `system`'s train step as the loop runs it
+    (the train state of `make_train_state` on `config`'s mesh over the first `num_devices`
+    devices, the step jitted with the state donated): `one_step()` advances its own state on
+    one random batch of `system`'s inputs and returns the loss."""
     mesh = make_mesh(config.mesh, jax.devices()[:num_devices])
     rules = axis_rules(config)
     tx, state = make_train_state(system, config, mesh, rules)
@@ -150,15 +163,14 @@ def time_step(system: System, config: ml_collections.ConfigDict, *, steps: int, 
         start = time.perf_counter()
         compiled = step.lower(state, batch).compile()
         compile_seconds = time.perf_counter() - start
-        holder = {"state": state}
-        del state
+    holder = {"state": state}
+    del state
 
-        def one_step():
+    def one_step() -> jax.Array:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             holder["state"], metrics = compiled(holder["state"], batch)
-            return metrics["loss"]
-        seconds = median_seconds(one_step, steps, warmup)
-        loss = float(one_step())
-    return seconds, compile_seconds, loss, compiled_bytes(compiled)
+        return metrics["loss"]
+    return one_step, compile_seconds, compiled_bytes(compiled)
 
 
 def measure(config: ml_collections.ConfigDict, *, remats: Sequence[str] = REMATS,
