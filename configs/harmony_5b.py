@@ -13,7 +13,8 @@ def get_config():
     m.depth = 30
     m.text_dim = 4096  # umT5-XXL
     m.freq_dim = 256
-    m.video.update(dim=3072, heads=24, ffn_dim=14336, in_channels=48, patch=(1, 2, 2))
+    m.video.update(dim=3072, heads=24, ffn_dim=14336, in_channels=48, patch=(1, 2, 2),
+                   text_pad_to=512)  # Wan2.2's caption padding, as upstream computes it
     m.audio.update(dim=3072, heads=24, ffn_dim=14336, in_channels=20)  # MMAudio 16 kHz latents
     m.transcript.update(vocab_size=2546, dim=512, conv_layers=4, conv_mult=2, max_len=512)
     m.dtype = "bfloat16"

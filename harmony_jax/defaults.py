@@ -27,8 +27,11 @@ def base_config() -> ml_collections.ConfigDict:
     m.text_dim = 32  # text-encoder width (4096 for umT5-XXL)
     m.freq_dim = 256  # sinusoidal timestep features
     m.eps = 1e-6
+    # text_pad_to: 0 masks padded caption tokens out of the video tower's text cross-attention;
+    # 512 is Wan2.2's padding (real-token states zero-padded to 512, all attended), which an
+    # imported Wan tower (init.video_from) needs to compute what it does upstream
     m.video = ml_collections.ConfigDict(
-        dict(dim=32, heads=2, ffn_dim=64, in_channels=3, patch=(1, 2, 2)))
+        dict(dim=32, heads=2, ffn_dim=64, in_channels=3, patch=(1, 2, 2), text_pad_to=0))
     m.audio = ml_collections.ConfigDict(dict(dim=32, heads=2, ffn_dim=64, in_channels=16))
     m.transcript = ml_collections.ConfigDict(
         dict(vocab_size=256, dim=32, conv_layers=1, conv_mult=2, max_len=64))
@@ -109,6 +112,11 @@ def base_config() -> ml_collections.ConfigDict:
     # dcn_data / dcn_fsdp > 1: multi-slice, each of those axes spans that many slices.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1,
                                             dcn_data=1, dcn_fsdp=1))
+    # ---- several processes (hosts): how long to wait for peers at start-up and at each
+    # barrier, after how long a silent (dead) peer fails the run, how long shutdown may take
+    c.distributed = ml_collections.ConfigDict(dict(
+        init_timeout_s=300, barrier_timeout_s=1200, heartbeat_timeout_s=60,
+        shutdown_timeout_s=30))
     c.axis_rules = (  # mesh axes the mesh lacks ('sequence' when 1) drop out
         # parameters
         ("embed", ("fsdp", "sequence")),

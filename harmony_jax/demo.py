@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -40,8 +41,11 @@ def main(argv):
     except (WorkdirError, CheckpointMismatchError) as e:
         sys.exit(f"error: {e}")  # the command line is at fault: no traceback
     trained = time.time() - start
+    lead = jax.process_index() == 0  # every process samples (the model is sharded); one writes
     rows = evaluate_sync(build_system(config), state.sampling_params, _NUM_CLIPS.value,
-                         out_dir=os.path.join(workdir, "demo_clips"))
+                         out_dir=os.path.join(workdir, "demo_clips") if lead else None)
+    if not lead:
+        return
     table = sync_table(rows)
     print(f"\ntrained {config.total_steps} steps in {trained / 60:.1f} min; "
           f"total {(time.time() - start) / 60:.1f} min; clips in {workdir}/demo_clips\n")

@@ -319,7 +319,7 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
 def main(values: dict[str, Any]) -> None:
     config = values.pop("config")
     enable_compile_cache(config.compile_cache_dir)
-    distributed.maybe_initialize()
+    distributed.maybe_initialize(config.distributed)
     try:
         manifest = encode_folder(config, **values, progress=jax.process_index() == 0)
     except (LatentRecordsError, MediaError, FileNotFoundError, ValueError) as e:

@@ -5,10 +5,17 @@
 
 PATH is one clip or a folder of .mp4 files. Every clip gets the generic AV offset estimate of
 DESIGN.md section 9 (the lag, within +/- max-lag, that best aligns the video's motion-change
-envelope with the audio's onset-strength envelope; positive = audio late). `--sounding-shapes`
-adds the event metrics that need clips of that world: bounces seen vs onsets heard, event F1 and
-mean |offset| of the matched pairs. A table (one row per clip, then the mean) goes to stdout;
-`--json` writes the same numbers as one object, `--plot` a PNG of both envelopes per clip.
+envelope with the audio's onset-strength envelope; positive = audio late) with the evidence
+behind it: the correlation's peak-to-sidelobe ratio and the motion and onset events counted. A
+clip without any (static video, silence, a steady tone) reads "no sync evidence" and is left out
+of the mean. `--sounding-shapes` adds the event metrics that need clips of that world: bounces
+seen vs onsets heard, event F1 and mean |offset| of the matched pairs. A table (one row per clip,
+then the mean) goes to stdout; `--json` writes the same numbers as one object, `--plot` a PNG of
+both envelopes per clip.
+
+Frames are picked by presentation time at the clip's fastest sustained rate (variable-rate clips
+measure right) and decoded straight to the analysis size, so memory depends on the clip's
+duration at that small size, not on its resolution.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from absl.flags import argparse_flags
 
 from harmony_jax.atomic import atomic_path
 from harmony_jax.eval import sync
-from harmony_jax.media import MediaError, read_av
+from harmony_jax.media import MediaError
+from harmony_jax.media_window import frame_rate, read_window
 
 Metrics = dict[str, float]
 _EVENT_COLUMNS = (  # (metric, title, format) of the --sounding-shapes columns
@@ -33,6 +41,13 @@ _EVENT_COLUMNS = (  # (metric, title, format) of the --sounding-shapes columns
     ("mean_abs_offset_ms", "|offset| ms", "{:.1f}"),
     ("num_bounces", "bounces", "{:.1f}"),
     ("num_onsets", "onsets", "{:.1f}"))
+_EVIDENCE_COLUMNS = (  # the evidence behind every clip's offset
+    ("peak_to_sidelobe", "PSR", "{:.1f}"), ("motion_events", "motion ev", "{:.0f}"),
+    ("onset_events", "onset ev", "{:.0f}"))
+_NO_EVIDENCE = "no sync evidence"
+_MAX_FPS = 60.0  # analysis rate cap: the envelopes are compared on a 100 Hz grid
+_SYNC_SIDE = 64  # short side the offset needs (`sync.motion_change` works at <= 64)
+_EVENT_SIDE = 256  # short side for --sounding-shapes (ball centroids in pixels)
 
 
 def clip_paths(path: str) -> list[str]:
@@ -48,19 +63,24 @@ def clip_paths(path: str) -> list[str]:
     return [path]
 
 
-def read_clip(path: str) -> tuple[np.ndarray, float, np.ndarray, int]:
-    """(frames float32 [F, H, W, 3] in [-1, 1], fps, mono audio float32 [S], sample rate)."""
-    frames, fps, audio, sample_rate = read_av(path)
-    if audio is None:
+def read_clip(path: str, max_side: int = _SYNC_SIDE) -> tuple[np.ndarray, float, np.ndarray, int]:
+    """(frames float32 [F, H, W, 3] in [-1, 1], fps, mono audio float32 [S], sample rate): the
+    frame shown at each instant of the clip's fastest sustained rate (at most `_MAX_FPS`),
+    upright, scaled down to a short side of `max_side`, and the audio on the same clock."""
+    fps = min(frame_rate(path), _MAX_FPS)
+    window = read_window(path, fps=fps, max_side=max_side)
+    if window.audio is None:
         raise MediaError(f"{path}: no audio stream, nothing to synchronize")
-    return frames.astype(np.float32) / 127.5 - 1.0, fps, audio.mean(axis=1), sample_rate
+    return (window.video.astype(np.float32) / 127.5 - 1.0, fps, window.audio.mean(axis=1),
+            window.sample_rate)
 
 
 def evaluate_clip(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int, *,
                   sounding_shapes: bool = False, max_lag: float = 1.0) -> Metrics:
-    """av_offset_ms, plus `sync.clip_sync_metrics`' event metrics when `sounding_shapes`."""
+    """`sync.offset_evidence` (av_offset_ms nan without sync evidence), plus
+    `sync.clip_sync_metrics`' event metrics when `sounding_shapes`."""
     metrics = sync.clip_sync_metrics(video, fps, audio, sample_rate) if sounding_shapes else {}
-    metrics["av_offset_ms"] = 1000.0 * sync.av_offset(video, fps, audio, sample_rate, max_lag)
+    metrics.update(sync.offset_evidence(video, fps, audio, sample_rate, max_lag))
     return metrics
 
 
@@ -71,14 +91,15 @@ def _nan_mean(values: list[float]) -> float:
 
 def evaluate(path: str, *, sounding_shapes: bool = False, max_lag: float = 1.0,
              plot: Optional[str] = None) -> dict[str, Any]:
-    """{'clips': {name: metrics}, 'mean': metrics (nan-aware), 'max_lag_s': max_lag} for a clip
-    or a folder of clips; `plot` saves the envelopes of every clip as one PNG."""
+    """{'clips': {name: metrics}, 'mean': metrics (nan-aware), 'max_lag_s': max_lag,
+    'no_evidence': the clips without sync evidence, left out of the mean offset} for a clip or a
+    folder of clips; `plot` saves the envelopes of every clip as one PNG."""
     if max_lag <= 0:
         raise ValueError(f"max_lag={max_lag} must be positive (seconds)")
     clips, curves = {}, []
     for clip in clip_paths(path):
         name = os.path.basename(clip)
-        video, fps, audio, rate = read_clip(clip)
+        video, fps, audio, rate = read_clip(clip, _EVENT_SIDE if sounding_shapes else _SYNC_SIDE)
         try:
             clips[name] = evaluate_clip(video, fps, audio, rate, sounding_shapes=sounding_shapes,
                                         max_lag=max_lag)
@@ -90,25 +111,31 @@ def evaluate(path: str, *, sounding_shapes: bool = False, max_lag: float = 1.0,
     mean = {k: _nan_mean([m[k] for m in clips.values()]) for k in next(iter(clips.values()))}
     if plot is not None:
         _plot(curves, plot)
-    return {"clips": clips, "mean": mean, "max_lag_s": max_lag}
+    none = [name for name, m in clips.items() if not np.isfinite(m["av_offset_ms"])]
+    return {"clips": clips, "mean": mean, "max_lag_s": max_lag, "no_evidence": none}
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """One row per clip, then the mean row."""
+    """One row per clip, then the mean row (its offset over the clips with sync evidence)."""
     clips = results["clips"]
-    events = "event_f1" in next(iter(clips.values()))
-    width = max(8, *(len(n) for n in clips))
-    header = f"{'clip':<{width}} {'AV offset ms':>13}" + "".join(
-        f" {title:>12}" for _, title, _ in _EVENT_COLUMNS if events)
+    columns = _EVIDENCE_COLUMNS + (_EVENT_COLUMNS if "event_f1" in next(iter(clips.values()))
+                                   else ())
+    none = results["no_evidence"]
+    mean_name = f"mean ({len(clips)})" if not none else \
+        f"mean ({len(clips) - len(none)} of {len(clips)}: {len(none)} without evidence excluded)"
+    width = max(8, len(mean_name) if none else 0, *(len(n) for n in clips))
+    header = f"{'clip':<{width}} {'AV offset ms':>16}" + "".join(
+        f" {title:>12}" for _, title, _ in columns)
 
     def row(name: str, m: Metrics) -> str:
-        cells = [f"{name:<{width}}", f"{m['av_offset_ms']:>13.1f}"]
-        if events:
-            cells += [f"{fmt.format(m[key]):>12}" for key, _, fmt in _EVENT_COLUMNS]
+        offset = m["av_offset_ms"]
+        cells = [f"{name:<{width}}",
+                 f"{offset:>16.1f}" if np.isfinite(offset) else f"{_NO_EVIDENCE:>16}"]
+        cells += [f"{fmt.format(m[key]):>12}" for key, _, fmt in columns]
         return " ".join(cells)
     rule = "-" * len(header)
     return "\n".join([header, rule, *(row(n, m) for n, m in clips.items()), rule,
-                      row(f"mean ({len(clips)})", results["mean"])])
+                      row(mean_name, results["mean"])])
 
 
 def write_json(path: str, results: dict[str, Any]) -> None:
@@ -141,9 +168,12 @@ def _plot(curves: list[tuple], path: str) -> None:
         ax.plot(t_motion, unit(motion), "o-", color="tab:blue", label="video motion change")
         ax.plot(t_onset, unit(onset), color="tab:orange", alpha=0.6,
                 label="audio onset strength")
-        ax.plot(t_onset - lag_ms / 1000.0, unit(onset), "--", color="tab:red", alpha=0.8,
-                label=f"audio moved by {-lag_ms:+.0f} ms")
-        ax.set_title(f"{name}: AV offset {lag_ms:+.0f} ms (positive = audio late)")
+        if np.isfinite(lag_ms):
+            ax.plot(t_onset - lag_ms / 1000.0, unit(onset), "--", color="tab:red", alpha=0.8,
+                    label=f"audio moved by {-lag_ms:+.0f} ms")
+            ax.set_title(f"{name}: AV offset {lag_ms:+.0f} ms (positive = audio late)")
+        else:
+            ax.set_title(f"{name}: {_NO_EVIDENCE}")
         ax.set_xlim(0.0, max(t_onset[-1], t_motion[-1]))
         ax.set_xlabel("time (s)")
         ax.legend(loc="upper right", fontsize="small")

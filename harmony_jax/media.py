@@ -1,10 +1,11 @@
-"""Reading and writing sounding video (.mp4: H.264 + AAC) and .wav files with PyAV / `wave`.
+"""Writing sounding video (.mp4: H.264 + AAC) and .wav files with PyAV / `wave`, and the audio
+decoding helpers `media_window` reads with.
 
 Writes are atomic (a temporary name in the target directory, then `os.replace`), so a crash never
-leaves a half-written file under the final name, and refuse to overwrite unless asked.
-Reads put audio sample 0 at the time of the first video frame: the demuxer's start times and
-frame timestamps are honoured and the AAC encoder's priming and tail padding are trimmed, so A/V
-sync survives a write/read round trip.
+leaves a half-written file under the final name, and refuse to overwrite unless asked. Reading
+(`media_window.read_window`) puts audio sample 0 at the time of the first video frame: the
+demuxer's start times and frame timestamps are honoured and the AAC encoder's priming and tail
+padding are trimmed, so A/V sync survives a write/read round trip.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, *,
               overwrite: bool = False) -> None:
     """Writes audio [S] or [S, C] (float in [-1, 1]) as 16-bit PCM .wav."""
     samples = _to_channels_first(audio)  # [C, S]
-    # s16 readers (ffmpeg, read_av) divide by 32768: scale the same way so a read-write round
+    # s16 readers (ffmpeg, read_window) divide by 32768: scale the same way so a read-write round
     # trip is bit-exact.
     pcm = np.clip(np.round(samples.T * 32768.0), -32768, 32767).astype("<i2")  # [S, C]
     with atomic_path(path, overwrite) as tmp, wave.open(tmp, "wb") as f:
@@ -133,48 +134,3 @@ def _place_audio(chunks: list[tuple[float, np.ndarray]], t0: float, end: float |
     if end is not None:
         audio = audio[: max(0, round((end - t0) * sample_rate))]
     return audio
-
-
-def read_av(path: str | os.PathLike
-            ) -> tuple[np.ndarray, float, np.ndarray | None, int | None]:
-    """Decodes a video file -> (frames uint8 [F, H, W, 3], fps, audio float32 [S, C] or None,
-    sample_rate or None). Audio sample 0 is at the time of video frame 0. Raises MediaError
-    naming the file if it is missing, unreadable, has no video, or is truncated."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MediaError(f"{path}: no such file")
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path}: no video stream")
-            vstream = container.streams.video[0]
-            astream = container.streams.audio[0] if container.streams.audio else None
-            frames, times, chunks = [], [], []
-            for frame in container.decode(*[s for s in (vstream, astream) if s is not None]):
-                if isinstance(frame, av.VideoFrame):
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                    times.append(frame.time)
-                else:
-                    start = frame.time if frame.pts is not None else (
-                        chunks[-1][0] + len(chunks[-1][1]) / frame.sample_rate if chunks else 0.0)
-                    chunks.append((start, _audio_samples(frame)))
-            declared = vstream.frames
-            fps = vstream.average_rate or vstream.guessed_rate
-            audio_end = None
-            if astream is not None and astream.duration is not None:
-                audio_end = float((astream.duration + (astream.start_time or 0))
-                                  * astream.time_base)
-    except av.error.FFmpegError as e:
-        raise MediaError(f"{path}: cannot decode: {e}") from e
-    if not frames:
-        raise MediaError(f"{path}: no decodable video frames (corrupt or truncated)")
-    if declared and len(frames) < declared:
-        raise MediaError(f"{path}: truncated: decoded {len(frames)} of {declared} video frames")
-    if not fps:
-        raise MediaError(f"{path}: unknown frame rate")
-    t0 = times[0] if times[0] is not None else 0.0
-    audio = sample_rate = None
-    if chunks:
-        sample_rate = int(astream.rate)
-        audio = _place_audio(chunks, t0, audio_end, sample_rate)
-    return np.stack(frames), float(fps), audio, sample_rate

@@ -16,11 +16,12 @@ uses. `read_window` therefore:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import av
 import numpy as np
@@ -29,6 +30,23 @@ from harmony_jax.media import MediaError, _audio_samples, _place_audio
 
 _EPS = 1e-6  # s: a frame stamped at an output instant is shown at it despite rounding
 _SEEK_MARGIN = 0.25  # s decoded before a window's start: the audio decoder's warm-up
+
+
+@contextlib.contextmanager
+def open_video(path: str | os.PathLike) -> Iterator[tuple[av.container.InputContainer, str]]:
+    """(the opened container, its path as a str) for a file with a video stream; any FFmpeg
+    error while it is open (opening, demuxing, decoding) becomes a MediaError naming the file,
+    as does a missing file or a file without video."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MediaError(f"{path}: no such file")
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise MediaError(f"{path}: no video stream")
+            yield container, path
+    except av.error.FFmpegError as e:
+        raise MediaError(f"{path}: cannot decode: {e}") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,22 +164,14 @@ def read_window(path: str | os.PathLike, *, fps: float, num_frames: Optional[int
     it; `max_side`: scaled down to that short side, no crop. With `audio`, the samples that play
     over the window (fewer if the stream ends first). Raises MediaError naming the file if it
     is missing, unreadable or has no video."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MediaError(f"{path}: no such file")
     if start < 0:
         raise ValueError(f"start={start} must be >= 0 (seconds)")
-    try:
-        with av.open(path) as container:
-            return _read(container, path, float(fps), num_frames, float(start), size, max_side,
-                         audio)
-    except av.error.FFmpegError as e:
-        raise MediaError(f"{path}: cannot decode: {e}") from e
+    with open_video(path) as (container, path):
+        return _read(container, path, float(fps), num_frames, float(start), size, max_side,
+                     audio)
 
 
 def _read(container, path, fps, num_frames, start, size, max_side, with_audio) -> Window:
-    if not container.streams.video:
-        raise MediaError(f"{path}: no video stream")
     vstream = container.streams.video[0]
     astream = container.streams.audio[0] if with_audio and container.streams.audio else None
     origin = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None \
@@ -279,19 +289,11 @@ def frame_rate(path: str | os.PathLike) -> float:
     """The clip's fastest sustained frame rate, from its packets' timestamps (no decoding):
     1 / the median gap between consecutive frames. For a constant-rate clip that is its rate;
     for a variable-rate one, the rate at which none of its common frames is lost."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MediaError(f"{path}: no such file")
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None)
-            base = float(stream.average_rate or stream.guessed_rate or 0.0)
-            time_base = stream.time_base
-    except av.error.FFmpegError as e:
-        raise MediaError(f"{path}: cannot decode: {e}") from e
+    with open_video(path) as (container, path):
+        stream = container.streams.video[0]
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None)
+        base = float(stream.average_rate or stream.guessed_rate or 0.0)
+        time_base = stream.time_base
     gaps = np.diff(pts)
     gaps = gaps[gaps > 0]
     if len(gaps) == 0:

@@ -165,6 +165,14 @@ def build_system(config: ml_collections.ConfigDict) -> System:
                          f"tower, which predicts velocity; config.flow.prediction='x0' would "
                          f"read its output as clean latents (use 'velocity')")
     m = config.model
+    pad_to = m.video.get("text_pad_to", 0)
+    if config.init.video_from and not pad_to:
+        raise ValueError(f"config.init.video_from={config.init.video_from} imports a Wan2.2 "
+                         f"tower, which attends to its caption zero-padded to 512 tokens; "
+                         f"config.model.video.text_pad_to=0 would mask the pads (set it to 512)")
+    if pad_to and config.codecs.text.max_len > pad_to:
+        raise ValueError(f"config.codecs.text.max_len={config.codecs.text.max_len} exceeds "
+                         f"config.model.video.text_pad_to={pad_to}")
     for key, want, have in (
             ("model.video.in_channels", m.video.in_channels, video_codec.latent_channels),
             ("model.audio.in_channels", m.audio.in_channels, audio_codec.latent_channels),

@@ -4,6 +4,7 @@ Config overrides: `--config.optim.lr=3e-4 --config.total_steps=2000`. Rerunning 
 resumes from the latest checkpoint in DIR.
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -12,7 +13,8 @@ from ml_collections import config_flags
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.data.latent_records import LatentRecordsError
 from harmony_jax.training.checkpoint import CheckpointMismatchError
-from harmony_jax.training.loop import WorkdirError, train_and_evaluate
+from harmony_jax.parallel.distributed import ProcessMismatchError
+from harmony_jax.training.loop import PeerLostError, WorkdirError, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).",
                                           lock_config=True)
@@ -23,8 +25,12 @@ def main(argv):
     del argv
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (WorkdirError, CheckpointMismatchError, LatentRecordsError) as e:
+    except (WorkdirError, CheckpointMismatchError, LatentRecordsError,
+            ProcessMismatchError) as e:
         sys.exit(f"error: {e}")  # the command line is at fault: no traceback
+    except PeerLostError as e:  # no orderly shutdown: it would wait for the lost peer
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 if __name__ == "__main__":

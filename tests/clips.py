@@ -8,6 +8,8 @@ import fractions
 import av
 import numpy as np
 
+from harmony_jax.media_window import frame_rate, read_window
+
 TIME_BASE = fractions.Fraction(1, 1200)  # exact for 8, 24, 25 and 30 fps steps
 
 
@@ -72,3 +74,10 @@ def flash_clip(times, flash_times, sample_rate=16000, size=(32, 32), duration=No
         k = int(round(t * sample_rate))
         audio[k:k + 400] = 0.8 * np.sin(np.arange(400) * 2 * np.pi * 1000 / sample_rate)
     return frames, audio
+
+
+def read_all(path):
+    """A whole clip at its own rate: (frames uint8 [F, H, W, 3], average fps, audio [S, C] or
+    None, sample rate or None), frames picked by presentation time."""
+    window = read_window(path, fps=frame_rate(path))
+    return window.video, window.source_fps, window.audio, window.sample_rate

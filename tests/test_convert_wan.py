@@ -22,6 +22,7 @@ import tiny  # noqa: E402
 from harmony_jax.convert import store, wan  # noqa: E402
 from harmony_jax.convert.state_dict import StateDictMismatchError, read_safetensors  # noqa: E402
 from harmony_jax.model import ModelConfig  # noqa: E402
+from harmony_jax.system import build_system  # noqa: E402
 from harmony_jax.training.loop import train_and_evaluate  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
@@ -201,8 +202,68 @@ def test_training_starts_from_the_converted_tower(tmp_path):
     config = tiny.get_config()
     config.update(total_steps=0)
     config.init.video_from = str(tmp_path / "video")
+    with pytest.raises(ValueError, match="text_pad_to=0"):  # Wan attends to its padding
+        build_system(config)
+    config.model.video.text_pad_to = config.codecs.text.max_len
     state = train_and_evaluate(config, str(tmp_path / "run"))
     got, src = flat(state.params["dit"]), flat(source["dit"])
     for path, value in src.items():
         if is_video("dit/" + path):
             np.testing.assert_array_equal(np.asarray(got[path]), value, err_msg=path)
+
+
+def _diffusers_config(**changes) -> str:
+    """transformer/config.json as diffusers writes it for the tiny config's video tower."""
+    fields = dict(_class_name="WanTransformer3DModel", _diffusers_version="0.35.0",
+                  patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=16,
+                  in_channels=3, out_channels=3, text_dim=32, freq_dim=256, ffn_dim=64,
+                  num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+                  image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
+                  pos_embed_seq_len=None)
+    return json.dumps({**fields, **changes})
+
+
+def test_source_config_json_is_checked_against_the_config(tmp_path):
+    source = random_params(CFG, 0)
+    write_sharded(wan.export_wan(source, CFG, "diffusers"), tmp_path / "wan" / "transformer")
+    config_json = tmp_path / "wan" / "transformer" / "config.json"
+    config_json.write_text(_diffusers_config())
+    wan.convert_checkpoint(str(tmp_path / "wan"), str(tmp_path / "ok"), tiny.get_config())
+    # eps changes no shape: only the config.json can tell
+    config_json.write_text(_diffusers_config(eps=1e-5, qk_norm="rms_norm"))
+    with pytest.raises(ValueError, match=r"eps=1e-05 but --config has model\.eps=1e-06; "
+                                         r"qk_norm='rms_norm' but"):
+        wan.convert_checkpoint(str(tmp_path / "wan"), str(tmp_path / "no"), tiny.get_config())
+    done = subprocess.run(
+        [sys.executable, "-m", "harmony_jax.convert", "wan", f"--src={tmp_path / 'wan'}",
+         f"--dst={tmp_path / 'no'}", "--config=configs/tiny.py"],
+        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {config_json} ")
+    assert "eps=1e-05 but --config has model.eps=1e-06" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok", "wan"]
+    # the original layout's WanModel config.json: its caption length is model.video.text_pad_to
+    original = tmp_path / "original"
+    write_sharded(wan.export_wan(source, CFG, "original"), original)
+    (original / "config.json").write_text(json.dumps(dict(
+        _class_name="WanModel", model_type="ti2v", dim=32, ffn_dim=64, freq_dim=256, in_dim=3,
+        out_dim=3, num_heads=2, num_layers=2, eps=1e-6, text_len=512)))
+    with pytest.raises(ValueError, match=r"text_len=512 but --config has "
+                                         r"model\.video\.text_pad_to=0"):
+        wan.convert_checkpoint(str(original), str(tmp_path / "no"), tiny.get_config())
+    config = tiny.get_config()
+    config.model.video.text_pad_to = 512
+    wan.convert_checkpoint(str(original), str(tmp_path / "padded"), config)
+
+
+@pytest.mark.parametrize("max_len", [1, 4, 600])
+def test_convert_works_for_any_transcript_length(tmp_path, max_len):
+    source = random_params(CFG, 0)
+    save_file(wan.export_wan(source, CFG, "diffusers"), str(tmp_path / "w.safetensors"))
+    config = tiny.get_config()
+    config.model.transcript.max_len = max_len
+    wan.convert_checkpoint(str(tmp_path / "w.safetensors"), str(tmp_path / "out"), config)
+    out = str(tmp_path / "out")
+    tower = store.restore_to_host(out, {k: np.float32 for k in store.saved_shapes(out)})
+    np.testing.assert_array_equal(tower["video_head/proj_out/kernel"],
+                                  source["dit"]["video_head"]["proj_out"]["kernel"])

@@ -1,4 +1,5 @@
-"""Media I/O: .mp4 round trip with A/V alignment, atomic and non-overwriting writes, errors."""
+"""Media I/O: .mp4 write / read_window round trip with A/V alignment, atomic and non-overwriting
+writes, errors."""
 
 import os
 import wave
@@ -6,8 +7,9 @@ import wave
 import numpy as np
 import pytest
 
+from clips import read_all
 from harmony_jax import media
-from harmony_jax.media import MediaError, read_av, write_av, write_wav
+from harmony_jax.media import MediaError, write_av, write_wav
 
 SR = 16000
 FPS = 8.0
@@ -27,7 +29,7 @@ def test_round_trip_streams_and_alignment(tmp_path):
     video, audio = _clip()
     path = tmp_path / "clip.mp4"
     write_av(path, video, FPS, audio, SR)
-    frames, fps, audio_back, rate = read_av(path)
+    frames, fps, audio_back, rate = read_all(path)
     assert frames.shape == (16, 32, 48, 3) and frames.dtype == np.uint8
     assert fps == FPS and rate == SR
     assert audio_back.shape == (2 * SR, 1) and audio_back.dtype == np.float32
@@ -43,7 +45,7 @@ def test_round_trip_stereo_odd_size_ntsc_rate(tmp_path):
     path = tmp_path / "odd.mp4"
     write_av(path, (video * 127.5 + 127.5).astype(np.uint8), 30000 / 1001,
              np.stack([audio, -audio], axis=1), 44100)
-    frames, fps, audio_back, rate = read_av(path)
+    frames, fps, audio_back, rate = read_all(path)
     assert frames.shape == (10, 16, 22, 3)  # padded to even sizes for yuv420p
     assert fps == pytest.approx(30000 / 1001) and rate == 44100
     assert audio_back.shape == (len(audio), 2)  # sample-exact length
@@ -52,7 +54,7 @@ def test_round_trip_stereo_odd_size_ntsc_rate(tmp_path):
 def test_video_only(tmp_path):
     video, _ = _clip(num_frames=4)
     write_av(tmp_path / "silent.mp4", video, FPS)
-    frames, _, audio, rate = read_av(tmp_path / "silent.mp4")
+    frames, _, audio, rate = read_all(tmp_path / "silent.mp4")
     assert frames.shape[0] == 4 and audio is None and rate is None
 
 
@@ -63,7 +65,7 @@ def test_refuses_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="clip.mp4"):
         write_av(path, video, FPS, audio, SR)
     write_av(path, video[:2], FPS, audio, SR, overwrite=True)
-    assert read_av(path)[0].shape[0] == 2
+    assert read_all(path)[0].shape[0] == 2
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
@@ -95,15 +97,15 @@ def test_write_wav(tmp_path):
 
 def test_errors_name_the_file(tmp_path):
     with pytest.raises(MediaError, match="missing.mp4: no such file"):
-        read_av(tmp_path / "missing.mp4")
+        read_all(tmp_path / "missing.mp4")
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00not a video" * 100)
     with pytest.raises(MediaError, match="junk.mp4"):
-        read_av(junk)
+        read_all(junk)
     video, audio = _clip()
     good = tmp_path / "good.mp4"
     write_av(good, video, FPS, audio, SR)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(MediaError, match="cut.mp4"):
-        read_av(cut)
+        read_all(cut)

@@ -32,12 +32,11 @@ def _config(batch_size=4):
     return config
 
 
-def _indices(source_size, steps, *, seed=0, start_step=0, process_index=0, process_count=1,
+def _indices(source_size, steps, *, seed=0, start_step=0, block=0, blocks=1,
              batch_size=4):
     config = _config(batch_size)
     ds = make_train_dataset(IndexSource(source_size), config, make_text_encoder(config),
-                            seed=seed, start_step=start_step, process_index=process_index,
-                            process_count=process_count)
+                            seed=seed, start_step=start_step, block=block, blocks=blocks)
     it = iter(ds)
     return [next(it)["video"][:, 0, 0, 0, 0].astype(int).tolist() for _ in range(steps)]
 
@@ -45,7 +44,7 @@ def _indices(source_size, steps, *, seed=0, start_step=0, process_index=0, proce
 def test_batch_layout():
     config = tiny.get_config()
     batch = next(make_train_iterator(config, make_text_encoder(config), seed=0,
-                                     process_index=0, process_count=1))
+                                     block=0, blocks=1))
     d, b, length = config.data, config.batch_size, config.codecs.text.max_len
     expected = dict(
         video=((b, d.num_frames, d.height, d.width, 3), np.float32),
@@ -75,22 +74,21 @@ def test_resume_at_step_matches_uninterrupted_run():
 def test_process_shards_are_disjoint_and_form_the_global_batch():
     steps = 5
     global_batches = _indices(10, steps, batch_size=4)
-    shards = [_indices(10, steps, batch_size=4, process_index=p, process_count=2)
-              for p in range(2)]
+    shards = [_indices(10, steps, batch_size=4, block=p, blocks=2) for p in range(2)]
     for k in range(steps):
         a, b = shards[0][k], shards[1][k]
         assert len(a) == len(b) == 2
-        assert sorted(a + b) == sorted(global_batches[k])
-    # Within one epoch (first 10 elements) the two processes never share a clip.
-    first_epoch = [set(sum(s, [])[:5]) for s in shards]
+        assert a + b == global_batches[k]  # side by side: the single-process batch, in order
+    # Within one epoch (the first two steps: 8 of 10 elements) the processes never share a clip.
+    first_epoch = [set(sum(s[:2], [])) for s in shards]
     assert not first_epoch[0] & first_epoch[1]
 
 
 def test_bad_arguments():
     config = _config(batch_size=3)
     encoder = make_text_encoder(config)
-    with pytest.raises(ValueError, match="batch_size=3 is not divisible by the process count 2"):
-        make_train_dataset(IndexSource(4), config, encoder, seed=0, process_count=2)
+    with pytest.raises(ValueError, match="batch_size=3 is not divisible into 2 blocks"):
+        make_train_dataset(IndexSource(4), config, encoder, seed=0, blocks=2)
     config.data.source = "nope"
     with pytest.raises(ValueError, match="config.data.source='nope'.*sounding_shapes"):
         make_source(config)
@@ -109,7 +107,7 @@ def test_clip_folder_source_from_config(tmp_path):
         dict(path="a.mp4", video_caption="dark", audio_caption="quiet", transcript="hi")) + "\n")
     d.source, d.root = "clip_folder", str(tmp_path)
     batch = next(make_train_iterator(config, make_text_encoder(config), seed=0,
-                                     process_index=0, process_count=1))
+                                     block=0, blocks=1))
     assert batch["video"].shape == (2, d.num_frames, d.height, d.width, 3)
     assert batch["transcript_ids"][:, :2].tolist() == [[ord("h") + 1, ord("i") + 1]] * 2
 
@@ -117,11 +115,11 @@ def test_clip_folder_source_from_config(tmp_path):
 def test_worker_processes_give_the_same_batches():
     config = tiny.get_config()
     encoder = make_text_encoder(config)
-    serial = make_train_iterator(config, encoder, seed=3, start_step=1, process_index=0,
-                                 process_count=1)
+    serial = make_train_iterator(config, encoder, seed=3, start_step=1, block=0,
+                                 blocks=1)
     config.data.num_workers = 2
-    parallel = make_train_iterator(config, encoder, seed=3, start_step=1, process_index=0,
-                                   process_count=1)
+    parallel = make_train_iterator(config, encoder, seed=3, start_step=1, block=0,
+                                   blocks=1)
     try:
         for _ in range(3):
             a, b = next(serial), next(parallel)

@@ -12,11 +12,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from clips import read_all
 from harmony_jax import generation, media
 from harmony_jax import sample as sample_cli
 from harmony_jax.data.sounding_shapes import SoundingShapes
 from harmony_jax.inference import load_for_inference, read_audio, read_video
-from harmony_jax.media import MediaError, read_av, write_av, write_wav
+from harmony_jax.media import MediaError, write_av, write_wav
 from harmony_jax.sample import sample_to_files
 from harmony_jax.training.loop import train_and_evaluate
 
@@ -58,7 +59,7 @@ def _wav_pcm(path):
 def _check_clip(system, mp4):
     """The .mp4 has both streams in the run's geometry, and its .wav the whole clip."""
     d = system.config.data
-    frames, fps, audio, rate = read_av(mp4)
+    frames, fps, audio, rate = read_all(mp4)
     assert frames.shape == (d.num_frames, d.height, d.width, 3)
     assert fps == d.fps and rate == d.sample_rate
     assert audio.shape == (system.num_samples, 1)
@@ -108,8 +109,8 @@ def test_v2a_keeps_the_frames(model, clip, tmp_path):
                              video=str(given), prompt=clip["video_caption"])
     frames, _ = _check_clip(system, mp4)
     # The kept frames, H.264-coded once more: exactly what writing them again gives.
-    write_av(tmp_path / "again.mp4", read_av(given)[0], d.fps)
-    np.testing.assert_array_equal(frames, read_av(tmp_path / "again.mp4")[0])
+    write_av(tmp_path / "again.mp4", read_all(given)[0], d.fps)
+    np.testing.assert_array_equal(frames, read_all(tmp_path / "again.mp4")[0])
 
 
 def test_reference_image_and_voice(model, clip, tmp_path):
@@ -121,7 +122,7 @@ def test_reference_image_and_voice(model, clip, tmp_path):
     (mp4,) = sample_to_files(system, params, str(tmp_path / "r.mp4"), image=str(image),
                              ref_audio=str(voice), guidance="cfg", prompt="a ball")
     frames, _ = _check_clip(system, mp4)
-    ref = read_av(image)[0][0].astype(float)
+    ref = read_all(image)[0][0].astype(float)
     assert np.abs(frames[0] - ref).mean() < 8  # the clean first frame, H.264-coded
 
 

@@ -113,3 +113,12 @@ def test_bad_shapes_are_named():
         sync.detect_bounces(np.zeros((16, 32, 32)), FPS)
     with pytest.raises(ValueError, match=r"mono.*\(2, 100\)"):
         sync.detect_onsets(np.zeros((2, 100)), SR)
+
+
+def test_motion_change_in_chunks_is_exact(monkeypatch):
+    """Blurring a long clip a chunk of frames at a time (bounded memory) changes nothing."""
+    video = np.random.default_rng(0).uniform(-1, 1, (150, 70, 130, 3)).astype(np.float32)
+    chunked = sync.motion_change(video)
+    monkeypatch.setattr(sync, "_CHUNK", len(video))
+    np.testing.assert_array_equal(chunked, sync.motion_change(video))
+    assert chunked.shape == (148,)

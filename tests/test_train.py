@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import tiny  # noqa: E402
 
-from harmony_jax.media import read_av  # noqa: E402
+from clips import read_all  # noqa: E402
 from harmony_jax.training.loop import train_and_evaluate  # noqa: E402
 from harmony_jax.training.checkpoint import read_config  # noqa: E402
 
@@ -46,7 +46,7 @@ def test_run_artifacts(uninterrupted):
     config, step_dir = read_config(workdir)
     assert config.total_steps == 4 and step_dir.name == "4"
     assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir, "tb")))
-    frames, fps, audio, rate = read_av(os.path.join(workdir, "samples", "step_4.mp4"))
+    frames, fps, audio, rate = read_all(os.path.join(workdir, "samples", "step_4.mp4"))
     c = tiny.get_config()
     assert frames.shape == (c.data.num_frames, c.data.height, c.data.width, 3)
     assert fps == c.data.fps and rate == c.data.sample_rate

@@ -38,7 +38,7 @@ def test_transcript_from_sets_the_ids_of_pipeline_and_sampler(tmp_path):
     batch = generation.prompt_batch(system, ["a ball"], transcripts=["hi ab"])
     assert batch["transcript_ids"][0, :5].tolist() == [5, 6, 1, 2, 3]
     train_batch = next(make_train_iterator(config, system.text_encoder, seed=0,
-                                           process_index=0, process_count=1,
+                                           block=0, blocks=1,
                                            transcript_tokenizer=system.transcript_tokenizer))
     ids = train_batch["transcript_ids"]
     assert ids.max() < config.model.transcript.vocab_size and np.all(ids == 0)  # no speech here

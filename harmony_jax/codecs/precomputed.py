@@ -90,7 +90,8 @@ class PrecomputedText:
 
 def pad_tokens(embeddings: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Real-token embeddings [B, n, Dt] -> zero-padded [B, max_len, Dt] and mask [B, max_len]
-    (Wan pads its umT5 context with zeros the same way: masked keys never reach the model)."""
+    (zeros, as Wan pads its umT5 context: what `model.video.text_pad_to` attends, and what a
+    masked tower never reads)."""
     b, n, dim = embeddings.shape
     out = np.zeros((b, max_len, dim), embeddings.dtype)
     out[:, :n] = embeddings

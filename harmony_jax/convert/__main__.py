@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pathlib
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -39,7 +40,11 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in _COMMANDS:
         raise app.UsageError(f"{usage}; got arguments {argv[1:]}")
     module = importlib.import_module(f"harmony_jax.convert.{_COMMANDS[argv[1]]}")
-    module.convert_checkpoint(_SRC.value, _DST.value, _CONFIG.value, overwrite=_OVERWRITE.value)
+    try:
+        module.convert_checkpoint(_SRC.value, _DST.value, _CONFIG.value,
+                                  overwrite=_OVERWRITE.value)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        sys.exit(f"error: {e}")  # the source, --dst or --config is at fault: no traceback
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@ umt5`, and what the text encoder reads on first use (`load_umt5`, `load_spiece`)
 Our tree: 'embedding' [V, D], 'final_norm/scale' [D], and per layer, stacked on axis 0 (scanned),
 'layers/{attn_norm/scale, q, k, v, o, relative_attention_bias, ffn_norm/scale, wi_0, wi_1, wo}'.
 A torch Linear weight [out, in] is our Dense kernel [in, out]. A converted checkpoint is the tree
-{'params': ..., 'spiece_model': uint8 bytes of the sentencepiece model}, so one path gives both.
+{'params': ..., 'spiece_model': uint8 bytes of the sentencepiece model, 'architecture': its
+transformers config fields as JSON bytes}, so one path gives both, and loading it into an encoder
+of another eps or max_distance (which change no shape) is refused.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any, Mapping
 
@@ -30,6 +33,7 @@ from harmony_jax.convert import store, upstream
 LAYOUTS = ("transformers", "original")
 _LAYER = "layers/"
 _TIED = "encoder.embed_tokens.weight"  # transformers' tied copy of shared.weight
+_ARCHITECTURE = "architecture"  # leaf of a converted checkpoint: `_architecture` as JSON bytes
 
 
 def _linear(ours: str, transformers: str, original: str) -> tuple[str, str, str, str]:
@@ -135,7 +139,8 @@ def export_umt5(params: Mapping[str, np.ndarray], config: UMT5Config,
 def _architecture(config: UMT5Config) -> dict[str, Any]:
     """`config` as the fields of a transformers UMT5Config config.json."""
     return dict(model_type="umt5", vocab_size=config.vocab_size, d_model=config.d_model,
-                d_kv=config.d_kv, num_heads=config.num_heads, d_ff=config.d_ff, num_layers=config.num_layers,
+                d_kv=config.d_kv, num_heads=config.num_heads, d_ff=config.d_ff,
+                num_layers=config.num_layers,
                 relative_attention_num_buckets=config.num_buckets,
                 relative_attention_max_distance=config.max_distance,
                 layer_norm_epsilon=config.eps, feed_forward_proj="gated-gelu")
@@ -208,6 +213,22 @@ def _saved(path: str) -> dict[str, tuple[tuple[int, ...], Any]]:
             for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
+def _check_recorded(path: str, saved: Mapping[str, Any], config: UMT5Config) -> None:
+    """Refuses a `convert umt5` checkpoint whose recorded architecture differs from `config`
+    (eps and max_distance change no shape), naming both values of each field."""
+    if _ARCHITECTURE not in saved:
+        logging.warning("umT5 checkpoint %s records no architecture (converted by an older "
+                        "version): its eps and max_distance cannot be checked; convert it again",
+                        path)
+        return
+    recorded = json.loads(_restore(path, {_ARCHITECTURE: np.uint8})[_ARCHITECTURE].tobytes())
+    wrong = [f"{k}={recorded.get(k)!r} but the text encoder has {v!r}"
+             for k, v in _architecture(config).items() if recorded.get(k) != v]
+    if wrong:
+        raise ValueError(f"umT5 checkpoint {path} was converted from another architecture: "
+                         f"{'; '.join(wrong)}")
+
+
 def load_umt5(path: str, config: UMT5Config) -> Any:
     """Nested host params of `UMT5Encoder(config)` in the checkpoint's dtype, from anything
     `read_upstream` reads or a `convert umt5` checkpoint."""
@@ -218,8 +239,10 @@ def load_umt5(path: str, config: UMT5Config) -> Any:
     if store.is_orbax_checkpoint(path):
         saved = _saved(path)
         expected = {f"params/{k}": v.shape for k, v in umt5_spec(config).items()}
-        sd.check_keys(expected, {k: s for k, (s, _) in saved.items() if k != "spiece_model"},
+        sd.check_keys(expected, {k: s for k, (s, _) in saved.items()
+                                 if k not in ("spiece_model", _ARCHITECTURE)},
                       f"umT5 checkpoint {path}")
+        _check_recorded(path, saved, config)
         flat = _restore(path, {k: saved[k][1] for k in expected})
         params = {k[len("params/"):]: v for k, v in flat.items()}
     else:
@@ -251,7 +274,9 @@ def convert_checkpoint(src: str, dst: str, config: ml_collections.ConfigDict, *,
     state, umt5_config = read_upstream(src)
     params = read_umt5(state, umt5_config, source=src)
     tree = {"params": traverse_util.unflatten_dict(params, sep="/"),
-            "spiece_model": np.frombuffer(spiece, np.uint8)}
+            "spiece_model": np.frombuffer(spiece, np.uint8),
+            _ARCHITECTURE: np.frombuffer(json.dumps(_architecture(umt5_config)).encode(),
+                                         np.uint8)}
     store.save_tree(tree, dst, overwrite=overwrite)
     logging.info("wrote %d umT5 arrays (%d parameters) and the tokenizer from %s to %s",
                  len(params), sum(v.size for v in params.values()), src, dst)

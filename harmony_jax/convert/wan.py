@@ -14,6 +14,7 @@ its layers. Converted checkpoints store exactly that tree.
 from __future__ import annotations
 
 import math
+import pathlib
 import re
 from typing import Any, Mapping
 
@@ -25,7 +26,7 @@ from absl import logging
 from flax import traverse_util
 
 from harmony_jax.convert import state_dict as sd
-from harmony_jax.convert import store
+from harmony_jax.convert import store, upstream
 from harmony_jax.model import HarmonyDiT, ModelConfig
 from harmony_jax.model.inputs import example_inputs
 
@@ -264,10 +265,64 @@ def export_wan(params: Params, cfg: ModelConfig, layout: str) -> dict[str, np.nd
 def abstract_dit(cfg: ModelConfig) -> Params:
     """Shapes and dtypes of params['dit'] for `cfg`, computed without allocating them."""
     pt, ph, pw = cfg.video.patch
+    # one token of everything: no parameter shape depends on a length, and one token fits any
+    # model.transcript.max_len and model.video.text_pad_to
     inputs = example_inputs(cfg, batch=1, video_frames=pt, height=ph, width=pw, audio_frames=1,
-                            audio_rate=1.0, abstract=True)
+                            audio_rate=1.0, text_len=1, transcript_len=1, abstract=True)
     boxed = jax.eval_shape(HarmonyDiT(cfg).init, jax.random.key(0), *inputs)["params"]
     return nn.meta.unbox(boxed)
+
+
+def _config_fields(cfg: ModelConfig, class_name: str) -> dict[str, tuple[Any, str]]:
+    """{config.json field: (the value `cfg` implies, where that value comes from)} for a Wan
+    transformer's config.json: diffusers' `WanTransformer3DModel` or the original `WanModel`."""
+    v = cfg.video
+    fixed = "this video tower (fixed)"
+    if class_name == "WanTransformer3DModel":
+        return {
+            "num_layers": (cfg.depth, "model.depth"),
+            "num_attention_heads": (v.heads, "model.video.heads"),
+            "attention_head_dim": (v.head_dim, "model.video.dim / model.video.heads"),
+            "ffn_dim": (v.ffn_dim, "model.video.ffn_dim"),
+            "in_channels": (v.in_channels, "model.video.in_channels"),
+            "out_channels": (v.in_channels, "model.video.in_channels"),
+            "patch_size": (list(v.patch), "model.video.patch"),
+            "text_dim": (cfg.text_dim, "model.text_dim"),
+            "freq_dim": (cfg.freq_dim, "model.freq_dim"),
+            "eps": (cfg.eps, "model.eps"),
+            "cross_attn_norm": (True, fixed),
+            "qk_norm": ("rms_norm_across_heads", fixed),
+            "image_dim": (None, fixed),
+            "added_kv_proj_dim": (None, fixed)}
+    return {  # WanModel: text_len is the length it zero-pads the caption to and attends
+        "num_layers": (cfg.depth, "model.depth"), "num_heads": (v.heads, "model.video.heads"),
+        "dim": (v.dim, "model.video.dim"), "ffn_dim": (v.ffn_dim, "model.video.ffn_dim"),
+        "in_dim": (v.in_channels, "model.video.in_channels"),
+        "out_dim": (v.in_channels, "model.video.in_channels"),
+        "patch_size": (list(v.patch), "model.video.patch"),
+        "text_dim": (cfg.text_dim, "model.text_dim"), "freq_dim": (cfg.freq_dim, "model.freq_dim"),
+        "eps": (cfg.eps, "model.eps"), "text_len": (v.text_pad_to, "model.video.text_pad_to")}
+
+
+def check_source_config(src: str, cfg: ModelConfig) -> None:
+    """Refuses, in one line naming both values of each field, a model config that disagrees
+    with the Wan transformer config.json beside the source's weights (`transformer/` of a
+    pipeline, the folder itself, or a file's folder). Shapes alone cannot show a different eps
+    or caption length; a source without a Wan config.json is checked by its shapes only."""
+    path = pathlib.Path(src)
+    folder = (path / "transformer" if (path / "transformer").is_dir()
+              else path if path.is_dir() else path.parent)
+    found = upstream.read_config(folder)
+    name = (found or {}).get("_class_name")
+    if name not in ("WanTransformer3DModel", "WanModel"):
+        return
+    wrong = []
+    for field, (ours, where) in _config_fields(cfg, name).items():
+        theirs = found.get(field, ours)
+        if (list(theirs) if isinstance(theirs, (list, tuple)) else theirs) != ours:
+            wrong.append(f"{field}={theirs!r} but --config has {where}={ours!r}")
+    if wrong:
+        raise ValueError(f"{folder / 'config.json'} ({name}): {'; '.join(wrong)}")
 
 
 def convert_checkpoint(src: str, dst: str, config: ml_collections.ConfigDict, *,
@@ -278,6 +333,7 @@ def convert_checkpoint(src: str, dst: str, config: ml_collections.ConfigDict, *,
     store.check_destination(dst, overwrite)  # refuse before the long part
     # The latent rate changes no parameter shape.
     cfg = ModelConfig.from_config(config.model, video_latent_rate=1.0)
+    check_source_config(src, cfg)
     state = sd.read_safetensors(src, subfolder="transformer")
     tower = read_wan(state, tower_spec(abstract_dit(cfg)), cfg.video.patch, source=src)
     store.save_tree(traverse_util.unflatten_dict(tower, sep="/"), dst, overwrite=overwrite)

@@ -3,9 +3,11 @@
 Determinism: the pipeline is a random-access `MapDataset` up to the batch, so the batch at step k
 is a pure function of (seed, k): resuming at `start_step` slices the batched dataset, and worker
 processes receive whole batches round-robin, so neither restarts nor `num_workers` change what a
-step sees. Sharding happens after shuffling and repeating: process p takes elements p, p + P, ...
-of one global stream, so the union of the processes' batches at step k is the global batch at
-step k whatever the process count.
+step sees. Sharding happens after shuffling and repeating, by rows: the global batch at step k is
+elements kB .. kB + B - 1 of one stream, and a process whose devices hold rows [jb, (j + 1)b)
+of it (block j of B / b, `parallel.sharding.process_rows`) loads exactly those elements, so the
+processes' shards are disjoint and, laid side by side, are the single-process batch row for row
+whatever the process count.
 """
 
 from __future__ import annotations
@@ -76,27 +78,26 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
 
 
 def make_train_dataset(source, config: ml_collections.ConfigDict, text_encoder: TextEncoder, *,
-                       seed: int, start_step: int = 0, process_index: int = 0,
-                       process_count: int = 1,
+                       seed: int, start_step: int = 0, block: int = 0, blocks: int = 1,
                        transcript_tokenizer: TranscriptTokenizer | None = None
                        ) -> grain.IterDataset:
-    """Batches of this process's share of `config.batch_size`, from step `start_step` on.
+    """Batches of rows block `block` of `blocks` of every global batch of `config.batch_size`
+    (this process's share), from step `start_step` on.
 
     Transcripts become byte ids unless a `transcript_tokenizer` (e.g. F5's vocabulary) is given.
     """
     transcript_tokenizer = transcript_tokenizer or TranscriptTokenizer(
         config.model.transcript.max_len)
-    if config.batch_size % process_count:
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
-                         f"process count {process_count}")
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} outside [0, {process_count})")
-    batch = config.batch_size // process_count
+    if config.batch_size % blocks:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible into "
+                         f"{blocks} blocks of rows (one per process)")
+    if not 0 <= block < blocks:
+        raise ValueError(f"block={block} outside [0, {blocks})")
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()  # new order each epoch
-    ds = ds[process_index::process_count]
     if not getattr(source, "prepared", False):  # latent records come tokenised
         ds = ds.map(PrepareExample(text_encoder, transcript_tokenizer))
-    ds = ds.batch(batch, drop_remainder=True)[start_step:]
+    # Lazy: a process reads only the elements of its own blocks.
+    ds = ds.batch(config.batch_size // blocks, drop_remainder=True)[block::blocks][start_step:]
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
                                               prefetch_buffer_size=READ_THREADS))
     if config.data.num_workers > 0:
@@ -108,16 +109,17 @@ def make_train_dataset(source, config: ml_collections.ConfigDict, text_encoder: 
 
 
 def make_train_iterator(config: ml_collections.ConfigDict, text_encoder: TextEncoder, *,
-                        seed: int, start_step: int = 0, process_index: int | None = None,
-                        process_count: int | None = None,
+                        seed: int, start_step: int = 0, block: int | None = None,
+                        blocks: int | None = None,
                         transcript_tokenizer: TranscriptTokenizer | None = None
                         ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite iterator of per-process numpy batches from `make_source(config)`:
     video [b, F, H, W, 3], audio [b, S], {video,audio}_text_{ids,mask} [b, L], transcript_ids
-    [b, Lc], with b = config.batch_size / process_count. Processes default to JAX's."""
+    [b, Lc], with b = config.batch_size / blocks. The block defaults to the process's index
+    among JAX's processes (a mesh whose batch axes span them in order)."""
     ds = make_train_dataset(
         make_source(config), config, text_encoder, seed=seed, start_step=start_step,
-        process_index=jax.process_index() if process_index is None else process_index,
-        process_count=jax.process_count() if process_count is None else process_count,
+        block=jax.process_index() if block is None else block,
+        blocks=jax.process_count() if blocks is None else blocks,
         transcript_tokenizer=transcript_tokenizer)
     return iter(ds)

@@ -23,6 +23,10 @@ from harmony_jax.data.sounding_shapes import BACKGROUND, PALETTE
 _ONSET_WINDOW = 0.016  # s, RMS window on either side of a candidate onset
 _ONSET_HOP = 0.002  # s
 _ENVELOPE_RATE = 100.0  # Hz, common rate of the video and audio envelopes in `av_offset`
+_MOTION_FLOOR = 2e-3  # RMS second difference (pixel values in [0, 1]) a motion event reaches
+_PEAK_HALF_WIDTH = 0.1  # s around the correlation's peak that is not sidelobe
+_CHUNK = 64  # frames `motion_change` blurs at a time
+_MIN_PSR = 2.0  # peak-to-sidelobe ratio below which the correlation has no peak
 
 
 def _to_unit(video: np.ndarray) -> np.ndarray:
@@ -193,27 +197,35 @@ def motion_change(video: np.ndarray, max_side: int = 64) -> np.ndarray:
     to at most `max_side` pixels on the short side, which keeps large videos cheap. RMS rather
     than mean |.| favours a localised change over diffuse noise of generated frames.
     """
-    frames = _to_unit(video)  # [F, H, W, 3]
-    if len(frames) < 3:
-        raise ValueError(f"motion change needs at least 3 frames, got video shape {frames.shape}")
-    factor = max(1, min(frames.shape[1:3]) // max_side)
-    if factor > 1:
-        f, h, w, c = frames.shape
-        frames = frames[:, :h - h % factor, :w - w % factor].reshape(
-            f, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
-    sigma = min(frames.shape[1:3]) / 6.0
-    frames = scipy.ndimage.gaussian_filter(frames, (0, sigma, sigma, 0))
-    return np.sqrt(np.mean((frames[2:] - 2 * frames[1:-1] + frames[:-2])**2, axis=(1, 2, 3)))
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"video must be [F, H, W, 3] in [-1, 1], got shape {video.shape}")
+    if len(video) < 3:
+        raise ValueError(f"motion change needs at least 3 frames, got video shape {video.shape}")
+    factor = max(1, min(video.shape[1:3]) // max_side)
+    h, w = video.shape[1] - video.shape[1] % factor, video.shape[2] - video.shape[2] % factor
+    sigma = min(h, w) // factor / 6.0
+
+    def blurred(frames: np.ndarray) -> np.ndarray:  # [f, H, W, 3] -> [f, h, w, 3] float64
+        frames = _to_unit(frames[:, :h, :w])
+        if factor > 1:
+            frames = frames.reshape(len(frames), h // factor, factor, w // factor, factor,
+                                    3).mean(axis=(2, 4))
+        return scipy.ndimage.gaussian_filter(frames, (0, sigma, sigma, 0))
+
+    # the blur is per frame: blurring _CHUNK frames (+ 2 shared) at a time is exact, and holds
+    # only those in float64 however long the clip
+    out = []
+    for start in range(0, len(video) - 2, _CHUNK):
+        frames = blurred(video[start:start + _CHUNK + 2])
+        out.append(np.sqrt(np.mean((frames[2:] - 2 * frames[1:-1] + frames[:-2])**2,
+                                   axis=(1, 2, 3))))
+    return np.concatenate(out)
 
 
-def av_offset(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
-              max_lag: float = 1.0) -> float:
-    """Audio-video offset (seconds) of any clip; positive = audio late (sounds after the motion).
-
-    The video motion-change envelope and the audio onset-strength envelope, both on a 100 Hz grid
-    and smoothed to video-frame resolution, are cross-correlated (zero outside each envelope, so
-    short overlaps at large lags are not favoured); the best lag within +/- `max_lag` wins.
-    """
+def _correlation(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
+                 max_lag: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lags in grid steps [L], scores [L]): the cross-correlation `av_offset` maximises."""
     rate = _ENVELOPE_RATE
     duration = len(audio) / sample_rate
     grid = np.arange(int(np.ceil(duration * rate))) / rate
@@ -228,7 +240,57 @@ def av_offset(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int
     lags = np.arange(-int(max_lag * rate), int(max_lag * rate) + 1)
     scores = [np.dot(v[max(0, -lag):len(v) - max(0, lag)], a[max(0, lag):len(a) - max(0, -lag)])
               for lag in lags]
-    return float(lags[int(np.argmax(scores))] / rate)
+    return lags, np.asarray(scores, np.float64)
+
+
+def av_offset(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
+              max_lag: float = 1.0) -> float:
+    """Audio-video offset (seconds) of any clip; positive = audio late (sounds after the motion).
+
+    The video motion-change envelope and the audio onset-strength envelope, both on a 100 Hz grid
+    and smoothed to video-frame resolution, are cross-correlated (zero outside each envelope, so
+    short overlaps at large lags are not favoured); the best lag within +/- `max_lag` wins.
+    """
+    lags, scores = _correlation(video, fps, audio, sample_rate, max_lag)
+    return float(lags[int(np.argmax(scores))] / _ENVELOPE_RATE)
+
+
+def motion_events(video: np.ndarray, fps: float, threshold: float = 0.2, min_gap: float = 0.1,
+                  floor: float = _MOTION_FLOOR) -> np.ndarray:
+    """Times (s, at frame k / fps) of changes of motion: peaks of `motion_change` that reach
+    `floor` (a static clip's coding noise stays far below it) and stand out from their
+    surroundings by `threshold` x the largest (steady motion's ripple does not)."""
+    motion = motion_change(video)  # [F - 2], frames 1 .. F - 2
+    if motion.max() < floor:
+        return np.zeros(0)
+    # zero-padded, so a change at the first or last analysed frame counts as a peak
+    peaks, _ = scipy.signal.find_peaks(np.pad(motion, 1), height=floor,
+                                       prominence=threshold * motion.max(),
+                                       distance=max(1, int(round(min_gap * fps))))
+    return peaks / fps  # padded index k = frame k
+
+
+def offset_evidence(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
+                    max_lag: float = 1.0) -> dict[str, float]:
+    """`av_offset` with the evidence behind it: av_offset_ms (nan when there is no evidence),
+    peak_to_sidelobe (the correlation's peak over the rest, (peak - mean) / std of the lags more
+    than `_PEAK_HALF_WIDTH` from it), motion_events and onset_events (counts).
+
+    A clip without a change of motion (static video) or without an onset (silence, a steady
+    tone), or whose correlation has no peak standing `_MIN_PSR` above its sidelobes, has no sync
+    evidence: the best lag of a flat correlation is an edge of the search range, not a
+    measurement."""
+    moves = motion_events(video, fps)
+    onsets = detect_onsets(audio, sample_rate)
+    lags, scores = _correlation(video, fps, audio, sample_rate, max_lag)
+    best = int(np.argmax(scores))
+    sidelobes = scores[np.abs(lags - lags[best]) > _PEAK_HALF_WIDTH * _ENVELOPE_RATE]
+    spread = sidelobes.std() if len(sidelobes) > 1 else 0.0
+    psr = float((scores[best] - sidelobes.mean()) / spread) if spread > 0 else 0.0
+    found = len(moves) > 0 and len(onsets) > 0 and psr >= _MIN_PSR
+    return {"av_offset_ms": 1000.0 * float(lags[best] / _ENVELOPE_RATE) if found else float("nan"),
+            "peak_to_sidelobe": psr, "motion_events": float(len(moves)),
+            "onset_events": float(len(onsets))}
 
 
 def clip_sync_metrics(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,

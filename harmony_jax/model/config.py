@@ -29,6 +29,10 @@ class TowerConfig:
 @dataclasses.dataclass(frozen=True)
 class VideoTowerConfig(TowerConfig):
     patch: tuple[int, int, int] = (1, 2, 2)
+    # 0: padded caption tokens are masked out of the text cross-attention. N > 0: Wan2.2's
+    # padding (N = 512): the caption's real-token states are zero-padded to N tokens and all N
+    # are attended, unmasked, so an imported Wan tower computes what upstream computes.
+    text_pad_to: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,9 @@ class ModelConfig:
         _check("model.interaction.mode", self.interaction.mode, _INTERACTIONS)
         _check("model.remat", self.remat, _REMAT)
         _check("model.attention", self.attention, _ATTENTION)
+        if self.video.text_pad_to < 0:
+            raise ValueError(f"model.video.text_pad_to={self.video.text_pad_to} must be >= 0 "
+                             f"(0: mask padded caption tokens)")
         for name, tower in (("video", self.video), ("audio", self.audio)):
             if tower.dim % tower.heads:
                 raise ValueError(f"model.{name}.dim={tower.dim} is not divisible by "
@@ -90,7 +97,8 @@ class ModelConfig:
             video=VideoTowerConfig(dim=int(m.video.dim), heads=int(m.video.heads),
                                    ffn_dim=int(m.video.ffn_dim),
                                    in_channels=int(m.video.in_channels),
-                                   patch=tuple(int(p) for p in m.video.patch)),
+                                   patch=tuple(int(p) for p in m.video.patch),
+                                   text_pad_to=int(m.video.get("text_pad_to", 0))),
             audio=TowerConfig(dim=int(m.audio.dim), heads=int(m.audio.heads),
                               ffn_dim=int(m.audio.ffn_dim), in_channels=int(m.audio.in_channels)),
             transcript=TranscriptConfig(**{k: int(v) for k, v in m.transcript.items()}),

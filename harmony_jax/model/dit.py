@@ -6,6 +6,8 @@ Calling convention (the denoiser contract of `conditioning.py`):
 
 from __future__ import annotations
 
+from typing import Optional
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -34,8 +36,8 @@ class LayerInputs:
 
     mod_v: jax.Array  # [B, Tv, 6, Dv]
     mod_a: jax.Array  # [B, Tr + Ta, 6, Da]
-    ctx_v: jax.Array  # [B, Lt, Dv]
-    ctx_v_mask: jax.Array  # [B, Lt]
+    ctx_v: jax.Array  # [B, Lt, Dv] (Lt = model.video.text_pad_to when that is set)
+    ctx_v_mask: Optional[jax.Array]  # [B, Lt]; None: every token attended (Wan's padding)
     ctx_a: jax.Array  # [B, Ls + Lc, Da]
     ctx_a_mask: jax.Array  # [B, Ls + Lc]
     angles_v: jax.Array  # [Lv, Hd_v/2] 3D RoPE of the video self-attention
@@ -82,8 +84,9 @@ class HarmonyDiT(nn.Module):
             x_v.astype(cfg.dtype))  # [B, Lv, Dv]
         temb_v, mod_v = TimeEmbedding(cfg.video.dim, cfg.freq_dim, name="video_time",
                                       param_dtype=cfg.param_dtype)(t_video[:, ::pt])
+        video_text, video_text_mask = _video_context(cfg, cond)
         ctx_v = MLP(cfg.video.dim, cfg.video.dim, gelu_tanh, axes=("text_embed", "mlp"),
-                    name="video_text_embedder", **kw)(cond.video_text.astype(cfg.dtype))
+                    name="video_text_embedder", **kw)(video_text.astype(cfg.dtype))
 
         # ---- audio tower inputs: reference-voice tokens first, at timestep 0
         audio_in = dense(cfg.audio.dim, ("channels", "embed"), name="audio_in", **kw)
@@ -104,7 +107,7 @@ class HarmonyDiT(nn.Module):
         ctx_a_mask = jnp.concatenate([cond.audio_text_mask, cond.transcript > 0], axis=1)
 
         inputs = LayerInputs(
-            mod_v=mod_v, mod_a=mod_a, ctx_v=ctx_v, ctx_v_mask=cond.video_text_mask,
+            mod_v=mod_v, mod_a=mod_a, ctx_v=ctx_v, ctx_v_mask=video_text_mask,
             ctx_a=ctx_a, ctx_a_mask=ctx_a_mask,
             angles_v=jnp.asarray(video_grid_angles(tv, hv, wv, cfg.video.head_dim)),
             angles_a=sequence_angles(jnp.arange(-num_ref, audio.shape[1], dtype=jnp.float32),
@@ -155,6 +158,24 @@ class HarmonyDiT(nn.Module):
             raise ValueError(f"timesteps must be per latent frame: t_video {t_video.shape} vs "
                              f"video {video.shape[:2]}, t_audio {t_audio.shape} vs "
                              f"audio {audio.shape[:2]}")
+
+
+def _video_context(cfg: ModelConfig, cond: Conditioning
+                   ) -> tuple[jax.Array, Optional[jax.Array]]:
+    """(caption states, key mask) of the video tower's text cross-attention.
+
+    With `model.video.text_pad_to` = N, Wan2.2's: the real-token states zero-padded to N tokens,
+    no mask (upstream pads umT5's output to 512 with zeros and attends to all of them; the pads
+    reach attention as the text embedder's image of zero). Otherwise the states and their mask."""
+    n = cfg.video.text_pad_to
+    if not n:
+        return cond.video_text, cond.video_text_mask
+    b, length, _ = cond.video_text.shape  # [B, Lt, Dt]
+    if length > n:
+        raise ValueError(f"the video caption has {length} tokens (codecs.text.max_len) but "
+                         f"model.video.text_pad_to={n}")
+    text = jnp.where(cond.video_text_mask[..., None], cond.video_text, 0.0)
+    return jnp.pad(text, ((0, 0), (0, n - length), (0, 0))), None  # [B, N, Dt]
 
 
 def num_params(tree) -> int:

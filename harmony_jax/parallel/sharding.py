@@ -56,3 +56,19 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def process_rows(sharding: NamedSharding, batch_size: int) -> tuple[int, int]:
+    """(block, blocks): this process feeds rows [block * b, (block + 1) * b) of every global
+    batch, b = batch_size / blocks, the rows its devices hold under `sharding`. Processes that
+    share a block (a mesh axis crossing hosts that the batch is not split over, e.g. `sequence`)
+    load the same rows."""
+    rows = sorted({index[0].indices(batch_size)[:2]
+                   for index in sharding.addressable_devices_indices_map((batch_size,)).values()})
+    start, stop = rows[0][0], rows[-1][1]
+    size = stop - start
+    if any(a[1] != b[0] for a, b in zip(rows, rows[1:])) or batch_size % size or start % size:
+        raise ValueError(f"this process's devices hold rows {rows} of the batch of {batch_size}:"
+                         f" not one contiguous block (the mesh's devices are not grouped by "
+                         f"process)")
+    return start // size, batch_size // size

@@ -15,6 +15,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from harmony_jax.config_diff import first_difference, without
+
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's parameters do not have the shapes the config's model has."""
@@ -61,15 +63,45 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                  enable_async_checkpointing=async_save),
-            item_names=("state", "config"))
+            item_names=("state", "config", "run"))
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
 
+    def complete_steps(self) -> list[int]:
+        """Steps fully on disk, read from the directory (orbax renames a step into place only
+        once every process has written it), without asking the other processes."""
+        if not self.directory.exists():
+            return []
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+
     def save(self, step: int, state: Any, config: ml_collections.ConfigDict) -> None:
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            config=ocp.args.JsonSave(json.loads(config.to_json()))))
+            config=ocp.args.JsonSave(json.loads(config.to_json())),
+            run=ocp.args.JsonSave(run_layout())))
+
+    def check_resumable(self, step: int, config: ml_collections.ConfigDict) -> None:
+        """Raises CheckpointMismatchError when this run is not the one that wrote `step`: another
+        process count, or another value of a key that changes what is computed (keys that only
+        say how often to log, save or sample, where data and caches live, or how long to train
+        may change on a resume)."""
+        where = self.directory / str(step)
+        run_file = where / "run" / "metadata"
+        if run_file.exists():  # written since multi-process runs are checked
+            saved = json.loads(run_file.read_text())
+            if saved["process_count"] != jax.process_count():
+                raise CheckpointMismatchError(
+                    f"{where} was written by a run of {saved['process_count']} processes; this "
+                    f"one has {jax.process_count()}: restart it with {saved['process_count']}")
+        saved_config = json.loads((where / "config" / "metadata").read_text())
+        difference = first_difference(without(saved_config, RESUMABLE_CHANGES),
+                                      without(json.loads(config.to_json()), RESUMABLE_CHANGES))
+        if difference is not None:
+            key, then, now = difference
+            raise CheckpointMismatchError(
+                f"{where} was written with {key}={then!r}; this run has {key}={now!r}: resume "
+                f"with the run's own config (saved in config.json) or use another --workdir")
 
     def check_params(self, step: int, params: Any) -> None:
         """Raises CheckpointMismatchError if step's parameters do not fit `params`' shapes."""
@@ -89,6 +121,18 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+# Config keys a resumed run may change: when to log, save and sample, where data and caches
+# live, the length of the run, how processes wait for each other, the (re)layout on devices.
+RESUMABLE_CHANGES = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every",
+                     "sample_every", "num_sample_clips", "compile_cache_dir", "data.root",
+                     "data.num_workers", "distributed", "init", "sample", "mesh", "axis_rules")
+
+
+def run_layout() -> dict[str, int]:
+    """What a checkpoint records of the processes that wrote it."""
+    return dict(process_count=jax.process_count(), device_count=jax.device_count())
 
 
 def read_config(path: str) -> tuple[ml_collections.ConfigDict, Optional[epath.Path]]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -21,7 +22,7 @@ from harmony_jax.data.pipeline import make_source, make_train_iterator
 from harmony_jax.media import write_av
 from harmony_jax.parallel import distributed
 from harmony_jax.parallel.mesh import make_mesh
-from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
+from harmony_jax.parallel.sharding import axis_rules, batch_sharding, process_rows, replicated
 from harmony_jax.system import System, build_system, latent_inputs
 from harmony_jax.training.checkpoint import Checkpointer, write_config
 from harmony_jax.training.preemption import PreemptionWatch
@@ -38,6 +39,11 @@ def _nonfinite_message(step: int, metrics: dict[str, float]) -> str:
     what = bad[0] if bad else "a gradient (loss terms are finite)"
     return (f"step {step}: non-finite {what} ({', '.join(bad) or 'grad'}); the update was not "
             f"applied and the last checkpoint is intact (config.optim.on_nonfinite='halt')")
+
+
+class PeerLostError(RuntimeError):
+    """Another process of a multi-process run stopped (killed, crashed, its host gone) while
+    this one waited on it; the last complete checkpoint is intact."""
 
 
 class WorkdirError(OSError):
@@ -114,7 +120,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # ---- workdir, processes, mesh
     enable_compile_cache(config.compile_cache_dir)
     _check_workdir(workdir)
-    distributed.maybe_initialize()
+    distributed.maybe_initialize(config.distributed)
+    distributed.check_same_config(config, config.distributed.barrier_timeout_s)
     mesh = make_mesh(config.mesh)
     rules = axis_rules(config)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -122,6 +129,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
                          f"{batch_shards} batch shards of the mesh (mesh.data x mesh.fsdp)")
     logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is not None:  # another run's checkpoint is refused before anything is built
+        checkpointer.check_resumable(latest, config)
 
     # ---- system, parameters (born sharded), optimizer
     system = build_system(config)  # the real codecs: sampling decodes (and encodes) with them
@@ -129,8 +140,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if config.data.source == "latents":  # `harmony_jax.encode` output: the encoders never run
         train_system = latent_inputs(system, make_source(config).empty_prompt())
         logging.info(unloaded_message(config))
-    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    latest = checkpointer.latest_step()
 
     def imported(params):  # a fresh run starts from the imported parts; a resumed one from its own
         if latest is None and config.init.video_from:
@@ -151,16 +160,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if jax.process_index() == 0:
         write_config(workdir, config)
 
-    # ---- data: batch k is a pure function of (seed, k), so resuming replays nothing
+    # ---- data: batch k is a pure function of (seed, k), so resuming replays nothing; each
+    # process loads the rows of it that its devices hold
     data_sharding = batch_sharding(mesh)
-    batches = make_train_iterator(config, train_system.text_encoder, seed=config.seed,
-                                  start_step=start,
-                                  transcript_tokenizer=system.transcript_tokenizer)
+    block, blocks = process_rows(data_sharding, config.batch_size)
+    batches = (_global_batch(b, data_sharding) for b in make_train_iterator(
+        config, train_system.text_encoder, seed=config.seed, start_step=start, block=block,
+        blocks=blocks, transcript_tokenizer=system.transcript_tokenizer))
 
-    # ---- the jitted step
+    # ---- the jitted step, compiled before the first step; processes then start it together
+    # (their compiles may end minutes apart, a first collective waits 30 s)
     train_step = jax.jit(make_train_step(train_system, tx, config),
                          in_shardings=(state_shardings, data_sharding),
                          out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+    if start < config.total_steps:
+        first = next(batches)
+        train_step = train_step.lower(state, first).compile()
+        batches = itertools.chain([first], batches)
+        distributed.barrier("harmony_train_step_compiled", config.distributed.barrier_timeout_s)
 
     writer = None
     if jax.process_index() == 0:
@@ -173,11 +190,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                          f"expected 'skip' or 'halt'")
     halt_on_nonfinite = config.optim.on_nonfinite == "halt"
     preemption = PreemptionWatch()
-    t_last, steps_since = time.time(), 0
+    t_last, steps_since, done, peer_lost = time.time(), 0, start, False
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             for step in range(start, config.total_steps):
-                state, metrics = train_step(state, _global_batch(next(batches), data_sharding))
+                state, metrics = train_step(state, next(batches))
                 steps_since += 1
                 done = step + 1
                 log_now = done % config.log_every == 0 or done == config.total_steps
@@ -201,10 +218,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                             or done == config.total_steps):
                     paths = write_samples(system, state.sampling_params, done, workdir)
                     logging.info("samples: %s", paths)
+    except jax.errors.JaxRuntimeError as e:  # on several processes: a peer is gone
+        if jax.process_count() == 1:
+            raise
+        peer_lost = True
+        saved = checkpointer.complete_steps()
+        raise PeerLostError(
+            f"process {jax.process_index()} of {jax.process_count()}: another process stopped "
+            f"during step {done + 1} ({str(e).splitlines()[0][:160]}); the last complete "
+            f"checkpoint is {f'step {saved[-1]}' if saved else 'none'}: restart every process "
+            f"with the same command to resume") from None
     finally:  # also on a halt: pending async saves finish, the SIGTERM handler is restored
         preemption.close()
-        checkpointer.wait()
-        checkpointer.close()
+        if not peer_lost:  # an async save cannot finish without its peers; orbax drops it
+            checkpointer.wait()
+            checkpointer.close()
         if writer is not None:
             writer.close()
     return state

@@ -3,6 +3,7 @@ our importer from the upstream layouts the tests write from the reference (a dif
 pipeline folder: sharded `text_encoder/` + `tokenizer/spiece.model`; Wan's original .pth), and
 through `convert umt5`. The tokenizer is a tiny sentencepiece model trained here."""
 
+import dataclasses
 import io
 
 import jax
@@ -137,6 +138,11 @@ def test_convert_round_trip(pipeline_root, tmp_path):
     with pytest.raises(StateDictMismatchError, match="umT5 checkpoint"):  # another architecture
         UMT5TextEncoder(str(dst), max_len=MAX_LEN, config=UMT5Config(
             vocab_size=72, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)).params
+    # eps and max_distance change no shape: the recorded architecture refuses them by name
+    other = dataclasses.replace(TINY, eps=1e-5, max_distance=128)
+    with pytest.raises(ValueError, match=r"relative_attention_max_distance=20 but the text "
+                       r"encoder has 128; layer_norm_epsilon=1e-06 but the text encoder has 1e-05"):
+        UMT5TextEncoder(str(dst), max_len=MAX_LEN, config=other).params
 
 
 def test_mismatches_are_named(reference, pipeline_root):

@@ -2,6 +2,7 @@
 TI2V-style: per-token timesteps, first latent frame at t=0), loaded through our importer from
 checkpoint files in the diffusers layout (sharded, with an index) and the original Wan layout."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 from harmony_jax.convert.state_dict import read_safetensors
-from harmony_jax.convert.wan import (abstract_dit, export_wan, import_wan, tower_spec,
-                                     upstream_shapes)
+from harmony_jax.convert.wan import (abstract_dit, check_source_config, export_wan, import_wan,
+                                     tower_spec, upstream_shapes)
 from harmony_jax.model import HarmonyDiT, ModelConfig
 from harmony_jax.model.config import (InteractionConfig, TowerConfig, TranscriptConfig,
                                       VideoTowerConfig)
@@ -69,16 +70,21 @@ def ours():
                                                        t_audio, cond)["params"])}
     apply = jax.jit(lambda p: model.apply({"params": p["dit"]}, video, audio, t_video, t_audio,
                                           cond)[0])
-    return cfg, params, apply, (video, cond)
+    # the video output of a model of config c for conditioning k
+    run = lambda c, p, k: HarmonyDiT(c).apply({"params": p["dit"]}, video, audio, t_video,
+                                              t_audio, k)[0]
+    return cfg, params, apply, (video, cond), run
 
 
-def reference_output(model, video, cond) -> np.ndarray:
-    """diffusers' prediction as [B, Tv, H, W, C], timesteps expanded from frames to tokens."""
+def reference_output(model, video, cond_or_text) -> np.ndarray:
+    """diffusers' prediction as [B, Tv, H, W, C], timesteps expanded from frames to tokens;
+    the text states are a conditioning's, unmasked, or given [B, L, Dt]."""
+    text = getattr(cond_or_text, "video_text", cond_or_text)
     tokens_per_frame = (HEIGHT // 2) * (WIDTH // 2)
     with torch.no_grad():
         out = model(hidden_states=torch.from_numpy(np.array(video).transpose(0, 4, 1, 2, 3)),
                     timestep=torch.from_numpy(np.repeat(T_VIDEO, tokens_per_frame, axis=1)),
-                    encoder_hidden_states=torch.from_numpy(np.array(cond.video_text)),
+                    encoder_hidden_states=torch.from_numpy(np.array(text)),
                     return_dict=False)[0]
     return out.numpy().transpose(0, 2, 3, 4, 1)
 
@@ -88,7 +94,7 @@ def rel_err(a, b) -> float:
 
 
 def test_diffusers_layout_sharded_parity(reference, ours, tmp_path):
-    cfg, init, apply, (video, cond) = ours
+    cfg, init, apply, (video, cond), _ = ours
     reference.save_pretrained(tmp_path / "transformer", max_shard_size="150KB")  # pipeline root
     index = json.loads((tmp_path / "transformer" /
                         "diffusion_pytorch_model.safetensors.index.json").read_text())
@@ -97,10 +103,13 @@ def test_diffusers_layout_sharded_parity(reference, ours, tmp_path):
     err = rel_err(apply(params), reference_output(reference, video, cond))
     print(f"diffusers layout: max relative error {err:.2e}")
     assert err < TOLERANCE
+    check_source_config(str(tmp_path), cfg)  # the config.json diffusers wrote agrees
+    with pytest.raises(ValueError, match=r"num_layers=2 but --config has model\.depth=3"):
+        check_source_config(str(tmp_path), dataclasses.replace(cfg, depth=3))
 
 
 def test_original_layout_parity(reference, ours, tmp_path):
-    cfg, init, apply, (video, cond) = ours
+    cfg, init, apply, (video, cond), _ = ours
     want = {k: v.numpy() for k, v in reference.state_dict().items()}
     original = export_wan(import_wan(want, init, cfg), cfg, "original")
     # diffusers' own single-file converter reads our original-layout keys back to its model's
@@ -116,6 +125,30 @@ def test_original_layout_parity(reference, ours, tmp_path):
     assert err < TOLERANCE
 
 
+def test_short_prompts_are_padded_as_upstream(reference, ours):
+    """Prompts of 2 and 4 real tokens out of 5 (the rest padding, its states garbage): with
+    `text_pad_to`, our tower computes what diffusers computes for the pipeline's context, the
+    real-token states zero-padded to that length (512 in Wan2.2) and attended unmasked."""
+    cfg, init, _, (video, cond), run = ours
+    params = import_wan({k: v.numpy() for k, v in reference.state_dict().items()}, init, cfg)
+    lengths, pad_to = np.array([2, 4]), 512  # Wan2.2
+    short = cond.replace(video_text_mask=np.arange(5)[None] < lengths[:, None])
+    upstream_text = np.zeros((2, pad_to, TEXT_DIM), np.float32)  # [B, N, Dt], as the pipeline
+    for i, n in enumerate(lengths):
+        upstream_text[i, :n] = np.asarray(cond.video_text)[i, :n]
+    want = reference_output(reference, video, upstream_text)
+    padded = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, text_pad_to=pad_to))
+    err = rel_err(run(padded, params, short), want)
+    masked = rel_err(run(cfg, params, short), want)
+    print(f"short prompts: max relative error {err:.2e} zero-padded to {pad_to} and attended, "
+          f"{masked:.2e} masked")
+    assert err < TOLERANCE
+    assert masked > 100 * TOLERANCE  # what masking the pads computes is not upstream's
+    with pytest.raises(ValueError, match="text_pad_to=4"):
+        run(dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, text_pad_to=4)),
+            params, short)
+
+
 def test_paper_config_matches_the_published_5b_layout():
     """configs/harmony_5b.py's video tower expects exactly the keys and shapes of diffusers'
     Wan2.2-TI2V-5B transformer (built on the meta device: no memory)."""
@@ -127,3 +160,4 @@ def test_paper_config_matches_the_published_5b_layout():
     cfg = ModelConfig.from_config(harmony_5b.get_config().model, video_latent_rate=6.0)
     expected = upstream_shapes(tower_spec(abstract_dit(cfg)), cfg.video.patch, "diffusers")
     assert expected == {k: tuple(v.shape) for k, v in published.state_dict().items()}
+    assert cfg.video.text_pad_to == 512  # Wan2.2's caption padding
