@@ -23,6 +23,7 @@ from harmony_jax.data.latent_records import (MANIFEST_FILE, LatentRecordsError, 
 from harmony_jax.data.pipeline import make_source  # noqa: E402
 from harmony_jax.encode import encode_folder, shards_of  # noqa: E402
 from harmony_jax.media import MediaError, write_av  # noqa: E402
+from harmony_jax.parallel.local_cluster import LocalCluster  # noqa: E402
 from harmony_jax.training import loop  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -171,6 +172,21 @@ def test_two_processes_write_their_shards_and_process_0_the_manifest(encoded, cl
     manifest = encode_folder(_config(), str(clips), str(split), process_index=0, **args)
     assert manifest["num_examples"] == NUM_CLIPS and len(met) == 3
     assert _files(split) == _files(dst)
+
+
+def test_two_real_processes_encode_what_one_does(encoded, clips, tmp_path):
+    """`python -m harmony_jax.encode` as 2 JAX processes over localhost (gloo): each writes its
+    shards, process 0 the manifest after the barrier; every byte as one process wrote it."""
+    dst, _ = encoded
+    pod = tmp_path / "pod"
+    cmd = [sys.executable, "-m", "harmony_jax.encode", f"--config={ROOT}/configs/tiny.py",
+           f"--src={clips}", f"--dst={pod}", "--dtype=float32",
+           f"--records_per_shard={PER_SHARD}"]
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(ROOT))
+    cluster = LocalCluster(cmd, count=2, devices=1, cwd=ROOT, env=env,
+                           log_dir=str(tmp_path / "logs"))
+    assert cluster.wait(timeout=300, grace=30) == [0, 0], cluster.logs
+    assert _files(pod) == _files(dst)
 
 
 def test_bad_clips_are_skipped_as_the_folder_skips_them(clips, tmp_path):
