@@ -10,10 +10,11 @@ process. Otherwise each row runs in a fresh process (`--isolate`), so its peak m
 and an out-of-memory row is reported instead of ending the run. FLOPs are XLA's cost analysis of
 the step with its layers unrolled (a scanned body would be counted once): MFU counts the model's
 FLOPs, HFU adds what the row's remat policy recomputes. Inputs are latents and text embeddings
-(`harmony_jax.plan`'s geometry), parameters float32 in every row. A second table sets each
-kernel's step time and memory against the blockwise row of the same remat and dtype. Off TPU the
-splash rows run the Pallas kernel interpreted (their note says so): a correctness row, not a
-speed one, run with `--quick` or when `--attention` is given, else skipped with a note.
+(`harmony_jax.plan.latent_system`: a run from latent records), parameters float32 in every row.
+A second table sets each kernel's step time and memory against the blockwise row of the same
+remat and dtype. Off TPU the splash rows run the Pallas kernel interpreted (their note says so):
+a correctness row, not a speed one, run with `--quick` or when `--attention` is given, else
+skipped with a note.
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@
 
 The run's configured codecs and text encoder (video VAE posterior mean, audio VAE, a frozen text
 encoder's embeddings, or a trainable one's token ids; transcript ids) run jitted over this
-process's devices, batch-parallel; with several processes (`jax.distributed`), process p writes
-shards p, p + P, ... Record i is item i of the clip folder (`data.skip_bad_files` decides whether
-a bad clip stops the encode or is replaced by the next good one, as training from the folder
-would). Each shard is written under a temporary name and renamed when complete, so a killed
+process's devices, batch-parallel; with several processes (`jax.distributed`), process p of P
+encodes and writes shards p, p + P, ... (`shards_of`), and process 0 writes the manifest once
+all have met at a barrier. Record i is item i of the clip folder (`data.skip_bad_files` decides
+whether a bad clip stops the encode or is replaced by the next good one, as training from the
+folder would). Each shard is written under a temporary name and renamed when complete, so a killed
 encode rerun with the same command redoes only unfinished shards and ends byte-identical to an
 uninterrupted one; `manifest.json`, written last, marks the directory finished.
 """
@@ -20,7 +21,7 @@ import hashlib
 import json
 import os
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import grain
 import jax
@@ -80,7 +81,8 @@ def layout(system: System, folder: ClipFolder, dtype: str, records_per_shard: in
         num_shards=-(-n // records_per_shard))
 
 
-def _check_or_write_layout(dst: str, wanted: dict[str, Any]) -> None:
+def _check_or_write_layout(dst: str, wanted: dict[str, Any], write: bool) -> None:
+    """A layout already in `dst` must be this encode's; else (`write`: process 0) it is written."""
     file = os.path.join(dst, LAYOUT_FILE)
     if os.path.isfile(file):
         with open(file) as f:
@@ -91,8 +93,9 @@ def _check_or_write_layout(dst: str, wanted: dict[str, Any]) -> None:
                 f"{file}: an encode with {key}={recorded.get(key)!r} is in this directory, this "
                 f"one has {wanted.get(key)!r}; finish it with its settings or use another --dst")
         return
-    with atomic_path(file, overwrite=True) as tmp, open(tmp, "w") as f:  # processes agree
-        json.dump(wanted, f, indent=1)
+    if write:
+        with atomic_path(file, overwrite=True) as tmp, open(tmp, "w") as f:
+            json.dump(wanted, f, indent=1)
 
 
 def _done(dst: str, shard: int, num_shards: int) -> bool:
@@ -108,7 +111,7 @@ def _remove_stale_temporaries(dst: str, shards: list[int], num_shards: int) -> N
                 os.unlink(tmp)
 
 
-class _Encoder:
+class BatchEncoder:
     """One jitted program: a batch of media and token ids -> its records' arrays, batch-sharded
     over this process's devices."""
 
@@ -152,7 +155,7 @@ class _Encoder:
         return records
 
 
-def _load(folder: ClipFolder, system: System, index: int) -> dict[str, Any]:
+def load_item(folder: ClipFolder, system: System, index: int) -> dict[str, Any]:
     """Item `index` of the folder, tokenised, with where it came from."""
     used, item = folder.locate(index)
     text = system.text_encoder
@@ -168,7 +171,7 @@ def _load(folder: ClipFolder, system: System, index: int) -> dict[str, Any]:
 
 
 def _items(folder: ClipFolder, system: System, start: int, stop: int) -> Iterator[dict]:
-    ds = grain.MapDataset.range(start, stop).map(lambda i: _load(folder, system, i))
+    ds = grain.MapDataset.range(start, stop).map(lambda i: load_item(folder, system, i))
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
                                                      prefetch_buffer_size=2 * READ_THREADS)))
 
@@ -198,11 +201,25 @@ def _write_empty_prompt(system: System, dst: str) -> None:
             np.save(f, embedding[0, : int(mask[0].sum())])
 
 
+def shards_of(process_index: int, process_count: int, num_shards: int) -> list[int]:
+    """The shards process `process_index` of `process_count` writes: p, p + P, ... Shard s
+    holds records [s k, (s + 1) k) and is named by s alone, so processes never write the same
+    file, and a rerun with any process count redoes exactly the shards not yet complete."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process {process_index} outside [0, {process_count})")
+    return list(range(process_index, num_shards, process_count))
+
+
 def _finish(dst: str, plan: dict[str, Any]) -> dict[str, Any]:
-    """manifest.json from the layout and every shard's sources (deterministic content)."""
+    """manifest.json from the layout and every shard's sources (deterministic content); a
+    shard some process did not complete is named."""
     n = plan["num_shards"]
     examples, skipped, shards = [], 0, []
     for shard in range(n):
+        if not _done(dst, shard, n):
+            raise LatentRecordsError(
+                f"{os.path.join(dst, shard_name(shard, n))}: not written (did the process that "
+                f"encodes shard {shard} stop?); rerun the same encode")
         with open(os.path.join(dst, sources_name(shard, n))) as f:
             sources = json.load(f)
         examples += sources["examples"]
@@ -215,16 +232,29 @@ def _finish(dst: str, plan: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+def _sync_processes() -> None:
+    """Every JAX process has written its shards (a barrier over all devices)."""
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("harmony_jax.encode: shards written")
+
+
 def encode_folder(config: ml_collections.ConfigDict, src: str, dst: str, *,
                   dtype: str = "bfloat16", batch_per_device: int = 1,
-                  records_per_shard: int = 64, progress: bool = True) -> dict[str, Any] | None:
+                  records_per_shard: int = 64, progress: bool = True,
+                  process_index: int | None = None, process_count: int | None = None,
+                  barrier: Callable[[], None] | None = None) -> dict[str, Any] | None:
     """Encodes `src` into `dst` (resuming what is there); returns the manifest once every
-    process's shards are done (None on a process other than 0 of several)."""
+    process's shards are done (None on a process other than 0 of several).
+
+    Processes default to JAX's; with several, each writes `shards_of` its index, then all meet
+    at `barrier` (default: a barrier over every device) and process 0 writes the manifest."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r}: expected one of {DTYPES}")
     if records_per_shard < 1 or batch_per_device < 1:
         raise ValueError(f"--records_per_shard={records_per_shard} and --batch_per_device="
                          f"{batch_per_device} must be >= 1")
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
     system = build_system(config)
     d = config.data
     folder = ClipFolder(src, fps=d.fps, num_frames=d.num_frames, height=d.height,
@@ -232,17 +262,18 @@ def encode_folder(config: ml_collections.ConfigDict, src: str, dst: str, *,
                         skip_bad_files=d.skip_bad_files)
     plan = layout(system, folder, dtype, records_per_shard)
     os.makedirs(dst, exist_ok=True)
-    _check_or_write_layout(dst, plan)
+    _check_or_write_layout(dst, plan, write=index == 0)
     n, k = plan["num_shards"], records_per_shard
-    index, count = jax.process_index(), jax.process_count()
-    mine = [s for s in range(index, n, count)]
+    mine = shards_of(index, count, n)
     todo = [s for s in mine if not _done(dst, s, n)]
     _remove_stale_temporaries(dst, todo, n)
-    _write_empty_prompt(system, dst)
+    if index == 0:
+        _write_empty_prompt(system, dst)
     size = lambda s: min(k, plan["num_examples"] - s * k)
-    logging.info("encoding %d clips of %s into %d shards of %s: %d of this process's %d shards "
-                 "to do", plan["num_examples"], src, n, dst, len(todo), len(mine))
-    encoder = _Encoder(system, dtype, batch_per_device) if todo else None
+    logging.info("encoding %d clips of %s into %d shards of %s: process %d of %d, %d of its %d "
+                 "shards to do", plan["num_examples"], src, n, dst, index, count, len(todo),
+                 len(mine))
+    encoder = BatchEncoder(system, dtype, batch_per_device) if todo else None
     bar = tqdm(total=sum(size(s) for s in mine), initial=sum(size(s) for s in mine
                                                              if s not in todo),
                unit="clips", desc="encode", disable=not progress, file=sys.stderr)
@@ -264,8 +295,7 @@ def encode_folder(config: ml_collections.ConfigDict, src: str, dst: str, *,
                 bar.update(len(pending))
             _write_shard(dst, shard, n, records, dict(examples=examples, bad_clips=bad))
     if count > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("harmony_jax.encode: shards written")
+        (barrier or _sync_processes)()
         if index != 0:
             return None
     return _finish(dst, plan)
@@ -292,7 +322,7 @@ def main(values: dict[str, Any]) -> None:
     config = values.pop("config")
     check_config(config)
     enable_compile_cache(config.compile_cache_dir)
-    distributed.maybe_initialize()
+    distributed.maybe_initialize(config.distributed)
     try:
         manifest = encode_folder(config, **values, progress=jax.process_index() == 0)
     except ValueError as e:  # the clip folder or --dst is at fault (codec errors included)

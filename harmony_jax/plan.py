@@ -11,15 +11,19 @@ a mesh of that many simulated CPU devices. It prints per-device bytes from
 batch, activations/temporaries, and the total, plus the FLOPs of one step.
 
 Inputs (`--inputs`):
-  latents  (default) the step of a run fed precomputed latents and text embeddings: the video and
-           audio "codecs" are the identity on latents of the geometry the configured codecs imply
-           (Wan2.2: stride 4x16x16, first frame alone, 48 channels; MMAudio 16 kHz: 31.25
-           latents/s, 20 channels; umT5: `codecs.text.max_len` x `model.text_dim` embeddings), so
-           no codec weights are needed and the codecs need not be ported yet. For
-           harmony_5b: video [B, 31, 44, 80, 48] (27,280 tokens after the 1x2x2 patch),
-           audio [B, 157, 20] + a 62-latent reference voice, text [B, 512, 4096] x 2.
-  media    the step as `train.py` runs it on raw frames and waveforms (`build_system`): the codec
-           encoders run inside the step. Needs the configured codecs to exist.
+  latents  (default) the step of a run from latent records (`python -m harmony_jax.encode`, then
+           `data.source='latents'`): the system `training.loop` builds for it
+           (`system.latent_inputs`), so latent shapes, rates and frame times are the configured
+           codecs' own and no codec weights are read. For harmony_5b: video [B, 31, 44, 80, 48]
+           (27,280 tokens after the 1x2x2 patch), audio [B, 157, 20] (the step cuts the
+           62-latent reference voice from it), umT5 embeddings [B, 512, 4096] x 2.
+  media    the step as a run from a clip folder takes it (`build_system`): the codec encoders
+           and a frozen text encoder run inside the step, so their weights must be readable at
+           the configured paths.
+
+For a frozen text encoder (umT5) the latent plan adds its weights (bf16, replicated) and the
+total with them resident: a run from latents does not load it, unless to embed the prompts of
+the samples it writes.
 
 Caveats: XLA:CPU's buffer assignment and fusion differ from TPU/GPU, so treat the figures as a
 close estimate. Attention is the configured kernel as it lowers off GPU: 'auto' (harmony_5b) is
@@ -37,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -47,174 +51,49 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from harmony_jax.codecs import interval_centres, make_audio_codec, make_video_codec
-from harmony_jax.codecs.text import TranscriptTokenizer
 from harmony_jax.config_check import check_config
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.errors import ConfigError, FlagError, reported_as_one_line
-from harmony_jax.model import ModelConfig
 from harmony_jax.parallel.mesh import AXES, make_mesh
-from harmony_jax.parallel.sharding import (axis_rules, batch_sharding, logical_shardings,
-                                           replicated)
-from harmony_jax.parallel.state import train_state_shardings
-from harmony_jax.system import System, build_system
-from harmony_jax.training.optim import make_optimizer
-from harmony_jax.training.step import create_train_state, make_train_step
+from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
+from harmony_jax.system import System, build_system, latent_inputs
+from harmony_jax.training.state import make_train_state
+from harmony_jax.training.step import make_train_step
 
 GiB = 1024 ** 3
+FROZEN_TEXT_DTYPE = "bfloat16"  # Wan2.2's umT5-XXL checkpoint (models_t5_umt5-xxl-enc-bf16)
 
 
-# ---- latent-space inputs: codecs reduced to their geometry, encode = identity
-
-@dataclasses.dataclass(frozen=True)
-class CausalVideoGeometry:
-    """Wan2.2 VAE geometry: the first frame is a latent on its own, then `stride[0]` frames per
-    latent; `stride[1:]` pixels per latent cell. A latent's time is its frames' mean time."""
-
-    fps: float
-    stride: tuple[int, int, int] = (4, 16, 16)
-
-    @property
-    def latent_rate(self) -> float:
-        return self.fps / self.stride[0]
-
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-        st, sh, sw = self.stride
-        if (num_frames - 1) % st or height % sh or width % sw:
-            raise ConfigError(f"config.data: {num_frames} frames of {height}x{width} do not fit "
-                             f"the video codec's stride {self.stride} (frames = 1 + {st}k)")
-        return 1 + (num_frames - 1) // st, height // sh, width // sw
-
-    def frame_times(self, num_latent_frames: int) -> np.ndarray:
-        st = self.stride[0]
-        later = (st * np.arange(1, num_latent_frames) - (st - 1) / 2) / self.fps
-        return np.concatenate([[0.0], later])  # [Tv]
-
-
-@dataclasses.dataclass(frozen=True)
-class FramedAudioGeometry:
-    """A waveform codec with one latent per `hop` samples (MMAudio 16 kHz: hop 512)."""
-
-    sample_rate: int
-    hop: int
-
-    @property
-    def latent_rate(self) -> float:
-        return self.sample_rate / self.hop
-
-    def num_latent_frames(self, num_samples: int) -> int:
-        return num_samples // self.hop
-
-    def frame_times(self, num_latent_frames: int) -> np.ndarray:
-        return interval_centres(num_latent_frames, self.latent_rate)
-
-
-def _mmaudio(config: ml_collections.ConfigDict) -> FramedAudioGeometry:
-    if config.data.sample_rate != 16000:
-        raise ConfigError(f"config.data.sample_rate={config.data.sample_rate}: the 'mmaudio' "
-                         "codec is the 16 kHz MMAudio VAE")
-    return FramedAudioGeometry(sample_rate=16000, hop=512)
-
-
-# Published codecs by their geometry alone; any other name is built and its geometry read.
-_VIDEO_GEOMETRY = {"wan2.2": lambda config: CausalVideoGeometry(fps=float(config.data.fps))}
-_AUDIO_GEOMETRY = {"mmaudio": _mmaudio}
-
-
-@dataclasses.dataclass(frozen=True)
-class LatentCodec:
-    """A codec whose inputs already are latents: `geometry`'s shapes and times, identity encode."""
-
-    geometry: Any
-    latent_channels: int
-
-    @property
-    def latent_rate(self) -> float:
-        return self.geometry.latent_rate
-
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-        return self.geometry.latent_shape(num_frames, height, width)
-
-    def num_latent_frames(self, num_samples: int) -> int:
-        return self.geometry.num_latent_frames(num_samples)
-
-    def frame_times(self, num_latent_frames: int) -> np.ndarray:
-        return self.geometry.frame_times(num_latent_frames)
-
-    def encode(self, latents: jax.Array) -> jax.Array:
-        return latents
-
-
-class _Embeddings(nn.Module):
-    """The 'text encoder' of precomputed embeddings: its input already is the output."""
-
-    @nn.compact
-    def __call__(self, embeddings: jax.Array) -> jax.Array:
-        return embeddings
-
-
-@dataclasses.dataclass(frozen=True)
-class PrecomputedText:
-    max_len: int
-    dim: int
-    trainable: bool = False
-    module: nn.Module = dataclasses.field(default_factory=_Embeddings)
-
-    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Zero embeddings [B, L, Dt] with one real token: only their shapes matter here (the
-        empty prompt of caption dropout), which a real encoder's would share."""
-        mask = np.zeros((len(texts), self.max_len), bool)
-        mask[:, 0] = True
-        return np.zeros((len(texts), self.max_len, self.dim), np.float32), mask
-
+# ---- the inputs of a run from latent records
 
 def latent_system(config: ml_collections.ConfigDict) -> System:
-    """A `System` trained on latents and text embeddings of the geometry `config.codecs` implies.
-
-    Channel counts are the model's (`model.video.in_channels`, `model.audio.in_channels`); the
-    text 'ids' of a batch are embeddings [B, codecs.text.max_len, model.text_dim].
-    """
-    video_name, audio_name = config.codecs.video.name, config.codecs.audio.name
-    video = _VIDEO_GEOMETRY[video_name](config) if video_name in _VIDEO_GEOMETRY \
-        else make_video_codec(config)
-    audio = _AUDIO_GEOMETRY[audio_name](config) if audio_name in _AUDIO_GEOMETRY \
-        else make_audio_codec(config)
-    m = config.model
-    video_codec = LatentCodec(video, int(m.video.in_channels))
-    model_config = ModelConfig.from_config(m, video_latent_rate=video_codec.latent_rate)
-    return System(
-        config=config, model_config=model_config, video_codec=video_codec,
-        audio_codec=LatentCodec(audio, int(m.audio.in_channels)),
-        text_encoder=PrecomputedText(max_len=int(config.codecs.text.max_len), dim=int(m.text_dim)),
-        transcript_tokenizer=TranscriptTokenizer(model_config.transcript.max_len))
+    """The `System` a run with `data.source='latents'` trains (`system.latent_inputs` over the
+    configured codecs, as `training.loop` builds it): latent shapes, rates and frame times are
+    the real codecs', whose weights are never read. A frozen text encoder's stored empty prompt
+    is stood in for by one zero embedding: only its shape reaches the step."""
+    system = build_system(config)
+    empty = None if system.text_encoder.trainable else np.zeros((1, system.text_encoder.dim),
+                                                                np.float32)
+    return latent_inputs(system, empty)
 
 
-def abstract_batch(system: System, batch_size: int, inputs: str,
+def abstract_batch(system: System, batch_size: int,
                    sharding: Optional[jax.sharding.Sharding] = None
                    ) -> dict[str, jax.ShapeDtypeStruct]:
-    """One global batch as ShapeDtypeStructs: raw media (`inputs='media'`) or latents.
-
-    A reference voice (`data.ref_audio_seconds` > 0) is included as the paper trains with one.
-    """
-    config = system.config
-    ref_samples = int(round(config.data.ref_audio_seconds * config.data.sample_rate))
-    batch = system.example_batch(batch_size)
-    if inputs == "media":
-        if ref_samples:
-            batch["ref_audio"] = jax.ShapeDtypeStruct((batch_size, ref_samples), jnp.float32)
-    elif inputs == "latents":
-        S = jax.ShapeDtypeStruct
-        text = S((batch_size, system.text_len, system.text_encoder.dim), jnp.float32)
-        batch.update(video=S((batch_size, *system.video_latent_shape), jnp.float32),
-                     audio=S((batch_size, *system.audio_latent_shape), jnp.float32),
-                     video_text_ids=text, audio_text_ids=text)
-        if ref_samples:
-            batch["ref_audio"] = S((batch_size, system.audio_codec.num_latent_frames(ref_samples),
-                                    system.audio_latent_shape[1]), jnp.float32)
-    else:
-        raise FlagError(f"--inputs={inputs!r} is not one of ('latents', 'media')")
+    """One global batch of what `system` trains on (`System.example_batch`: raw media, or
+    latents and text embeddings), as ShapeDtypeStructs. The reference voice is not an input:
+    the step cuts it from the clip's audio latents (`training.step.reference_voice`)."""
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
-            for k, v in batch.items()}
+            for k, v in system.example_batch(batch_size).items()}
+
+
+def plan_system(config: ml_collections.ConfigDict, inputs: str) -> System:
+    """The system `train` runs: on latent records (`inputs='latents'`) or on media."""
+    if inputs == "latents":
+        return latent_system(config)
+    if inputs == "media":
+        return build_system(config)
+    raise FlagError(f"--inputs={inputs!r} is not one of ('latents', 'media')")
 
 
 # ---- the plan
@@ -236,10 +115,24 @@ class Plan:
     total: int  # arguments + temporaries + outputs not aliased to (donated) arguments
     flops: float  # per step, all devices together
     compile_seconds: float
+    frozen_text: int = 0  # latent runs: a frozen text encoder's weights, if it were resident
 
     @property
     def devices(self) -> int:
         return math.prod(self.mesh.values())
+
+
+def frozen_text_bytes(config: ml_collections.ConfigDict) -> int:
+    """Bytes of the configured frozen text encoder's weights (0 for a trained one), from its
+    module's shapes (nothing read) at FROZEN_TEXT_DTYPE: what each device holds when a run keeps
+    it resident (replicated, as a run from media does; one from latents loads it only to embed
+    sampling prompts)."""
+    text = build_system(config).text_encoder
+    if text.trainable:
+        return 0
+    ids = jax.ShapeDtypeStruct((1, text.max_len), jnp.int32)
+    shapes = jax.eval_shape(text.module.init, jax.random.key(0), ids)
+    return sum(x.size for x in jax.tree.leaves(shapes)) * jnp.dtype(FROZEN_TEXT_DTYPE).itemsize
 
 
 def _bytes_per_device(tree: Any) -> int:
@@ -248,26 +141,10 @@ def _bytes_per_device(tree: Any) -> int:
                    for x in jax.tree.leaves(tree)))
 
 
-def _with_shardings(shapes: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, shardings)
-
-
-def abstract_state(system: System, config: ml_collections.ConfigDict, mesh, rules,
-                   inputs: str):
-    """(optimizer, train state as sharded ShapeDtypeStructs), laid out as training lays it out:
-    parameters by their logical axes, their copies alike (`parallel.state`)."""
-    example = abstract_batch(system, 1, inputs)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(system.init, jax.random.key(0), example)
-        shardings = logical_shardings(boxed, mesh, rules)
-    # unboxed outside the mesh: inside, unboxing constrains (and so needs real arrays)
-    param_shardings = nn.meta.unbox(shardings)
-    params = _with_shardings(nn.meta.unbox(boxed), param_shardings)
-    tx = make_optimizer(config.optim, params, config.total_steps)
-    state = jax.eval_shape(lambda p: create_train_state(p, tx, config.optim.ema_decay > 0),
-                           params)
-    return tx, _with_shardings(state, train_state_shardings(state, param_shardings, mesh))
+def abstract_state(system: System, config: ml_collections.ConfigDict, mesh, rules):
+    """(optimizer, train state as sharded ShapeDtypeStructs), assembled as training assembles
+    it (`training.state.make_train_state`)."""
+    return make_train_state(system, config, mesh, rules, abstract=True)
 
 
 def step_flops(system: System, config: ml_collections.ConfigDict, batch: dict) -> float:
@@ -277,18 +154,17 @@ def step_flops(system: System, config: ml_collections.ConfigDict, batch: dict) -
     not counting a flash backward's recomputed scores)."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.optim.grad_accum = 1
+    one = make_mesh({a: 1 for a in AXES}, jax.devices()[:1])
+    rules = axis_rules(config)
+    plain = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
     flops = []
     for depth in (1, 2):
         cfg = dataclasses.replace(system.model_config, depth=depth, scan_layers=False,
                                   attention="xla")
         sys_d = dataclasses.replace(system, model_config=cfg)
-        example = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in batch.items()}
-        params = nn.meta.unbox(jax.eval_shape(sys_d.init, jax.random.key(0), example))
-        tx = make_optimizer(config.optim, params, config.total_steps)
-        state = jax.eval_shape(lambda p: create_train_state(p, tx, config.optim.ema_decay > 0),
-                               params)
-        plain = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
-        cost = jax.jit(make_train_step(sys_d, tx, config)).lower(state, plain).cost_analysis()
+        tx, state = make_train_state(sys_d, config, one, rules, abstract=True)
+        with jax.set_mesh(one), nn.logical_axis_rules(rules):
+            cost = jax.jit(make_train_step(sys_d, tx, config)).lower(state, plain).cost_analysis()
         flops.append(float(cost["flops"]))
     return flops[0] + (system.model_config.depth - 1) * (flops[1] - flops[0])
 
@@ -299,7 +175,7 @@ def plan_train_step(config: ml_collections.ConfigDict, *, inputs: str = "latents
     the step's FLOPs if already counted (`step_flops`), else counted here."""
     mesh = make_mesh(config.mesh, devices)
     rules = axis_rules(config)
-    system = latent_system(config) if inputs == "latents" else build_system(config)
+    system = plan_system(config, inputs)
     data_sharding = batch_sharding(mesh)
     replicas = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = config.batch_size // int(config.optim.grad_accum)
@@ -307,8 +183,8 @@ def plan_train_step(config: ml_collections.ConfigDict, *, inputs: str = "latents
         raise ConfigError(f"config.batch_size={config.batch_size} / config.optim.grad_accum="
                          f"{config.optim.grad_accum} does not split over the {replicas} "
                          f"data x fsdp shards of mesh {dict(mesh.shape)}")
-    batch = abstract_batch(system, config.batch_size, inputs, data_sharding)
-    tx, state = abstract_state(system, config, mesh, rules, inputs)
+    batch = abstract_batch(system, config.batch_size, data_sharding)
+    tx, state = abstract_state(system, config, mesh, rules)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     step = jax.jit(make_train_step(system, tx, config),
                    in_shardings=(state_shardings, data_sharding),
@@ -328,7 +204,8 @@ def plan_train_step(config: ml_collections.ConfigDict, *, inputs: str = "latents
         ema=_bytes_per_device(state.ema_params) if state.ema_params is not None else 0,
         batch=_bytes_per_device(batch), temp=int(mem.temp_size_in_bytes), total=int(total),
         flops=step_flops(system, config, batch) if flops is None else flops,
-        compile_seconds=seconds)
+        compile_seconds=seconds,
+        frozen_text=frozen_text_bytes(config) if inputs == "latents" else 0)
 
 
 def _heading(plan: Plan) -> str:
@@ -342,7 +219,9 @@ def _heading(plan: Plan) -> str:
 def _rows(plan: Plan) -> list[tuple[str, int]]:
     return [("parameters", plan.params), ("optimizer state", plan.opt_state),
             ("EMA parameters", plan.ema), ("batch", plan.batch),
-            ("activations + temporaries", plan.temp), ("total", plan.total)]
+            ("activations + temporaries", plan.temp), ("total", plan.total)] + (
+        [("+ frozen text encoder", plan.frozen_text),  # latent runs load it only to sample
+         ("total with it resident", plan.total + plan.frozen_text)] if plan.frozen_text else [])
 
 
 def format_plan(plan: Plan, hbm_gib: float = 0.0) -> str:
@@ -352,9 +231,12 @@ def format_plan(plan: Plan, hbm_gib: float = 0.0) -> str:
     lines.append(f"FLOPs per step {plan.flops:.3e} ({plan.flops / plan.devices:.3e} per device)")
     lines.append(f"compiled in {plan.compile_seconds:.0f} s")
     if hbm_gib:
-        verdict = "fits" if plan.total <= hbm_gib * GiB else "does NOT fit"
-        lines.append(f"{verdict} in {hbm_gib:g} GiB per device "
-                     f"({100 * plan.total / (hbm_gib * GiB):.0f}% used)")
+        totals = [("", plan.total)] + ([(" with the text encoder resident",
+                                         plan.total + plan.frozen_text)] if plan.frozen_text else [])
+        for what, total in totals:
+            verdict = "fits" if total <= hbm_gib * GiB else "does NOT fit"
+            lines.append(f"{verdict} in {hbm_gib:g} GiB per device{what} "
+                         f"({100 * total / (hbm_gib * GiB):.0f}% used)")
     return "\n".join(lines)
 
 

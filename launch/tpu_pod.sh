@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
-# Train on a Cloud TPU VM slice: every worker runs the same `python -m harmony_jax.train` command;
-# JAX finds its peers from the TPU metadata (harmony_jax.parallel.distributed).
+# Train on a Cloud TPU VM slice in two stages: every worker runs the same `python -m
+# harmony_jax.encode` command (each encodes its own shards of the clip folder once), then the same
+# `python -m harmony_jax.train` command on those latent records (data.source=latents, so the
+# codec encoders and umT5 are never loaded). JAX finds its peers from the TPU metadata
+# (harmony_jax.parallel.distributed).
 #
 #   launch/tpu_pod.sh all --name harmony --zone us-east5-a --type v5p-64 \
-#       --config configs/harmony_5b.py --workdir gs://BUCKET/runs/harmony_5b -- \
-#       --config.mesh.fsdp=-1 --config.mesh.data=1
+#       --config configs/harmony_5b.py --src /mnt/data/clips --latents /mnt/data/latents_5b \
+#       --workdir gs://BUCKET/runs/harmony_5b -- --config.mesh.fsdp=-1 --config.mesh.data=1
 #
-# Commands (run them one by one, or `all` = up, install, train, logs):
+# --src and --latents are paths every worker sees (a Filestore/NFS mount, or a bucket mounted
+# with gcsfuse); without --latents, `train` reads the config's own data source.
+# Commands (run them one by one, or `all` = up, install, encode (with --src), train, logs):
 #   up       create the slice, or start it if it exists and is stopped (reuses a running one)
 #   install  copy this checkout (tracked + untracked, not ignored) to every worker and pip install
 #            it with jax[tpu] in ~/harmony_venv
+#   encode   encode --src into --latents on every worker (detached), stream worker 0's log until
+#            it exits, then check the manifest is there; rerunning resumes a killed encode
 #   train    start the run on every worker (detached, so it survives a dropped ssh), then stream
 #            worker 0's log until its process exits; Ctrl-C stops streaming, not training
 #   logs     stream worker 0's log again
-#   kill     stop the training processes on every worker
+#   kill     stop the encode and training processes on every worker
 #   stop     stop the slice's VMs (single-host slices; pod slices can only be deleted)
 #   delete   delete the slice
 #   status   describe the slice
-# Arguments after `--` go to harmony_jax.train (e.g. --config.batch_size=128).
+# Arguments after `--` go to harmony_jax.encode and harmony_jax.train alike (e.g.
+# --config.batch_size=128), so both stages see the same config.
 # Rerunning `train` with the same --workdir resumes from the latest checkpoint there.
 set -euo pipefail
 
@@ -35,6 +43,8 @@ project=${TPU_PROJECT:-}
 spot=0
 config=configs/harmony_5b.py
 workdir=
+src=
+latents=
 train_args=()
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -46,6 +56,8 @@ while [[ $# -gt 0 ]]; do
     --spot) spot=1; shift ;;
     --config) config=$2; shift 2 ;;
     --workdir) workdir=$2; shift 2 ;;
+    --src) src=$2; shift 2 ;;
+    --latents) latents=$2; shift 2 ;;
     --) shift; train_args=("$@"); break ;;
     -h|--help) usage 0 ;;
     *) echo "tpu_pod.sh: unknown option $1" >&2; usage 1 ;;
@@ -57,6 +69,7 @@ gcloud_tpu=(gcloud compute tpus tpu-vm)
 where=(--zone "$zone")
 [[ -n $project ]] && where+=(--project "$project")
 log=harmony_train.log  # in each worker's home directory
+encode_log=harmony_encode.log
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 
 on_workers() {  # on_workers WORKER COMMAND: run a shell command on one worker or on all
@@ -93,10 +106,24 @@ install() {
     ~/harmony_venv/bin/pip install -q -e ~/harmony_jax "jax[tpu]==$jax_version"'
 }
 
+encode() {
+  [[ -n $src && -n $latents ]] || { echo "tpu_pod.sh: encode needs --src and --latents" >&2
+                                    exit 1; }
+  local args manifest
+  args=$(printf '%q ' --config "$config" --src "$src" --dst "$latents" "${train_args[@]}")
+  on_workers all "cd ~/harmony_jax || exit 1; nohup ~/harmony_venv/bin/python -m harmony_jax.encode \
+    $args > ~/$encode_log 2>&1 < /dev/null & echo \$! > ~/harmony_encode.pid"
+  on_workers 0 "tail --pid=\$(cat ~/harmony_encode.pid) -n +1 -F ~/$encode_log"
+  manifest=$(printf '%q' "$latents/manifest.json")
+  on_workers 0 "test -f $manifest" || { echo "tpu_pod.sh: encode did not finish ($latents has" \
+    "no manifest.json); see ~/$encode_log on each worker, then rerun encode" >&2; exit 1; }
+}
+
 train() {
   [[ -n $workdir ]] || { echo "tpu_pod.sh: --workdir gs://... is required" >&2; exit 1; }
-  local args  # quoted here, word-split on the worker; ~ in double quotes expands there
-  args=$(printf '%q ' --config "$config" --workdir "$workdir" "${train_args[@]}")
+  local args data=()  # quoted here, word-split on the worker; ~ in double quotes expands there
+  [[ -n $latents ]] && data=(--config.data.source=latents "--config.data.root=$latents")
+  args=$(printf '%q ' --config "$config" --workdir "$workdir" "${data[@]}" "${train_args[@]}")
   on_workers all "cd ~/harmony_jax || exit 1; nohup ~/harmony_venv/bin/python -m harmony_jax.train \
     $args > ~/$log 2>&1 < /dev/null & echo \$! > ~/harmony_train.pid"
   logs
@@ -109,12 +136,14 @@ logs() {
 case $command in
   up) up ;;
   install) install ;;
+  encode) encode ;;
   train) train ;;
   logs) logs ;;
-  kill) on_workers all 'kill "$(cat ~/harmony_train.pid)" 2>/dev/null || true' ;;
+  kill) on_workers all 'for f in ~/harmony_train.pid ~/harmony_encode.pid; do
+          [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done; true' ;;
   stop) "${gcloud_tpu[@]}" stop "$name" "${where[@]}" ;;
   delete) "${gcloud_tpu[@]}" delete "$name" "${where[@]}" --quiet ;;
   status) "${gcloud_tpu[@]}" describe "$name" "${where[@]}" ;;
-  all) up; install; train ;;
+  all) up; install; [[ -n $src ]] && encode; train ;;
   *) echo "tpu_pod.sh: unknown command $command" >&2; usage 1 ;;
 esac

@@ -69,15 +69,32 @@ def test_bfloat16_compute_keeps_float32_master_weights_in_the_train_step():
     config = bench.row_config(bench.quick_config(), "none", "xla", "bfloat16")
     system = plan.latent_system(config)
     mesh = make_mesh(config.mesh, jax.devices()[:1])
-    tx, state = plan.abstract_state(system, config, mesh, axis_rules(config), "latents")
+    tx, state = plan.abstract_state(system, config, mesh, axis_rules(config))
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
     new_state, _ = jax.eval_shape(bench.make_train_step(system, tx, config), state,
-                                  plan.abstract_batch(system, 2, "latents"))
+                                  plan.abstract_batch(system, 2))
     assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)
     shares = bench.matmul_dtype_shares(config)
     assert shares["bfloat16"] > 0.7 and shares.get("float32", 0) < 0.1, shares
     assert bench.matmul_dtype_shares(bench.row_config(config, "none", "xla", "float32")) == {
         "float32": 1.0}
+
+
+def test_encode_and_latent_vs_media_step_tables(tmp_path):
+    """Encode clips/s per stage, then the step fed latents and fed media: the ratio's base row
+    is 1 and every number is positive."""
+    from harmony_jax.perf import encode
+    config = _tiniest()
+    config.data.num_frames = 8  # sounding shapes needs room for a bounce
+    src = encode.write_clip_folder(config, str(tmp_path / "clips"), 2)
+    rows = encode.measure_encode(config, src, str(tmp_path / "latents"), runs=1)
+    cells = _numbers(encode.encode_table(rows), encode.ENCODE_HEADERS)
+    assert [c[1] for c in cells] == ["2", str(jax.local_device_count()), "2"]  # 1 per device
+    assert all(_positive(c) for row in cells for c in row[2:])
+    steps = encode.measure_steps(config, steps=1, warmup=1, num_devices=1)
+    cells = _numbers(encode.step_table(steps), encode.STEP_HEADERS)
+    assert [c[0] for c in cells] == ["latents", "media"] and cells[0][3] == "1"
+    assert all(_positive(c) for row in cells for c in row[1:])
 
 
 def test_sampler_table():

@@ -21,8 +21,9 @@ from harmony_jax.codecs.precomputed import PrecomputedText, pad_tokens  # noqa: 
 from harmony_jax.data.latent_records import (MANIFEST_FILE, LatentRecordsError,  # noqa: E402
                                              shard_name)
 from harmony_jax.data.pipeline import make_source  # noqa: E402
-from harmony_jax.encode import encode_folder  # noqa: E402
+from harmony_jax.encode import encode_folder, shards_of  # noqa: E402
 from harmony_jax.media import MediaError, write_av  # noqa: E402
+from harmony_jax.parallel.local_cluster import LocalCluster  # noqa: E402
 from harmony_jax.training import loop  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -141,6 +142,51 @@ def test_sigkill_during_encode_then_rerun_is_byte_identical(encoded, clips, tmp_
     encode_folder(_config(), str(clips), str(resumed), dtype="float32",
                   records_per_shard=PER_SHARD, progress=False)
     assert _files(resumed) == _files(dst)  # no temporaries left, every byte the same
+
+
+def test_shards_of_processes_are_disjoint_and_cover_every_shard():
+    parts = [shards_of(p, 3, 7) for p in range(3)]
+    assert parts == [[0, 3, 6], [1, 4], [2, 5]]
+    assert sorted(sum(parts, [])) == list(range(7))
+    with pytest.raises(ValueError, match="process 3 outside"):
+        shards_of(3, 3, 7)
+
+
+def test_two_processes_write_their_shards_and_process_0_the_manifest(encoded, clips,
+                                                                     tmp_path):
+    """Process index and count injected, the processes run in turn: process 0 alone writes its
+    shards but names the peer's missing one; process 1 writes shards 1 and 3 and no manifest;
+    process 0 rerun writes the manifest, and the directory is byte-identical to one process's."""
+    dst, _ = encoded
+    split = tmp_path / "split"
+    met = []
+    args = dict(dtype="float32", records_per_shard=PER_SHARD, progress=False, process_count=2,
+                barrier=lambda: met.append(True))
+    n = NUM_CLIPS // PER_SHARD
+    with pytest.raises(LatentRecordsError, match=f"{shard_name(1, n)}: not written"):
+        encode_folder(_config(), str(clips), str(split), process_index=0, **args)
+    assert encode_folder(_config(), str(clips), str(split), process_index=1, **args) is None
+    assert sorted(f for f in os.listdir(split) if f.endswith(".array_record")) == [
+        shard_name(s, n) for s in range(n)]
+    assert not (split / MANIFEST_FILE).exists() and len(met) == 2
+    manifest = encode_folder(_config(), str(clips), str(split), process_index=0, **args)
+    assert manifest["num_examples"] == NUM_CLIPS and len(met) == 3
+    assert _files(split) == _files(dst)
+
+
+def test_two_real_processes_encode_what_one_does(encoded, clips, tmp_path):
+    """`python -m harmony_jax.encode` as 2 JAX processes over localhost (gloo): each writes its
+    shards, process 0 the manifest after the barrier; every byte as one process wrote it."""
+    dst, _ = encoded
+    pod = tmp_path / "pod"
+    cmd = [sys.executable, "-m", "harmony_jax.encode", f"--config={ROOT}/configs/tiny.py",
+           f"--src={clips}", f"--dst={pod}", "--dtype=float32",
+           f"--records_per_shard={PER_SHARD}"]
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(ROOT))
+    cluster = LocalCluster(cmd, count=2, devices=1, cwd=ROOT, env=env,
+                           log_dir=str(tmp_path / "logs"))
+    assert cluster.wait(timeout=300, grace=30) == [0, 0], cluster.logs
+    assert _files(pod) == _files(dst)
 
 
 def test_bad_clips_are_skipped_as_the_folder_skips_them(clips, tmp_path):

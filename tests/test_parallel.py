@@ -24,10 +24,8 @@ from harmony_jax.model.attention import (Attention, blockwise_attention,  # noqa
                                          dot_product_attention)
 from harmony_jax.parallel import ulysses  # noqa: E402
 from harmony_jax.parallel.mesh import device_grid, make_mesh, resolve_mesh_shape  # noqa: E402
-from harmony_jax.parallel.sharding import (axis_rules, batch_sharding, replicated,  # noqa: E402
-                                           sharded_init)
-from harmony_jax.parallel.state import sharded_train_state  # noqa: E402
-from harmony_jax.training.optim import make_optimizer  # noqa: E402
+from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated  # noqa: E402
+from harmony_jax.training.state import make_train_state  # noqa: E402
 from harmony_jax.training.step import make_train_step  # noqa: E402
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
@@ -57,7 +55,7 @@ def _batches(system, seed: int = 0) -> list[dict[str, np.ndarray]]:
     batches = []
     for _ in range(STEPS):
         batch = {}
-        for key, spec in plan.abstract_batch(system, BATCH, "latents").items():
+        for key, spec in plan.abstract_batch(system, BATCH).items():
             if spec.dtype == jnp.bool_:
                 batch[key] = np.ones(spec.shape, bool)
             elif spec.dtype == jnp.int32:
@@ -75,12 +73,7 @@ def _train(config, devices):
     mesh = make_mesh(config.mesh, devices)
     rules = axis_rules(config)
     system = plan.latent_system(config)
-    example = plan.abstract_batch(system, 1, "latents")
-    zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
-    params, param_shardings = sharded_init(lambda rng: system.init(rng, zeros()), mesh, rules,
-                                           jax.random.key(config.seed))
-    tx = make_optimizer(config.optim, params, config.total_steps)
-    state = sharded_train_state(params, param_shardings, tx, False, mesh)
+    tx, state = make_train_state(system, config, mesh, rules)
     shardings = jax.tree.map(lambda x: x.sharding, state)
     data = batch_sharding(mesh)
     step = jax.jit(make_train_step(system, tx, config), in_shardings=(shardings, data),
@@ -162,7 +155,7 @@ def test_state_layout_with_a_frozen_tower():
     config = _config(dict(data=2, fsdp=2, tensor=2))
     config.optim.freeze = "^dit/layers/video_block"
     mesh, rules = make_mesh(config.mesh), axis_rules(config)
-    tx, state = plan.abstract_state(plan.latent_system(config), config, mesh, rules, "latents")
+    tx, state = plan.abstract_state(plan.latent_system(config), config, mesh, rules)
     shardings = {jax.tree_util.keystr(p): x.sharding
                  for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
     moments = jax.tree_util.tree_leaves_with_path(state.opt_state)

@@ -15,19 +15,30 @@ import harmony_5b  # noqa: E402
 import tiny  # noqa: E402
 
 from harmony_jax import plan  # noqa: E402
+from harmony_jax.codecs.mmaudio import MMAudioCodec  # noqa: E402
+from harmony_jax.codecs.precomputed import PrecomputedVideo  # noqa: E402
+from harmony_jax.codecs.wan_vae import WanVAECodec  # noqa: E402
 from harmony_jax.training.optim import make_optimizer  # noqa: E402
-from harmony_jax.training.step import create_train_state, make_train_step  # noqa: E402
+from harmony_jax.training.step import (create_train_state, make_train_step,  # noqa: E402
+                                       reference_frames)
 
 
-def test_paper_geometry_from_the_codec_names():
-    """121 frames at 704x1280 (Wan2.2), 5.04 s at 16 kHz (MMAudio), 512 umT5 tokens: no codec."""
+def test_paper_geometry_from_the_real_codecs():
+    """121 frames at 704x1280 (Wan2.2), 5.04 s at 16 kHz (MMAudio), 512 umT5 tokens: the
+    latent system `train` builds for `data.source='latents'`, over the real codec classes,
+    whose weights are never read."""
     system = plan.latent_system(harmony_5b.get_config())
+    assert isinstance(system.video_codec, PrecomputedVideo)
+    assert isinstance(system.video_codec.codec, WanVAECodec)
+    assert isinstance(system.audio_codec.codec, MMAudioCodec)
+    assert system.inputs == "latents"
     assert system.video_latent_shape == (31, 44, 80, 48)
     assert system.audio_latent_shape == (157, 20)
     assert system.model_config.video_latent_rate == 6.0
-    batch = plan.abstract_batch(system, 2, "latents")
+    batch = plan.abstract_batch(system, 2)
     assert batch["video"].shape == (2, 31, 44, 80, 48)
-    assert batch["ref_audio"].shape == (2, 62, 20)  # 2 s reference voice
+    assert batch["audio"].shape == (2, 157, 20)
+    assert "ref_audio" not in batch and reference_frames(system) == 62  # 2 s, cut in the step
     assert batch["video_text_ids"].shape == (2, 512, 4096)
     assert batch["transcript_ids"].shape == (2, 512)
     tokens = 31 * (44 // 2) * (80 // 2)
@@ -35,6 +46,12 @@ def test_paper_geometry_from_the_codec_names():
     times = system.video_codec.frame_times(31)
     assert times[0] == 0.0 and times[1] == pytest.approx(2.5 / 24)  # frames 1-4: mean 2.5
     assert np.allclose(np.diff(times[1:]), 4 / 24)
+    umt5 = plan.frozen_text_bytes(harmony_5b.get_config())  # umT5-XXL encoder, bf16, no file read
+    assert umt5 / plan.GiB == pytest.approx(10.58, abs=0.01)
+    assert plan.frozen_text_bytes(tiny.get_config()) == 0  # the demo encoder is trained
+    media = plan.plan_system(harmony_5b.get_config(), "media")
+    assert media.video_latent_shape == system.video_latent_shape
+    assert plan.abstract_batch(media, 1)["video"].shape == (1, 121, 704, 1280, 3)
 
 
 @pytest.mark.slow
@@ -44,7 +61,7 @@ def test_flops_are_linear_in_depth():
     config.model.depth = 3
     config.batch_size = 2
     system = plan.latent_system(config)
-    batch = plan.abstract_batch(system, 2, "latents")
+    batch = plan.abstract_batch(system, 2)
     unrolled = dataclasses.replace(system, model_config=dataclasses.replace(
         system.model_config, scan_layers=False))
     example = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in batch.items()}
@@ -74,7 +91,7 @@ def test_tiny_plan_on_8_devices():
     config.optim.ema_decay = 0.999
     result = plan.plan_train_step(config, devices=jax.devices()[:8])
     system = plan.latent_system(config)
-    example = plan.abstract_batch(system, 1, "latents")
+    example = plan.abstract_batch(system, 1)
     whole = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
         jax.eval_shape(system.init, jax.random.key(0), example)))
     assert whole / 4 <= result.params < whole / 2  # most bytes split over fsdp x tensor
@@ -82,6 +99,7 @@ def test_tiny_plan_on_8_devices():
     assert 2 * result.params <= result.opt_state <= 2 * result.params + 1024
     assert result.temp > 0 and result.total > result.params + result.opt_state + result.ema
     assert result.flops > 0 and result.per_device_batch == 2
+    assert result.frozen_text == 0  # tiny trains its text encoder
     text = plan.format_plan(result, hbm_gib=1.0)
     assert "optimizer state" in text and "fits in 1 GiB" in text
 

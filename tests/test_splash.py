@@ -19,6 +19,7 @@ import tiny  # noqa: E402
 
 from harmony_jax import plan  # noqa: E402
 from harmony_jax.codecs import interval_centres  # noqa: E402
+from harmony_jax.codecs.wan_vae import WanVAECodec  # noqa: E402
 from harmony_jax.model import attention as attention_lib  # noqa: E402
 from harmony_jax.model.attention import Attention, dot_product_attention  # noqa: E402
 from harmony_jax.model.interaction import band_mask  # noqa: E402
@@ -41,7 +42,7 @@ jit = functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
 
 def _video_times(fps: float, frames: int) -> np.ndarray:
     """Latent-frame times of the Wan2.2 VAE (first frame alone, then 4 frames per latent)."""
-    return plan.CausalVideoGeometry(fps=fps).frame_times(frames)
+    return WanVAECodec(path="", fps=fps).frame_times(frames)  # geometry only: no weights read
 
 
 def _band(fps: float, latent_frames: int, tokens_per_frame: int, audio_frames: int,

@@ -1,11 +1,11 @@
 """The real train step, measured per (remat policy, attention kernel, compute dtype).
 
-Each row builds what `training.loop` builds (parameters born sharded on the config's mesh, the
-train state laid out by `parallel.state`, `make_train_step` jitted with the state donated) on
-the latent inputs of `harmony_jax.plan` (codecs reduced to their geometry: the step a run on
-precomputed latents takes), then reports the median step time, achieved TFLOP/s and MFU from
-XLA's cost analysis (`plan.step_flops`: layers unrolled, so no loop body is counted once) and the
-step's memory. Parameters stay float32 in every row: 'bfloat16' is the compute dtype only.
+Each row builds what `training.loop` builds (the train state of
+`training.state.make_train_state`, `make_train_step` jitted with the state donated) for a run
+from latent records (`plan.latent_system`: the step `data.source='latents'` takes), then reports
+the median step time, achieved TFLOP/s and MFU from XLA's cost analysis (`plan.step_flops`:
+layers unrolled, so no loop body is counted once) and the step's memory. Parameters stay float32
+in every row: 'bfloat16' is the compute dtype only.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,14 +25,13 @@ from harmony_jax import plan
 from harmony_jax.defaults import base_config
 from harmony_jax.model.dit import num_params
 from harmony_jax.parallel.mesh import make_mesh
-from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated, sharded_init
-from harmony_jax.parallel.state import sharded_train_state
+from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
 from harmony_jax.perf.measure import (GiB, compiled_bytes, error_note, format_table, isolated,
                                       matmul_flops_by_dtype, median_seconds, peak_matmul,
                                       peak_memory_bytes)
 from harmony_jax.system import System
-from harmony_jax.training.optim import make_optimizer
-from harmony_jax.training.step import make_train_step
+from harmony_jax.training.state import make_train_state
+from harmony_jax.training.step import make_train_step, reference_frames
 
 REMATS = ("none", "full", "dots", "dots_no_batch")
 ATTENTIONS = ("xla", "cudnn", "blockwise", "splash")
@@ -96,10 +95,12 @@ def row_config(config: ml_collections.ConfigDict, remat: str, attention: str,
 
 def random_batch(system: System, batch_size: int, rng: np.random.Generator,
                  sharding: Optional[jax.sharding.Sharding] = None) -> dict[str, jax.Array]:
-    """A batch of the latent inputs `plan.abstract_batch` describes: normal latents and text
-    embeddings, every mask on, transcript ids drawn from the vocabulary."""
-    shapes = plan.abstract_batch(system, batch_size, "latents")
+    """A batch of the inputs `system` trains on (`plan.abstract_batch`): normal floats (latents
+    or media, text embeddings), every mask on, token ids drawn from the vocabulary."""
+    shapes = plan.abstract_batch(system, batch_size)
     vocab = system.model_config.transcript.vocab_size
+    if system.text_encoder.trainable:  # the demo encoder's ids share the transcript's range
+        vocab = min(vocab, system.text_encoder.vocab_size)
     make = lambda s: (np.ones(s.shape, s.dtype) if s.dtype == jnp.bool_ else
                       rng.integers(1, vocab, s.shape, s.dtype)
                       if jnp.issubdtype(s.dtype, jnp.integer)
@@ -110,27 +111,15 @@ def random_batch(system: System, batch_size: int, rng: np.random.Generator,
 def step_flops(config: ml_collections.ConfigDict, batch_size: int) -> float:
     """FLOPs of one train step of `config` by XLA's cost analysis (`plan.step_flops`)."""
     system = plan.latent_system(config)
-    return plan.step_flops(system, config, plan.abstract_batch(system, batch_size, "latents"))
-
-
-def init_params(config: ml_collections.ConfigDict, num_devices: Optional[int] = None):
-    """(params, shardings) born sharded on `config`'s mesh over the first `num_devices` devices
-    (all by default), as the training loop makes them. Remat, attention kernel and compute
-    dtype change no parameter, so the rows of one config can share them."""
-    mesh = make_mesh(config.mesh, jax.devices()[:num_devices])
-    system = plan.latent_system(config)
-    example = plan.abstract_batch(system, 1, "latents")
-    zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
-    return sharded_init(lambda rng: system.init(rng, zeros()), mesh, axis_rules(config),
-                        jax.random.key(config.seed))
+    return plan.step_flops(system, config, plan.abstract_batch(system, batch_size))
 
 
 def measure_row(config: ml_collections.ConfigDict, remat: str, attention: str, dtype: str, *,
                 steps: int = 10, warmup: int = 2, donate: bool = True,
-                num_devices: Optional[int] = None, params=None,
+                num_devices: Optional[int] = None,
                 interpret_splash: bool = True) -> StepRow:
-    """One row without its FLOPs: compiles the step of `config` with these settings and times
-    `steps` calls. `params` (from `init_params`) are copied, else made here.
+    """One row without its FLOPs: compiles the step of `config` with these settings on its mesh
+    over the first `num_devices` devices (all by default) and times `steps` calls.
 
     Rows that cannot run say why in `note` (a kernel this backend lacks, a compile or run error
     such as running out of memory) instead of raising; so do splash rows off TPU unless
@@ -146,12 +135,9 @@ def measure_row(config: ml_collections.ConfigDict, remat: str, attention: str, d
                                              f"--attention to run it")
     config = row_config(config, remat, attention, dtype)
     try:
-        if params is None:
-            params = init_params(config, num_devices)
-        else:
-            params = (jax.tree.map(jnp.copy, params[0]), params[1])
-        seconds, compile_seconds, loss, nbytes = _time_step(config, *params, steps, warmup,
-                                                            donate)
+        seconds, compile_seconds, loss, nbytes = time_step(
+            plan.latent_system(config), config, steps=steps, warmup=warmup, donate=donate,
+            num_devices=num_devices)
     except Exception as e:  # noqa: BLE001 - the table reports it
         return dataclasses.replace(row, note=error_note(e))
     notes = [interpreted_note(attention), "" if np.isfinite(loss) else f"non-finite loss {loss}"]
@@ -161,15 +147,27 @@ def measure_row(config: ml_collections.ConfigDict, remat: str, attention: str, d
                                note="; ".join(n for n in notes if n))
 
 
-def _time_step(config: ml_collections.ConfigDict, params, param_shardings, steps: int,
-               warmup: int, donate: bool) -> tuple[float, float, float, int]:
-    """(median step seconds, compile seconds, last loss, compiled bytes) of the train step as the
-    loop runs it, on the mesh `param_shardings` live on; `params` are donated to the state."""
-    mesh = jax.tree.leaves(param_shardings)[0].mesh
-    system = plan.latent_system(config)
-    tx = make_optimizer(config.optim, params, config.total_steps)
-    state = sharded_train_state(params, param_shardings, tx, config.optim.ema_decay > 0, mesh)
-    del params
+def time_step(system: System, config: ml_collections.ConfigDict, *, steps: int, warmup: int,
+              donate: bool = True, num_devices: Optional[int] = None
+              ) -> tuple[float, float, float, int]:
+    """(median step seconds, compile seconds, last loss, compiled bytes) of `system`'s train
+    step (`compiled_step`)."""
+    one_step, compile_seconds, nbytes = compiled_step(system, config, donate=donate,
+                                                      num_devices=num_devices)
+    seconds = median_seconds(one_step, steps, warmup)
+    return seconds, compile_seconds, float(one_step()), nbytes
+
+
+def compiled_step(system: System, config: ml_collections.ConfigDict, *, donate: bool = True,
+                  num_devices: Optional[int] = None
+                  ) -> tuple[Callable[[], jax.Array], float, int]:
+    """(one_step, compile seconds, compiled bytes) of `system`'s train step as the loop runs it
+    (the train state of `make_train_state` on `config`'s mesh over the first `num_devices`
+    devices, the step jitted with the state donated): `one_step()` advances its own state on
+    one random batch of `system`'s inputs and returns the loss."""
+    mesh = make_mesh(config.mesh, jax.devices()[:num_devices])
+    rules = axis_rules(config)
+    tx, state = make_train_state(system, config, mesh, rules)
     data_sharding = batch_sharding(mesh)
     batch = random_batch(system, config.batch_size, np.random.default_rng(1), data_sharding)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -177,19 +175,18 @@ def _time_step(config: ml_collections.ConfigDict, params, param_shardings, steps
                    in_shardings=(state_shardings, data_sharding),
                    out_shardings=(state_shardings, replicated(mesh)),
                    donate_argnums=0 if donate else ())
-    with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules(config)):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         start = time.perf_counter()
         compiled = step.lower(state, batch).compile()
         compile_seconds = time.perf_counter() - start
-        holder = {"state": state}
-        del state
+    holder = {"state": state}
+    del state
 
-        def one_step():
+    def one_step() -> jax.Array:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             holder["state"], metrics = compiled(holder["state"], batch)
-            return metrics["loss"]
-        seconds = median_seconds(one_step, steps, warmup)
-        loss = float(one_step())
-    return seconds, compile_seconds, loss, compiled_bytes(compiled)
+        return metrics["loss"]
+    return one_step, compile_seconds, compiled_bytes(compiled)
 
 
 def measure(config: ml_collections.ConfigDict, *, remats: Sequence[str] = REMATS,
@@ -202,11 +199,10 @@ def measure(config: ml_collections.ConfigDict, *, remats: Sequence[str] = REMATS
 
     `isolate` runs the peak matmul, each row and each FLOP count in a fresh process: each row's
     peak memory is its own, one that runs out of memory cannot take the others down, and this
-    process never touches the accelerator. Otherwise the rows share one set of parameters.
+    process never touches the accelerator.
     """
     call = isolated if isolate else (lambda fn, *a, **k: fn(*a, **k))
     peak_flops, peak_what = call(peak_matmul)
-    params = None if isolate else init_params(config, num_devices)
     flops = {}  # (remat, dtype) -> FLOPs per step (attention counted as the plain kernel)
     rows = []
     for remat in remats:
@@ -215,7 +211,7 @@ def measure(config: ml_collections.ConfigDict, *, remats: Sequence[str] = REMATS
                 try:
                     row = call(measure_row, config, remat, attention, dtype, steps=steps,
                                warmup=warmup, donate=donate, num_devices=num_devices,
-                               params=params, interpret_splash=interpret_splash)
+                               interpret_splash=interpret_splash)
                 except RuntimeError as e:
                     row = StepRow(remat, attention, dtype, note=error_note(e))
                 if row.step_seconds is not None:
@@ -235,8 +231,8 @@ def matmul_dtype_shares(config: ml_collections.ConfigDict) -> dict[str, float]:
     system = dataclasses.replace(system, model_config=dataclasses.replace(
         system.model_config, scan_layers=False, attention="xla"))
     mesh = make_mesh(config.mesh, jax.devices()[:1])
-    tx, state = plan.abstract_state(system, config, mesh, axis_rules(config), "latents")
-    batch = plan.abstract_batch(system, config.batch_size, "latents")
+    tx, state = plan.abstract_state(system, config, mesh, axis_rules(config))
+    batch = plan.abstract_batch(system, config.batch_size)
     flops = matmul_flops_by_dtype(make_train_step(system, tx, config), state, batch)
     total = sum(flops.values())
     return {k: v / total for k, v in flops.items()}
@@ -245,10 +241,10 @@ def matmul_dtype_shares(config: ml_collections.ConfigDict) -> dict[str, float]:
 def describe(config: ml_collections.ConfigDict, peak_flops: float, peak_what: str) -> str:
     """The lines above the table: model size, tokens, batch and the measured peak."""
     system = plan.latent_system(config)
-    example = plan.abstract_batch(system, 1, "latents")
+    example = plan.abstract_batch(system, 1)
     params = num_params(nn.meta.unbox(jax.eval_shape(system.init, jax.random.key(0), example)))
     video = math.prod(system.video_latent_shape[:3]) // math.prod(config.model.video.patch)
-    ref = example["ref_audio"].shape[1] if "ref_audio" in example else 0
+    ref = reference_frames(system)  # cut from the clip's audio latents in the step
     shares = matmul_dtype_shares(row_config(config, "none", "xla", "bfloat16"))
     shares = ", ".join(f"{100 * v:.1f}% {k}" for k, v in sorted(shares.items()))
     return (f"{params:,} parameters (depth {config.model.depth}), global batch "

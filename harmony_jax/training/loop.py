@@ -9,7 +9,6 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -24,13 +23,11 @@ from harmony_jax.data.pipeline import make_source, make_train_iterator
 from harmony_jax.media import write_av
 from harmony_jax.parallel import distributed
 from harmony_jax.parallel.mesh import make_mesh
-from harmony_jax.parallel.sharding import (axis_rules, batch_sharding, process_rows, replicated,
-                                           sharded_init)
-from harmony_jax.parallel.state import sharded_train_state
+from harmony_jax.parallel.sharding import axis_rules, batch_sharding, process_rows, replicated
 from harmony_jax.system import System, build_system, latent_inputs
 from harmony_jax.training.checkpoint import Checkpointer, write_config
-from harmony_jax.training.optim import make_optimizer
 from harmony_jax.training.preemption import PreemptionWatch
+from harmony_jax.training.state import make_train_state
 from harmony_jax.training.step import TrainState, make_train_step
 
 
@@ -143,19 +140,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if config.data.source == "latents":  # `harmony_jax.encode` output: the encoders never run
         train_system = latent_inputs(system, make_source(config).empty_prompt())
         logging.info(unloaded_message(config))
-    example = train_system.example_batch(1)
-    zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
-    params, param_shardings = sharded_init(lambda rng: train_system.init(rng, zeros()), mesh, rules,
-                                           jax.random.key(config.seed))
-    if latest is None:  # a fresh run starts from the imported parts; a resumed one from its own
-        if config.init.video_from:
+
+    def imported(params):  # a fresh run starts from the imported parts; a resumed one from its own
+        if latest is None and config.init.video_from:
             params = load_video_tower(params, config.init.video_from)
-        if config.init.transcript_from:
+        if latest is None and config.init.transcript_from:
             params = load_transcript(params, config.init.transcript_from)
-    tx = make_optimizer(config.optim, params, config.total_steps)
-    # Adam's moments and the EMA laid out as the parameters (XLA alone may replicate them).
-    state = sharded_train_state(params, param_shardings, tx, config.optim.ema_decay > 0, mesh)
-    del params
+        return params
+    tx, state = make_train_state(train_system, config, mesh, rules, imported=imported)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     logging.info("parameters: %s", {k: int(sum(np.prod(x.shape) for x in jax.tree.leaves(v)))
                                     for k, v in state.params.items()})

@@ -1,0 +1,65 @@
+"""The train state of a run, assembled once for everything that needs one: `training.loop` (real
+arrays), `plan` (abstract: shapes and shardings only) and the train-step benchmark.
+
+Parameters are born on their shards (`parallel.sharding.sharded_init`), the optimizer is the
+run's (`training.optim`), and every copy of the parameters (EMA, Adam's moments) is laid out as
+the parameters are (`parallel.state`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from harmony_jax.parallel.sharding import logical_shardings, sharded_init
+from harmony_jax.parallel.state import sharded_train_state, train_state_shardings
+from harmony_jax.system import System
+from harmony_jax.training.optim import make_optimizer
+from harmony_jax.training.step import TrainState, create_train_state
+
+
+def _with_shardings(shapes: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, shardings)
+
+
+def make_train_state(system: System, config: ml_collections.ConfigDict, mesh: Mesh, rules, *,
+                     abstract: bool = False,
+                     imported: Optional[Callable[[Any], Any]] = None
+                     ) -> tuple[optax.GradientTransformation, TrainState]:
+    """(optimizer, train state) of `system` on `mesh`: parameters initialised from
+    `config.seed` on the inputs `system.example_batch` describes (media or latents).
+
+    `abstract`: the state as sharded `jax.ShapeDtypeStruct`s, nothing allocated (what `plan`
+    compiles against). `imported`: params -> params applied before the optimizer is made (a
+    fresh run's imported towers); not with `abstract`.
+    """
+    example = system.example_batch(1)
+    ema = config.optim.ema_decay > 0
+    if abstract:
+        if imported is not None:
+            raise ValueError("make_train_state: `imported` needs real parameters, not abstract")
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            boxed = jax.eval_shape(system.init, jax.random.key(config.seed), example)
+            shardings = logical_shardings(boxed, mesh, rules)
+        # unboxed outside the mesh: inside, unboxing constrains (and so needs real arrays)
+        param_shardings = nn.meta.unbox(shardings)
+        params = _with_shardings(nn.meta.unbox(boxed), param_shardings)
+        tx = make_optimizer(config.optim, params, config.total_steps)
+        state = jax.eval_shape(lambda p: create_train_state(p, tx, ema), params)
+        return tx, _with_shardings(state, train_state_shardings(state, param_shardings, mesh))
+    zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
+    params, param_shardings = sharded_init(lambda rng: system.init(rng, zeros()), mesh, rules,
+                                           jax.random.key(config.seed))
+    if imported is not None:
+        params = imported(params)
+    tx = make_optimizer(config.optim, params, config.total_steps)
+    # Adam's moments and the EMA laid out as the parameters (XLA alone may replicate them);
+    # `params` are donated, so they are not held twice.
+    return tx, sharded_train_state(params, param_shardings, tx, ema, mesh)
