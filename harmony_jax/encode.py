@@ -232,10 +232,11 @@ def _finish(dst: str, plan: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def _sync_processes() -> None:
-    """Every JAX process has written its shards (a barrier over all devices)."""
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("harmony_jax.encode: shards written")
+def _sync_processes(timeout_s: float) -> None:
+    """Every JAX process has written its shards: the coordination service's barrier (not a
+    device collective, whose first use gives late peers only 30 s; processes with more clips, or
+    slower disks, arrive much later)."""
+    distributed.barrier("harmony_jax.encode: shards written", timeout_s)
 
 
 def encode_folder(config: ml_collections.ConfigDict, src: str, dst: str, *,
@@ -247,7 +248,7 @@ def encode_folder(config: ml_collections.ConfigDict, src: str, dst: str, *,
     process's shards are done (None on a process other than 0 of several).
 
     Processes default to JAX's; with several, each writes `shards_of` its index, then all meet
-    at `barrier` (default: a barrier over every device) and process 0 writes the manifest."""
+    at `barrier` (default: the coordinator's barrier) and process 0 writes the manifest."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r}: expected one of {DTYPES}")
     if records_per_shard < 1 or batch_per_device < 1:
@@ -295,7 +296,7 @@ def encode_folder(config: ml_collections.ConfigDict, src: str, dst: str, *,
                 bar.update(len(pending))
             _write_shard(dst, shard, n, records, dict(examples=examples, bad_clips=bad))
     if count > 1:
-        (barrier or _sync_processes)()
+        (barrier or (lambda: _sync_processes(config.distributed.barrier_timeout_s)))()
         if index != 0:
             return None
     return _finish(dst, plan)
