@@ -47,7 +47,7 @@ from harmony_jax.codecs import interval_centres, make_audio_codec, make_video_co
 from harmony_jax.codecs.text import TranscriptTokenizer
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.model import ModelConfig
-from harmony_jax.parallel.mesh import AXES, make_mesh
+from harmony_jax.parallel.mesh import AXES, apply_mesh_flag, make_mesh
 from harmony_jax.parallel.sharding import (axis_rules, batch_sharding, logical_shardings,
                                            replicated)
 from harmony_jax.parallel.state import train_state_shardings
@@ -352,11 +352,7 @@ def apply_flags(config: ml_collections.ConfigDict, mesh: Optional[str], batch: O
     """A copy of `config` with the command line's mesh ('data=1,fsdp=64'), batch and remat."""
     config = ml_collections.ConfigDict(config.to_dict())
     if mesh:
-        for item in mesh.split(","):
-            key, _, value = item.partition("=")
-            if key not in config.mesh:
-                raise ValueError(f"--mesh {mesh!r}: {key!r} is not one of {list(config.mesh)}")
-            config.mesh[key] = int(value)
+        apply_mesh_flag(config.mesh, mesh)
     if batch is not None:
         config.batch_size = batch
     if remat is not None:

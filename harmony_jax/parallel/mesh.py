@@ -21,6 +21,20 @@ AXES = ("data", "fsdp", "sequence", "tensor")
 DCN_AXES = ("data", "fsdp")
 
 
+def apply_mesh_flag(mesh_cfg, spec: str, flag: str = "--mesh") -> None:
+    """Sets `mesh_cfg`'s sizes from a command line's 'data=1,fsdp=64' (in place); the error names
+    `flag`, the key or the value at fault."""
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in mesh_cfg:
+            raise ValueError(f"{flag} {spec!r}: {key!r} is not one of {list(mesh_cfg)}")
+        try:
+            mesh_cfg[key] = int(value)
+        except ValueError:
+            raise ValueError(f"{flag} {spec!r}: {key}={value!r} is not an integer") from None
+
+
 def mesh_axes(mesh_cfg) -> tuple[str, ...]:
     """The axis names of the mesh `mesh_cfg` describes ('sequence' only when it is not 1)."""
     return tuple(a for a in AXES if a != "sequence" or int(mesh_cfg.get("sequence", 1)) != 1)
