@@ -2,7 +2,8 @@
 
 `load_for_inference` restores only the parameters (EMA when the run kept them) from the latest
 checkpoint of a workdir or from one step directory, with the config saved beside it: no
-optimizer state is read. The `read_*` functions fit a user's audio, video or image to the
+optimizer state is read. They are read straight into their shards on a mesh of this host's
+devices, in the dtype asked for. The `read_*` functions fit a user's audio, video or image to the
 clip geometry of that config (`config.data`), logging a notice for every change they make, and
 raise `MediaError` naming the file when it cannot be used.
 """

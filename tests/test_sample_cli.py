@@ -301,3 +301,17 @@ def test_mesh_flag_errors_name_it():
             inference_mesh(spec, devices)
     with pytest.raises(ValueError, match="--dtype 'float16'"):
         load_for_inference("nowhere", dtype="float16")
+
+
+def test_cli_mesh_and_dtype_errors_are_one_line(run, tmp_path):
+    step = os.path.join(run[0], "checkpoints", "2")
+    for flags, message in ((["--mesh", "fsdp=3"], "error: --mesh 'fsdp=3' over 8 devices"),
+                           (["--mesh", "pipe=2"], "error: --mesh 'pipe=2': 'pipe' is not one")):
+        args = sample_cli._parser().parse_args(["--checkpoint", step, "--prompt", "a ball",
+                                                "--out", str(tmp_path / "m.mp4"), *flags])
+        with pytest.raises(SystemExit, match=message):
+            sample_cli.main(args)
+    with pytest.raises(SystemExit):
+        sample_cli._parser().parse_args(["--workdir", "w", "--prompt", "a", "--out", "o.mp4",
+                                         "--dtype", "float16"])
+    assert not os.listdir(tmp_path)
