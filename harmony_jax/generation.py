@@ -6,14 +6,17 @@ given media happens inside it, decoding (Griffin-Lim for the mel codec) on the h
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from harmony_jax.diffusion.syncfg import MODES, sample
+from harmony_jax.parallel.sharding import axis_rules
 from harmony_jax.system import System
 
 
@@ -74,19 +77,29 @@ def _sampler(system: System, mode: str, guidance: str, steps: int, solver: str):
     return run
 
 
-def generate(system: System, params: Any, rng: jax.Array, batch: dict[str, np.ndarray], *,
-             mode: str = "t2av", guidance: Optional[str] = None, steps: Optional[int] = None,
-             solver: Optional[str] = None, s_v: Optional[float] = None,
-             s_a: Optional[float] = None, cfg_scale: Optional[float] = None,
-             given_video: Optional[np.ndarray] = None, given_audio: Optional[np.ndarray] = None,
-             ref_image: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded clips: (frames [N, F, H, W, 3] in [-1, 1], waveforms [N, S]).
+def on_params_mesh(system: System, params: Any) -> contextlib.AbstractContextManager:
+    """The mesh `params` are sharded on (`inference.load_for_inference`'s) with the run's axis
+    rules, so the sampler's activations are laid out as in training; nothing where a mesh is
+    set already (training's samples) or the parameters sit on one device."""
+    sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
+    if not jax.sharding.get_abstract_mesh().empty or not isinstance(
+            sharding, jax.sharding.NamedSharding):
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(sharding.mesh))
+    stack.enter_context(nn.logical_axis_rules(axis_rules(system.config)))
+    return stack
 
-    `batch` comes from `prompt_batch`, optionally with `ref_audio` [N, S_ref] (a reference
-    voice waveform at the codec's rate). A2V returns `given_audio` [N, S] sample for sample and
-    V2A returns `given_video` [N, F, H, W, 3] frame for frame; unset options come from
-    `config.sample`.
-    """
+
+def sample_latents(system: System, params: Any, rng: jax.Array, batch: dict[str, np.ndarray],
+                   *, mode: str = "t2av", guidance: Optional[str] = None,
+                   steps: Optional[int] = None, solver: Optional[str] = None,
+                   s_v: Optional[float] = None, s_a: Optional[float] = None,
+                   cfg_scale: Optional[float] = None, given_video: Optional[np.ndarray] = None,
+                   given_audio: Optional[np.ndarray] = None,
+                   ref_image: Optional[np.ndarray] = None) -> tuple[jax.Array, jax.Array]:
+    """The sampler's clean latents (video [N, *video_latent_shape], audio
+    [N, *audio_latent_shape], float32) before decoding; arguments as `generate`'s."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {MODES}")
     if mode == "a2v" and given_audio is None:
@@ -104,8 +117,28 @@ def generate(system: System, params: Any, rng: jax.Array, batch: dict[str, np.nd
     scales = jnp.asarray([s.s_v if s_v is None else s_v, s.s_a if s_a is None else s_a,
                           s.cfg_scale if cfg_scale is None else cfg_scale], jnp.float32)
     as_f32 = lambda x: None if x is None else jnp.asarray(x, jnp.float32)
-    video_lat, audio_lat = run(params, rng, batch, uncond, as_f32(given_video),
-                               as_f32(given_audio), as_f32(ref_image), scales)
+    with on_params_mesh(system, params):
+        return run(params, rng, batch, uncond, as_f32(given_video), as_f32(given_audio),
+                   as_f32(ref_image), scales)
+
+
+def generate(system: System, params: Any, rng: jax.Array, batch: dict[str, np.ndarray], *,
+             mode: str = "t2av", guidance: Optional[str] = None, steps: Optional[int] = None,
+             solver: Optional[str] = None, s_v: Optional[float] = None,
+             s_a: Optional[float] = None, cfg_scale: Optional[float] = None,
+             given_video: Optional[np.ndarray] = None, given_audio: Optional[np.ndarray] = None,
+             ref_image: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded clips: (frames [N, F, H, W, 3] in [-1, 1], waveforms [N, S]).
+
+    `batch` comes from `prompt_batch`, optionally with `ref_audio` [N, S_ref] (a reference
+    voice waveform at the codec's rate). A2V returns `given_audio` [N, S] sample for sample and
+    V2A returns `given_video` [N, F, H, W, 3] frame for frame; unset options come from
+    `config.sample`.
+    """
+    video_lat, audio_lat = sample_latents(
+        system, params, rng, batch, mode=mode, guidance=guidance, steps=steps, solver=solver,
+        s_v=s_v, s_a=s_a, cfg_scale=cfg_scale, given_video=given_video,
+        given_audio=given_audio, ref_image=ref_image)
     frames = (np.asarray(given_video, np.float32) if mode == "v2a"
               else np.clip(system.video_codec.decode(video_lat), -1.0, 1.0))
     waves = (np.asarray(given_audio, np.float32) if mode == "a2v"

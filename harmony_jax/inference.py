@@ -2,7 +2,8 @@
 
 `load_for_inference` restores only the parameters (EMA when the run kept them) from the latest
 checkpoint of a workdir or from one step directory, with the config saved beside it: no
-optimizer state is read. The `read_*` functions fit a user's audio, video or image to the
+optimizer state is read. They are read straight into their shards on a mesh of this host's
+devices, in the dtype asked for. The `read_*` functions fit a user's audio, video or image to the
 clip geometry of that config (`config.data`), logging a notice for every change they make, and
 raise `MediaError` naming the file when it cannot be used.
 """
@@ -10,21 +11,25 @@ raise `MediaError` naming the file when it cannot be used.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import av
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import librosa
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
 from harmony_jax.compile_cache import DEFAULT_DIR, enable_compile_cache
-from harmony_jax.errors import CheckpointError, one_line
+from harmony_jax.errors import CheckpointError, FlagError, one_line
 from harmony_jax.media import MediaError
 from harmony_jax.media_window import read_soundtrack, read_window
+from harmony_jax.parallel.mesh import apply_mesh_flag, make_mesh, resolve_mesh_shape
+from harmony_jax.parallel.sharding import axis_rules, logical_shardings
 from harmony_jax.system import System, build_system
 from harmony_jax.training.checkpoint import (CheckpointMismatchError, check_params, damage,
                                              damaged_file, newest_intact, read_config_file,
@@ -33,22 +38,57 @@ from harmony_jax.training.checkpoint import (CheckpointMismatchError, check_para
 Params = Any
 
 
-def load_for_inference(path: str | os.PathLike) -> tuple[System, Params]:
+DTYPES = ("bfloat16", "float32")
+# Axes `--mesh` leaves out are 1, except fsdp, which takes the remaining devices: parameters
+# split over every device is what lets a model that fits no single device sample at all.
+_INFERENCE_MESH = dict(data=1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
+
+
+def inference_mesh(spec: Optional[str], devices: Sequence[jax.Device]) -> dict[str, int]:
+    """Mesh sizes over `devices` from `--mesh`'s 'fsdp=4,tensor=2' (None: all of them on fsdp).
+
+    Keys and values are checked as `plan --mesh` checks them; the error names the flag.
+    """
+    sizes = ml_collections.ConfigDict(dict(_INFERENCE_MESH))
+    if spec:
+        apply_mesh_flag(sizes, spec)
+    if -1 not in sizes.values() and not (spec and "fsdp" in
+                                         [item.partition("=")[0].strip()
+                                          for item in spec.split(",")]):
+        sizes.fsdp = -1
+    try:
+        sizes.update(resolve_mesh_shape(sizes, len(devices)))
+    except ValueError as e:
+        raise FlagError(f"--mesh {spec!r} over {len(devices)} devices: {e}") from None
+    return sizes.to_dict()
+
+
+def load_for_inference(path: str | os.PathLike, *, mesh: Optional[str] = None,
+                       dtype: str = "bfloat16",
+                       devices: Optional[Sequence[jax.Device]] = None) -> tuple[System, Params]:
     """(system, params) from a workdir (its newest intact checkpoint) or a checkpoint step
     directory.
 
-    The parameters land on the default device. EMA parameters are preferred when the run kept
-    them: averaged weights are the ones meant for sampling. In a workdir a damaged step is
-    named in a warning and the previous one used; a damaged step directory given as such is
-    refused, naming the file and the other steps. Compiled programs are cached in the user's
-    own cache (JAX_COMPILATION_CACHE_DIR, else DEFAULT_DIR), never in a directory the run's
-    saved config names.
+    The parameters are restored straight into their shards, laid out by the run's logical axis
+    rules (`config.axis_rules`, as training lays them out) on the mesh `mesh` describes
+    ('fsdp=4,tensor=2'; see `inference_mesh`) over `devices` (default: this host's), and cast
+    to `dtype` as they are read. `system.config.mesh` holds the mesh's sizes; `generation`
+    samples under that mesh. EMA parameters are preferred when the run kept them: averaged
+    weights are the ones meant for sampling. In a workdir a damaged step is named in a warning
+    and the previous one used; a damaged step directory given as such is refused, naming the
+    file and the other steps. Compiled programs are cached in the user's own cache
+    (JAX_COMPILATION_CACHE_DIR, else DEFAULT_DIR), never in a directory the run's saved config
+    names.
     """
+    if dtype not in DTYPES:
+        raise FlagError(f"--dtype {dtype!r} is not one of {DTYPES}")
     enable_compile_cache(DEFAULT_DIR)  # the sampler's compile
+    devices = list(jax.local_devices() if devices is None else devices)
+    load = lambda step_dir: _load_step(step_dir, mesh, dtype, devices)
     path = epath.Path(os.fspath(path)).absolute()
     if (path / "config").exists():  # a checkpoint step directory
         try:
-            return _load_step(path)
+            return load(path)
         except Exception as error:  # noqa: BLE001 - damage is told apart from a bug below
             e = damage(error)
             if e is None or isinstance(error, CheckpointMismatchError):
@@ -59,8 +99,7 @@ def load_for_inference(path: str | os.PathLike) -> tuple[System, Params]:
             raise CheckpointError(f"{path} is damaged ({what[:300]}); other steps in "
                                   f"{path.parent}: {', '.join(map(str, others)) or 'none'}"
                                   ) from e
-    found = newest_intact(path / "checkpoints", lambda step: _load_step(
-        path / "checkpoints" / str(step)))
+    found = newest_intact(path / "checkpoints", lambda step: load(path / "checkpoints" / str(step)))
     if found is None:
         what = "a config.json but no checkpoint; train first" if (path / "config.json").exists() \
             else "no checkpoint with a saved config and no config.json"
@@ -68,24 +107,31 @@ def load_for_inference(path: str | os.PathLike) -> tuple[System, Params]:
     return found[1]
 
 
-def _load_step(step_dir: epath.Path) -> tuple[System, Params]:
+def _load_step(step_dir: epath.Path, mesh: Optional[str], dtype: str,
+               devices: list[jax.Device]) -> tuple[System, Params]:
     config = read_config_file(step_dir / "config" / "metadata")
+    config.mesh = inference_mesh(mesh, devices)
     system = build_system(config)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shapes = jax.eval_shape(lambda batch: system.init(jax.random.key(0), batch),
-                            system.example_batch(1))  # shapes only: nothing is computed
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                            nn.meta.unbox(shapes))
+    on = make_mesh(config.mesh, devices)
+    rules = axis_rules(config)
+    with jax.set_mesh(on), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(lambda batch: system.init(jax.random.key(0), batch),
+                               system.example_batch(1))  # shapes only: nothing is computed
+        shardings = nn.meta.unbox(logical_shardings(boxed, on, rules))
+    cast = lambda s: jnp.dtype(dtype) if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
+    abstract = jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, cast(s),
+                                                                     sharding=sharding),
+                            nn.meta.unbox(boxed), shardings)
     state_dir = step_dir / "state"
     saved = ocp.PyTreeCheckpointHandler().metadata(state_dir).tree  # no array is read
     key = "ema_params" if saved.get("ema_params") else "params"
     check_params(saved[key], abstract, str(step_dir))  # the code's model may have changed since
     item = {key: abstract}
-    with ocp.PyTreeCheckpointer() as checkpointer:
+    with ocp.PyTreeCheckpointer() as checkpointer:  # each array read into its shards, cast
         restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
             item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
             partial_restore=True))
-    logging.info("loaded %s from %s", key, step_dir)
+    logging.info("loaded %s from %s in %s on mesh %s", key, step_dir, dtype, dict(on.shape))
     return system, restored[key]
 
 

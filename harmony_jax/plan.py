@@ -54,7 +54,7 @@ from ml_collections import config_flags
 from harmony_jax.config_check import check_config
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.errors import ConfigError, FlagError, reported_as_one_line
-from harmony_jax.parallel.mesh import AXES, make_mesh
+from harmony_jax.parallel.mesh import AXES, apply_mesh_flag, make_mesh
 from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
 from harmony_jax.system import System, build_system, latent_inputs
 from harmony_jax.training.state import make_train_state
@@ -309,13 +309,7 @@ def apply_flags(config: ml_collections.ConfigDict, mesh: Optional[str], batch: O
     """A copy of `config` with the command line's mesh ('data=1,fsdp=64'), batch and remat."""
     config = ml_collections.ConfigDict(config.to_dict())
     if mesh:
-        for item in mesh.split(","):
-            key, _, value = item.partition("=")
-            if key not in config.mesh:
-                raise FlagError(f"--mesh {mesh!r}: {key!r} is not one of {list(config.mesh)}")
-            if not value.lstrip("-").isdigit():
-                raise FlagError(f"--mesh {mesh!r}: {key}={value!r} is not an integer")
-            config.mesh[key] = int(value)
+        apply_mesh_flag(config.mesh, mesh)
     if batch is not None:
         config.batch_size = batch
     if remat is not None:

@@ -192,7 +192,9 @@ class Ladder:
         tag = f"{_key(sampling)}-{step}-{'+'.join(modes)}"
 
         def compute():
-            system, params = load_for_inference(os.path.join(run_dir, "checkpoints", str(step)))
+            # float32 as trained: the cached summaries (keyed without a dtype) stay comparable
+            system, params = load_for_inference(os.path.join(run_dir, "checkpoints", str(step)),
+                                                dtype="float32")
             rows = evaluate_sync(system, params, self.num_clips, with_truth=False, modes=modes,
                                  world_seed=EVAL_WORLD_SEED, **dict(variant.sample))
             return _summary(rows)

@@ -17,8 +17,24 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
+from harmony_jax.errors import FlagError
+
 AXES = ("data", "fsdp", "sequence", "tensor")
 DCN_AXES = ("data", "fsdp")
+
+
+def apply_mesh_flag(mesh_cfg, spec: str, flag: str = "--mesh") -> None:
+    """Sets `mesh_cfg`'s sizes from a command line's 'data=1,fsdp=64' (in place); the error names
+    `flag`, the key or the value at fault."""
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in mesh_cfg:
+            raise FlagError(f"{flag} {spec!r}: {key!r} is not one of {list(mesh_cfg)}")
+        try:
+            mesh_cfg[key] = int(value)
+        except ValueError:
+            raise FlagError(f"{flag} {spec!r}: {key}={value!r} is not an integer") from None
 
 
 def mesh_axes(mesh_cfg) -> tuple[str, ...]:
