@@ -45,8 +45,8 @@ _CHOICES = {
     "optim.schedule": SCHEDULES,
     "optim.on_nonfinite": ON_NONFINITE,
 }
-_AT_LEAST = {  # key -> smallest allowed integer
-    "total_steps": 1, "checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1,
+_AT_LEAST = {  # key -> smallest allowed integer (total_steps=0: build, import, stop)
+    "total_steps": 0, "checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1,
     "sample_every": 0, "num_sample_clips": 1, "batch_size": 1,
     "model.depth": 1, "model.text_dim": 1, "model.freq_dim": 1,
     "model.video.dim": 1, "model.video.heads": 1, "model.video.ffn_dim": 1,

@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from entry_point import one_line as _one_line
 from harmony_jax import errors, inference
 from harmony_jax.inference import load_for_inference
 from harmony_jax.training import checkpoint, loop
@@ -45,15 +46,6 @@ def run(tmp_path_factory):
 def copy(run, tmp_path):
     """A copy of the run (checkpoints 2 and 4) to damage."""
     return shutil.copytree(run, tmp_path / "run")
-
-
-def _one_line(capsys, call, *args, code):
-    with pytest.raises(SystemExit) as exit_info:
-        errors.reported_as_one_line(call)(*args)
-    assert exit_info.value.code == code
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
 
 
 def _steps(workdir):

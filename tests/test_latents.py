@@ -123,14 +123,19 @@ def _files(root):
     return {name: (root / name).read_bytes() for name in sorted(os.listdir(root))}
 
 
+def _encode_command(src, dst) -> tuple[list[str], dict[str, str]]:
+    """`python -m harmony_jax.encode` of `src` into `dst` as the `encoded` fixture encodes."""
+    return ([sys.executable, "-m", "harmony_jax.encode", f"--config={ROOT}/configs/tiny.py",
+             f"--src={src}", f"--dst={dst}", "--dtype=float32",
+             f"--records_per_shard={PER_SHARD}"],
+            dict(os.environ, PYTHONPATH=os.path.abspath(ROOT)))
+
+
 @pytest.mark.slow
 def test_sigkill_during_encode_then_rerun_is_byte_identical(encoded, clips, tmp_path):
     dst, _ = encoded
     resumed = tmp_path / "resumed"
-    cmd = [sys.executable, "-m", "harmony_jax.encode", f"--config={ROOT}/configs/tiny.py",
-           f"--src={clips}", f"--dst={resumed}", "--dtype=float32",
-           f"--records_per_shard={PER_SHARD}"]
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(ROOT))
+    cmd, env = _encode_command(clips, resumed)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = resumed / shard_name(0, NUM_CLIPS // PER_SHARD)
     deadline = time.time() + 120
@@ -179,10 +184,7 @@ def test_two_real_processes_encode_what_one_does(encoded, clips, tmp_path):
     shards, process 0 the manifest after the barrier; every byte as one process wrote it."""
     dst, _ = encoded
     pod = tmp_path / "pod"
-    cmd = [sys.executable, "-m", "harmony_jax.encode", f"--config={ROOT}/configs/tiny.py",
-           f"--src={clips}", f"--dst={pod}", "--dtype=float32",
-           f"--records_per_shard={PER_SHARD}"]
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(ROOT))
+    cmd, env = _encode_command(clips, pod)
     cluster = LocalCluster(cmd, count=2, devices=1, cwd=ROOT, env=env,
                            log_dir=str(tmp_path / "logs"))
     assert cluster.wait(timeout=300, grace=30) == [0, 0], cluster.logs

@@ -18,6 +18,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from entry_point import one_line as _one_line
 from harmony_jax import errors, evaluate
 from harmony_jax import sample as sample_cli
 from harmony_jax.codecs import make_text_encoder
@@ -45,16 +46,6 @@ def _config(**overrides):
             node = node[p]
         node[leaf] = value
     return config
-
-
-def _one_line(capsys, call, *args, code=errors.USER_EXIT):
-    """Runs `call(*args)` as an entry point does; returns its only stderr line."""
-    with pytest.raises(SystemExit) as exit_info:
-        errors.reported_as_one_line(call)(*args)
-    assert exit_info.value.code == code
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
 
 
 @pytest.fixture

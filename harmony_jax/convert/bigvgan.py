@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
+from harmony_jax.errors import ConfigError
 from harmony_jax.codecs.bigvgan import (FILTER_SIZE, RATIO, BigVGANConfig, BigVGAN,
                                         kaiser_sinc_filter)
 from harmony_jax.convert import state_dict as sd
@@ -185,7 +186,7 @@ def load_bigvgan(path: str, config: BigVGANConfig) -> Any:
     """Nested float32 host params of `BigVGAN(config)` from anything `read_upstream` reads or a
     `convert bigvgan` checkpoint."""
     if not path:
-        raise ValueError("config.codecs.audio.vocoder_path is empty: set it to a BigVGAN "
+        raise ConfigError("config.codecs.audio.vocoder_path is empty: set it to a BigVGAN "
                          "checkpoint (folder or .pt) or a `python -m harmony_jax.convert bigvgan` "
                          "checkpoint")
     if store.is_orbax_checkpoint(path):

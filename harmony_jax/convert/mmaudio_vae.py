@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
+from harmony_jax.errors import ConfigError
 from harmony_jax.codecs.mmaudio_vae import MMAudioVAE, VAEConfig, fold_mp_weight
 from harmony_jax.convert import state_dict as sd
 from harmony_jax.convert import store, upstream
@@ -101,7 +102,7 @@ def load_vae(path: str, config: VAEConfig) -> tuple[Any, np.ndarray, np.ndarray]
     """(nested params, data_mean [n_mels], data_std [n_mels]) as float32 host arrays for
     `MMAudioVAE(config)`, from an MMAudio checkpoint or a `convert mmaudio-vae` one."""
     if not path:
-        raise ValueError("config.codecs.audio.path is empty: set it to MMAudio's VAE checkpoint "
+        raise ConfigError("config.codecs.audio.path is empty: set it to MMAudio's VAE checkpoint "
                          "(ext_weights/v1-16.pth or v1-44.pth) or a `python -m harmony_jax.convert"
                          " mmaudio-vae` checkpoint")
     if store.is_orbax_checkpoint(path):

@@ -26,6 +26,7 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
+from harmony_jax.errors import ConfigError
 from harmony_jax.codecs.umt5 import UMT5Config, UMT5Encoder
 from harmony_jax.convert import state_dict as sd
 from harmony_jax.convert import store, upstream
@@ -233,7 +234,7 @@ def load_umt5(path: str, config: UMT5Config) -> Any:
     """Nested host params of `UMT5Encoder(config)` in the checkpoint's dtype, from anything
     `read_upstream` reads or a `convert umt5` checkpoint."""
     if not path:
-        raise ValueError("config.codecs.text.path is empty: set it to a umT5 checkpoint folder "
+        raise ConfigError("config.codecs.text.path is empty: set it to a umT5 checkpoint folder "
                          "(e.g. Wan2.2-TI2V-5B-Diffusers) or a `python -m harmony_jax.convert "
                          "umt5` checkpoint")
     if store.is_orbax_checkpoint(path):
@@ -255,7 +256,7 @@ def load_umt5(path: str, config: UMT5Config) -> Any:
 def load_spiece(path: str) -> bytes:
     """The serialized sentencepiece model of a checkpoint (`find_spiece`, or the orbax leaf)."""
     if not path:
-        raise ValueError("config.codecs.text.path is empty: the umT5 tokenizer is read from it")
+        raise ConfigError("config.codecs.text.path is empty: the umT5 tokenizer is read from it")
     if store.is_orbax_checkpoint(path):
         return _restore(path, {"spiece_model": np.uint8})["spiece_model"].tobytes()
     return find_spiece(path).read_bytes()

@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
+from harmony_jax.errors import ConfigError
 from harmony_jax.codecs.wan_vae import WanVAE, WanVAEConfig
 from harmony_jax.convert import state_dict as sd
 from harmony_jax.convert import store, upstream
@@ -231,7 +232,7 @@ def load_vae(path: str, config: WanVAEConfig) -> tuple[Any, np.ndarray, np.ndarr
     """(nested params, latents_mean [z], latents_std [z]) as host arrays for `WanVAE(config)`,
     from anything `read_upstream` reads or a `convert wan-vae` checkpoint."""
     if not path:
-        raise ValueError("config.codecs.video.path is empty: set it to a diffusers Wan2.2 vae/ "
+        raise ConfigError("config.codecs.video.path is empty: set it to a diffusers Wan2.2 vae/ "
                          "folder, Wan2.2_VAE.pth or a `python -m harmony_jax.convert wan-vae` "
                          "checkpoint")
     root = pathlib.Path(path)
