@@ -40,16 +40,11 @@ def _train(workdir, *overrides):
             *overrides]
 
 
-# Compiles dominate these tests: every process (the references too) compiles without XLA's
-# expensive backend passes, the same programs either way.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
 def _env():
-    """The test session's compile cache and 8 devices (a cluster gives each process its own)."""
+    """The test session's compile cache and XLA flags (`conftest.py`: 8 devices, which a cluster
+    replaces by its own count per process)."""
     return dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".jax_cache"),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
 
 
 def _saved_state(workdir, step):
