@@ -3,9 +3,10 @@
     python -m harmony_jax.evaluate PATH [--json out.json] [--sounding-shapes] [--plot out.png]
                                         [--max-lag 1.0]
 
-PATH is one clip or a folder of clips (.mp4, .mov, .m4v, .mkv, .webm). Every clip gets the generic AV offset estimate of
-DESIGN.md section 9 (the lag, within +/- max-lag, that best aligns the video's motion-change
-envelope with the audio's onset-strength envelope; positive = audio late) with the evidence
+PATH is one clip or a folder of clips (.mp4, .mov, .m4v, .mkv, .webm). Every clip gets the
+generic AV offset estimate of DESIGN.md section 9 (the lag, within +/- max-lag, shorter than the
+clip, that best aligns the video's motion-change envelope with the audio's onset-strength
+envelope; positive = audio late) with the evidence
 behind it: the correlation's peak-to-sidelobe ratio and the motion and onset events counted. A
 clip without any (static video, silence, a steady tone) reads "no sync evidence" and is left out
 of the mean. `--sounding-shapes` adds the event metrics that need clips of that world: bounces

@@ -84,7 +84,8 @@ def load_for_inference(path: str | os.PathLike, *, mesh: Optional[str] = None,
         raise FlagError(f"--dtype {dtype!r} is not one of {DTYPES}")
     enable_compile_cache(DEFAULT_DIR)  # the sampler's compile
     devices = list(jax.local_devices() if devices is None else devices)
-    load = lambda step_dir: _load_step(step_dir, mesh, dtype, devices)
+    sizes = inference_mesh(mesh, devices)  # a bad --mesh is named before any step is read
+    load = lambda step_dir: _load_step(step_dir, sizes, dtype, devices)
     path = epath.Path(os.fspath(path)).absolute()
     if (path / "config").exists():  # a checkpoint step directory
         try:
@@ -107,10 +108,10 @@ def load_for_inference(path: str | os.PathLike, *, mesh: Optional[str] = None,
     return found[1]
 
 
-def _load_step(step_dir: epath.Path, mesh: Optional[str], dtype: str,
+def _load_step(step_dir: epath.Path, mesh: dict[str, int], dtype: str,
                devices: list[jax.Device]) -> tuple[System, Params]:
     config = read_config_file(step_dir / "config" / "metadata")
-    config.mesh = inference_mesh(mesh, devices)
+    config.mesh = mesh
     system = build_system(config)
     on = make_mesh(config.mesh, devices)
     rules = axis_rules(config)

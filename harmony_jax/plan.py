@@ -27,9 +27,9 @@ the samples it writes.
 
 Caveats: XLA:CPU's buffer assignment and fusion differ from TPU/GPU, so treat the figures as a
 close estimate. Attention is the configured kernel as it lowers off GPU: 'auto' (harmony_5b) is
-the blockwise kernel, in the memory class of the flash kernels TPU and GPU run. FLOPs come from lowering the step unrolled at depth 1 and 2 and extrapolating
-linearly in depth (XLA's cost analysis counts a loop body once); they include remat
-recomputation and the optimizer.
+the blockwise kernel, in the memory class of the flash kernels TPU and GPU run. FLOPs come from
+lowering the step unrolled at depth 1 and 2 and extrapolating linearly in depth (XLA's cost
+analysis counts a loop body once); they include remat recomputation and the optimizer.
 
 Attention kernels (`--attention`, default `model.attention`): each one named is compiled and the
 plans print side by side, one column each. `splash` runs interpreted here (the Pallas TPU kernel
@@ -231,8 +231,8 @@ def format_plan(plan: Plan, hbm_gib: float = 0.0) -> str:
     lines.append(f"FLOPs per step {plan.flops:.3e} ({plan.flops / plan.devices:.3e} per device)")
     lines.append(f"compiled in {plan.compile_seconds:.0f} s")
     if hbm_gib:
-        totals = [("", plan.total)] + ([(" with the text encoder resident",
-                                         plan.total + plan.frozen_text)] if plan.frozen_text else [])
+        resident = [(" with the text encoder resident", plan.total + plan.frozen_text)]
+        totals = [("", plan.total)] + (resident if plan.frozen_text else [])
         for what, total in totals:
             verdict = "fits" if total <= hbm_gib * GiB else "does NOT fit"
             lines.append(f"{verdict} in {hbm_gib:g} GiB per device{what} "
