@@ -171,13 +171,6 @@ class Checkpointer:
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
 
-    def complete_steps(self) -> list[int]:
-        """Steps fully on disk, read from the directory (orbax renames a step into place only
-        once every process has written it), without asking the other processes."""
-        if not self.directory.exists():
-            return []
-        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
-
     def check_resumable(self, step: int, config: ml_collections.ConfigDict) -> None:
         """Raises CheckpointMismatchError when this run is not the one that wrote `step`: another
         process count, or another value of a key that changes what is computed (keys that only

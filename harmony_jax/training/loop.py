@@ -25,7 +25,7 @@ from harmony_jax.parallel import distributed
 from harmony_jax.parallel.mesh import make_mesh
 from harmony_jax.parallel.sharding import axis_rules, batch_sharding, process_rows, replicated
 from harmony_jax.system import System, build_system, latent_inputs
-from harmony_jax.training.checkpoint import Checkpointer, write_config
+from harmony_jax.training.checkpoint import Checkpointer, steps_in, write_config
 from harmony_jax.training.preemption import PreemptionWatch
 from harmony_jax.training.state import make_train_state
 from harmony_jax.training.step import TrainState, make_train_step
@@ -125,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     distributed.maybe_initialize(config.distributed)
     distributed.check_same_config(config, config.distributed.barrier_timeout_s)
     check_config(config, jax.device_count(), reads_data=True)  # and the batch over the mesh
-    make_source(config)  # a missing or malformed data folder is named before the model is built
+    source = make_source(config)  # a bad data folder is named before the model is built
     mesh = make_mesh(config.mesh)
     rules = axis_rules(config)
     logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
@@ -138,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     system = build_system(config)  # the real codecs: sampling decodes (and encodes) with them
     train_system = system
     if config.data.source == "latents":  # `harmony_jax.encode` output: the encoders never run
-        train_system = latent_inputs(system, make_source(config).empty_prompt())
+        train_system = latent_inputs(system, source.empty_prompt())
         logging.info(unloaded_message(config))
 
     def imported(params):  # a fresh run starts from the imported parts; a resumed one from its own
@@ -224,11 +224,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if jax.process_count() == 1:
             raise
         peer_lost = True
-        saved = checkpointer.complete_steps()
+        # read from the directory, without asking the peers: orbax renames a step into place
+        # once every process has written it
+        saved = steps_in(checkpointer.directory)
         raise PeerLostError(
             f"process {jax.process_index()} of {jax.process_count()}: another process stopped "
             f"during step {done + 1} ({str(e).splitlines()[0][:160]}); the last complete "
-            f"checkpoint is {f'step {saved[-1]}' if saved else 'none'}: restart every process "
+            f"checkpoint is {f'step {saved[0]}' if saved else 'none'}: restart every process "
             f"with the same command to resume") from None
     finally:  # also on a halt: pending async saves finish, the SIGTERM handler is restored
         preemption.close()
