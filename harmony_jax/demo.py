@@ -25,6 +25,7 @@ from harmony_jax.eval.heldout import evaluate_sync
 from harmony_jax.eval.sync import sync_table
 from harmony_jax.system import build_system
 from harmony_jax.training.loop import train_and_evaluate
+from harmony_jax import quiet_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Run config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the run and the clips go.")
@@ -53,4 +54,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    quiet_logs.install()
     app.run(main, flags_parser=parse_flags)

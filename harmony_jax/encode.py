@@ -45,6 +45,7 @@ from harmony_jax.data.latent_records import (DTYPES, EMPTY_PROMPT_FILE, FORMAT, 
 from harmony_jax.errors import DataError, UserError, one_line, reported_as_one_line
 from harmony_jax.parallel import distributed
 from harmony_jax.system import System, build_system
+from harmony_jax import quiet_logs
 
 READ_THREADS = 4  # clips decoded ahead of the encoder (ffmpeg and resampling release the GIL)
 WRITER_OPTIONS = "group_size:1,uncompressed"  # one record per chunk: fast random access
@@ -337,6 +338,7 @@ def main(values: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
+    quiet_logs.install()
     _FLAGS = _define_flags()
     flags.mark_flags_as_required(["config", "src", "dst"])
     app.run(lambda argv: main({k: f.value for k, f in _FLAGS.items()}), flags_parser=parse_flags)

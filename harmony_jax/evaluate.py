@@ -36,6 +36,7 @@ from harmony_jax.errors import FlagError, reported_as_one_line
 from harmony_jax.eval import sync
 from harmony_jax.media import MediaError
 from harmony_jax.media_window import frame_rate, read_window
+from harmony_jax import quiet_logs
 
 Metrics = dict[str, float]
 _EVENT_COLUMNS = (  # (metric, title, format) of the --sounding-shapes columns
@@ -211,4 +212,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    quiet_logs.install()
     app.run(main, flags_parser=lambda argv: _parser().parse_args(argv[1:]))

@@ -59,6 +59,7 @@ from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
 from harmony_jax.system import System, build_system, latent_inputs
 from harmony_jax.training.state import make_train_state
 from harmony_jax.training.step import make_train_step
+from harmony_jax import quiet_logs
 
 GiB = 1024 ** 3
 FROZEN_TEXT_DTYPE = "bfloat16"  # Wan2.2's umT5-XXL checkpoint (models_t5_umt5-xxl-enc-bf16)
@@ -375,6 +376,7 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
 
 
 if __name__ == "__main__":
+    quiet_logs.install()
     _FLAGS = _define_flags()
     flags.mark_flags_as_required(["config"])
     app.run(reported_as_one_line(lambda argv: print(run(**{k: f.value

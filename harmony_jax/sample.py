@@ -39,6 +39,7 @@ from harmony_jax.inference import (DTYPES, load_for_inference, read_audio, read_
                                    read_video)
 from harmony_jax.media import MediaError, write_av, write_wav
 from harmony_jax.system import System
+from harmony_jax import quiet_logs
 
 REF_AUDIO_MAX_SECONDS = 3.0  # the paper's reference voices are 1-3 s
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take H.264 + AAC
@@ -222,4 +223,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    quiet_logs.install()
     app.run(main, flags_parser=lambda argv: _parser().parse_args(argv[1:]))

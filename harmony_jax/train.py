@@ -13,6 +13,7 @@ from ml_collections import config_flags
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.errors import reported_as_one_line
 from harmony_jax.training.loop import PeerLostError, train_and_evaluate
+from harmony_jax import quiet_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).",
                                           lock_config=True)
@@ -30,5 +31,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    quiet_logs.install()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main, flags_parser=parse_flags)

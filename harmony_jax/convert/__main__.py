@@ -19,6 +19,7 @@ from ml_collections import config_flags
 from harmony_jax.config_check import check_config
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.errors import FlagError, UserError, one_line, reported_as_one_line
+from harmony_jax import quiet_logs
 
 _COMMANDS = {  # command -> module under harmony_jax.convert
     "wan": "wan",
@@ -60,4 +61,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    quiet_logs.install()
     app.run(main, flags_parser=parse_flags)
