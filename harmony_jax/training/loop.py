@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 
 import flax.linen as nn
 import jax
@@ -27,6 +26,7 @@ from harmony_jax.parallel.sharding import axis_rules, batch_sharding, process_ro
 from harmony_jax.system import System, build_system, latent_inputs
 from harmony_jax.training.checkpoint import Checkpointer, steps_in, write_config
 from harmony_jax.training.preemption import PreemptionWatch
+from harmony_jax.training.progress import Progress
 from harmony_jax.training.state import make_train_state
 from harmony_jax.training.step import TrainState, make_train_step
 
@@ -104,18 +104,6 @@ def write_samples(system: System, params, step: int, workdir: str) -> list[str]:
     return paths
 
 
-def _log(step: int, metrics: dict[str, float], steps_per_s: float, remaining: int, writer):
-    eta = remaining / max(steps_per_s, 1e-9)
-    terms = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-    logging.info("step %d %s | %.2f steps/s | ETA %dm%02ds", step, terms, steps_per_s,
-                 eta // 60, eta % 60)
-    if writer is not None:
-        for k, v in metrics.items():
-            writer.add_scalar(f"train/{k}", v, step)
-        writer.add_scalar("train/steps_per_s", steps_per_s, step)
-        writer.flush()
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains to `config.total_steps`, resuming from `workdir` if it holds a checkpoint."""
     # ---- config, workdir, processes, mesh
@@ -191,12 +179,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # ---- loop
     halt_on_nonfinite = config.optim.on_nonfinite == "halt"
     preemption = PreemptionWatch()
-    t_last, steps_since, done, peer_lost = time.time(), 0, start, False
+    progress = Progress(start, config.total_steps, writer, show_bar=jax.process_index() == 0)
+    done, peer_lost = start, False
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             for step in range(start, config.total_steps):
                 state, metrics = train_step(state, next(batches))
-                steps_since += 1
+                progress.step()
                 checkpointer.check_for_errors()  # a failed async save stops the run at once
                 done = step + 1
                 log_now = done % config.log_every == 0 or done == config.total_steps
@@ -205,10 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     if halt_on_nonfinite and not metrics["finite"]:
                         raise NonFiniteError(_nonfinite_message(done, metrics))
                 if log_now:
-                    now = time.time()
-                    _log(done, metrics, steps_since / (now - t_last), config.total_steps - done,
-                         writer)
-                    t_last, steps_since = now, 0
+                    progress.log(done, metrics)
                 preempted = preemption.should_stop(done)
                 if (preempted or done % config.checkpoint_every == 0
                         or done == config.total_steps):
@@ -233,6 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             f"checkpoint is {f'step {saved[0]}' if saved else 'none'}: restart every process "
             f"with the same command to resume") from None
     finally:  # also on a halt: pending async saves finish, the SIGTERM handler is restored
+        progress.close()
         preemption.close()
         if not peer_lost:  # an async save cannot finish without its peers; orbax drops it
             checkpointer.wait()

@@ -1,0 +1,60 @@
+"""What the training loop shows: a progress bar with steps/s and ETA on a terminal, plain log
+lines (step, losses, steps/s, ETA) when the output goes to a file, a pipe or a cluster's log.
+
+Metrics also go to TensorBoard either way. On a terminal the metric lines are written above the
+bar (`tqdm.write`), so the history stays readable and the bar stays at the bottom.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO
+
+from absl import logging
+from tqdm import tqdm
+
+
+def metric_line(step: int, metrics: dict[str, float]) -> str:
+    return f"step {step} " + " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+
+
+class Progress:
+    """Counts steps from `start` to `total`; `log` is called at each `log_every` step."""
+
+    def __init__(self, start: int, total: int, writer=None, stream: IO[str] | None = None,
+                 show_bar: bool = True):
+        self.total, self.writer = total, writer
+        self.stream = sys.stderr if stream is None else stream
+        self.t_last, self.steps_since = time.time(), 0
+        self.bar = None
+        if show_bar and start < total and self.stream.isatty():
+            self.bar = tqdm(total=total, initial=start, unit="step", file=self.stream,
+                            dynamic_ncols=True, smoothing=0.1)
+
+    def step(self) -> None:
+        self.steps_since += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """One line of metrics; steps/s is measured since the previous line."""
+        now = time.time()
+        steps_per_s = self.steps_since / max(now - self.t_last, 1e-9)
+        self.t_last, self.steps_since = now, 0
+        line = metric_line(step, metrics)
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            eta = (self.total - step) / max(steps_per_s, 1e-9)
+            logging.info("%s | %.2f steps/s | ETA %dm%02ds", line, steps_per_s, eta // 60,
+                         eta % 60)
+        if self.writer is not None:
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+            self.writer.add_scalar("train/steps_per_s", steps_per_s, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
