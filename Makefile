@@ -1,10 +1,11 @@
-# Two commands: `make demo` (train + sample + sync table on CPU) and `make test` (the suite).
+# Two commands: `make demo` (train + sample + sync table on CPU) and `make test` (the suite);
+# `make lint` runs ruff (configured in pyproject.toml) as CI does.
 # Both create the virtual environment they need on a fresh machine.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo test lint install install-dev clean
 
 $(VENV)/.run-deps: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,10 @@ demo: $(VENV)/.run-deps
 
 test: $(VENV)/.dev-deps
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --durations=15 tests
+
+lint: $(VENV)/.dev-deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf runs .jax_cache

@@ -99,7 +99,8 @@ def test_skip_bad_files_uses_next_good_clip(folder, caplog):
 
 
 def test_short_clip_is_an_error(folder):
-    with pytest.raises(MediaError, match=r"good.mp4: 2.000 s of video is shorter than 24 frames at 8 fps \(3.000 s\)"):
+    with pytest.raises(MediaError, match=r"good.mp4: 2.000 s of video is shorter than 24 "
+                       r"frames at 8 fps \(3.000 s\)"):
         ClipFolder(str(folder), **dict(SHAPE, num_frames=24)).load(0)
 
 

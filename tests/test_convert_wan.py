@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import tiny  # noqa: E402
 
 from harmony_jax.convert import store, wan  # noqa: E402
-from harmony_jax.convert.state_dict import StateDictMismatchError, read_safetensors  # noqa: E402
+from harmony_jax.convert.state_dict import StateDictMismatchError  # noqa: E402
 from harmony_jax.model import ModelConfig  # noqa: E402
 from harmony_jax.system import build_system  # noqa: E402
 from harmony_jax.training.loop import train_and_evaluate  # noqa: E402

@@ -2,7 +2,6 @@
 kernel for every attention the model makes, skips the band's empty blocks, runs under Ulysses,
 and a whole train step with it equals the 'xla' step."""
 
-import dataclasses
 import functools
 import os
 import sys
@@ -267,7 +266,7 @@ def test_every_remat_policy_traces_with_splash():
                                 audio_frames=10, audio_rate=AUDIO_RATE, ref_frames=2)
         model = HarmonyDiT(cfg)
         params = jax.eval_shape(model.init, jax.random.key(1), *inputs)
-        loss = lambda p: sum(jnp.sum(jnp.sin(o)) for o in model.apply(p, *inputs))
+        loss = lambda p: sum(jnp.sum(jnp.sin(o)) for o in model.apply(p, *inputs))  # noqa: B023
         jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
         assert "pallas_call" in jaxpr and ("remat" in jaxpr) == (remat != "none"), remat
 

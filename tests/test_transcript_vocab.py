@@ -1,4 +1,4 @@
-"""F5-TTS vocabulary ids reach the data pipeline and the sampler via `config.init.transcript_from`."""
+"""F5-TTS vocabulary ids reach the data pipeline and the sampler via `init.transcript_from`."""
 
 import os
 import sys

@@ -18,7 +18,7 @@ from flax import traverse_util
 
 
 def is_orbax_checkpoint(path: str | pathlib.Path) -> bool:
-    """Whether `path` is a finished orbax checkpoint (a `convert ...` output), not upstream files."""
+    """Whether `path` is a finished orbax checkpoint (a `convert` output), not upstream files."""
     return (pathlib.Path(path) / "_CHECKPOINT_METADATA").is_file()
 
 

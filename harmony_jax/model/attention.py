@@ -32,7 +32,7 @@ def uses_splash(implementation: str) -> bool:
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           mask: Optional[jax.Array] = None,
                           implementation: str = "xla",
-                          splash_blocks: SplashBlocks = SplashBlocks(),
+                          splash_blocks: SplashBlocks = SplashBlocks(),  # noqa: B008 (frozen)
                           splash_band: Optional[BandKernel] = None) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v for q [B, Lq, N, Hd], k/v [B, Lk, N, Hd].
 
