@@ -6,6 +6,8 @@ refuses unknown keys) and one test can load every config.
 
 import ml_collections
 
+from harmony_jax.compile_cache import DEFAULT_DIR
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -19,7 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 8  # global batch
     # compiled programs persist here, so a resumed run or the next sample call skips compiling;
     # '' turns it off; JAX_COMPILATION_CACHE_DIR, when set, wins
-    c.compile_cache_dir = "~/.cache/harmony_jax/xla"
+    c.compile_cache_dir = DEFAULT_DIR
 
     # ---- model: turned into a frozen `ModelConfig` once; layers never see the run config.
     m = c.model = ml_collections.ConfigDict()

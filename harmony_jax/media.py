@@ -29,12 +29,22 @@ class MediaError(UserError):
     """A media file is missing, corrupt, truncated or lacks what the caller needs."""
 
 
+def unit_range(frames: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [-1, 1], the range the codecs and the model work in."""
+    return frames.astype(np.float32) / 127.5 - 1.0
+
+
+def uint8_range(video: np.ndarray) -> np.ndarray:
+    """float pixels in [-1, 1] (clipped) -> uint8, the inverse of `unit_range`."""
+    return np.round((np.clip(video, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+
+
 def _to_uint8_video(video: np.ndarray) -> np.ndarray:
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[-1] != 3:
         raise ValueError(f"video must be [F, H, W, 3], got {video.shape}")
     if video.dtype != np.uint8:  # float in [-1, 1]
-        video = np.round((np.clip(video, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+        video = uint8_range(video)
     pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2  # yuv420p needs even sizes
     if pad_h or pad_w:
         video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")

@@ -165,7 +165,7 @@ def build_system(config: ml_collections.ConfigDict) -> System:
                          f"tower, which predicts velocity; config.flow.prediction='x0' would "
                          f"read its output as clean latents (use 'velocity')")
     m = config.model
-    pad_to = m.video.get("text_pad_to", 0)
+    pad_to = m.video.text_pad_to
     if config.init.video_from and not pad_to:
         raise ValueError(f"config.init.video_from={config.init.video_from} imports a Wan2.2 "
                          f"tower, which attends to its caption zero-padded to 512 tokens; "

@@ -29,9 +29,38 @@ def test_config_loads(path):
         config.optim.learning_rate = 1.0  # a typo of optim.lr is refused, not silently added
 
 
-def test_all_configs_found():
-    names = {os.path.basename(p) for p in CONFIGS}
-    assert {"tiny.py", "demo.py", "harmony_5b.py"} <= names
+def _keys(config, prefix=""):
+    for key, value in config.items():
+        yield prefix + key
+        if hasattr(value, "items"):
+            yield from _keys(value, f"{prefix}{key}.")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_sets_only_keys_the_defaults_define(path):
+    # base_config() is not locked while a config file edits it: a misspelt key there would be
+    # added silently and never read
+    from harmony_jax.defaults import base_config
+    extra = set(_keys(_load(path))) - set(_keys(base_config()))
+    assert not extra, f"{os.path.basename(path)} sets keys the defaults lack: {sorted(extra)}"
+
+
+def test_saved_config_reads_onto_todays_defaults(tmp_path):
+    from etils import epath
+
+    from harmony_jax.defaults import base_config
+    from harmony_jax.errors import CheckpointError
+    from harmony_jax.training.checkpoint import read_config_file
+    saved = base_config()
+    saved.seed = 7
+    del saved.model.video["text_pad_to"]  # a run saved before the key existed
+    file = epath.Path(tmp_path) / "config.json"
+    file.write_text(saved.to_json())
+    config = read_config_file(file)
+    assert config.seed == 7 and config.model.video.text_pad_to == base_config().model.video.text_pad_to
+    file.write_text('{"seed": "seven"}')  # another type than the key's
+    with pytest.raises(CheckpointError, match="config.json: damaged"):
+        read_config_file(file)
 
 
 def test_unknown_prediction_names_the_key():

@@ -18,9 +18,6 @@ __all__ = [
     "make_audio_codec", "make_text_encoder", "make_video_codec",
 ]
 
-_DEFAULT_TEXT_VOCAB = 4096  # used when config.codecs.text has no `vocab_size`
-
-
 def _pixel(config: ml_collections.ConfigDict) -> VideoCodec:
     from harmony_jax.codecs.pixel import PixelCodec
     return PixelCodec(fps=float(config.data.fps))
@@ -46,7 +43,7 @@ def _mmaudio(config: ml_collections.ConfigDict) -> AudioCodec:
 def _demo_text(config: ml_collections.ConfigDict) -> TextEncoder:
     from harmony_jax.codecs.text import DemoTextEncoder
     t = config.codecs.text
-    return DemoTextEncoder(vocab_size=t.get("vocab_size", _DEFAULT_TEXT_VOCAB),
+    return DemoTextEncoder(vocab_size=t.vocab_size,
                            max_len=t.max_len, dim=config.model.text_dim)
 
 

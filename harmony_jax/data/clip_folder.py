@@ -23,7 +23,7 @@ import librosa
 import numpy as np
 
 from harmony_jax.errors import DataError
-from harmony_jax.media import MediaError
+from harmony_jax.media import MediaError, unit_range
 from harmony_jax.media_window import read_window
 
 CAPTIONS_FILE = "captions.jsonl"
@@ -155,6 +155,6 @@ class ClipFolder:
             raise MediaError(f"{clip.path}: {len(wave) / self.sample_rate:.3f} s of audio, "
                              f"{self.num_samples / self.sample_rate:.3f} s needed")
         wave = np.pad(wave, (0, max(0, missing)))[: self.num_samples]  # [S]
-        return dict(video=video.astype(np.float32) / 127.5 - 1.0, audio=wave,
+        return dict(video=unit_range(video), audio=wave,
                     video_caption=clip.video_caption, audio_caption=clip.audio_caption,
                     transcript=clip.transcript)

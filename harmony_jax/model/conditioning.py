@@ -42,8 +42,3 @@ class Conditioning:
 def concat_conditionings(conds: list[Conditioning]) -> Conditioning:
     """Stacks conditionings along the batch axis (e.g. the 3B SyncCFG call)."""
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *conds)
-
-
-def take_batch(cond: Conditioning, start: int, size: int) -> Conditioning:
-    """A static slice [start, start + size) of the batch."""
-    return jax.tree.map(lambda x: jax.lax.slice_in_dim(x, start, start + size, axis=0), cond)

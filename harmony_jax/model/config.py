@@ -98,7 +98,7 @@ class ModelConfig:
                                    ffn_dim=int(m.video.ffn_dim),
                                    in_channels=int(m.video.in_channels),
                                    patch=tuple(int(p) for p in m.video.patch),
-                                   text_pad_to=int(m.video.get("text_pad_to", 0))),
+                                   text_pad_to=int(m.video.text_pad_to)),
             audio=TowerConfig(dim=int(m.audio.dim), heads=int(m.audio.heads),
                               ffn_dim=int(m.audio.ffn_dim), in_channels=int(m.audio.in_channels)),
             transcript=TranscriptConfig(**{k: int(v) for k, v in m.transcript.items()}),
@@ -108,7 +108,7 @@ class ModelConfig:
             video_latent_rate=float(video_latent_rate),
             attention=str(m.attention),
             splash=SplashBlocks(**{k: type(getattr(SplashBlocks(), k))(v)
-                                   for k, v in m.get("splash", {}).items()}),
+                                   for k, v in m.splash.items()}),
             dtype=jnp.dtype(m.dtype),
             param_dtype=jnp.dtype(m.param_dtype),
             scan_layers=bool(m.scan_layers),

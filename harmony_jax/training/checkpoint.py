@@ -22,6 +22,7 @@ from absl import logging
 from etils import epath
 
 from harmony_jax.config_diff import first_difference, without
+from harmony_jax.defaults import base_config
 from harmony_jax.errors import CheckpointError, DiskError, one_line
 
 T = TypeVar("T")
@@ -313,11 +314,16 @@ def read_config(path: str) -> tuple[ml_collections.ConfigDict, Optional[epath.Pa
 
 
 def read_config_file(file: epath.Path) -> ml_collections.ConfigDict:
-    """A saved run config; one that is no JSON raises CheckpointError naming the file."""
+    """A saved run config merged onto today's defaults, so a key added since the run was saved
+    reads as its default and no reader needs a fallback; one that is no JSON (or holds a value
+    of another type than its key's) raises CheckpointError naming the file."""
     try:
-        return ml_collections.ConfigDict(json.loads(file.read_text()))
-    except ValueError as e:
+        saved = json.loads(file.read_text())
+        config = base_config()
+        config.update(saved)
+    except (ValueError, TypeError) as e:
         raise CheckpointError(f"{file}: damaged, not a JSON run config ({e})") from e
+    return config
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
