@@ -25,6 +25,7 @@ from harmony_jax.encode import encode_folder, shards_of  # noqa: E402
 from harmony_jax.media import MediaError, write_av  # noqa: E402
 from harmony_jax.parallel.local_cluster import LocalCluster  # noqa: E402
 from harmony_jax.training import loop  # noqa: E402
+from harmony_jax.training.progress import Progress  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 NUM_CLIPS, PER_SHARD = 8, 2
@@ -96,7 +97,7 @@ def test_bfloat16_is_the_default_and_halves_the_bytes(clips, tmp_path):
 
 def _losses_and_state(config, workdir, monkeypatch):
     losses = []
-    monkeypatch.setattr(loop, "_log", lambda step, metrics, *a: losses.append(metrics["loss"]))
+    monkeypatch.setattr(Progress, "log", lambda self, step, metrics: losses.append(metrics["loss"]))
     state = loop.train_and_evaluate(config, str(workdir))
     return losses, state
 
