@@ -21,8 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from harmony_jax.config_cli import parse_flags
-from harmony_jax.eval.ablation import LADDER, Ladder, extra_variants, format_table, plot, \
-    run_ladder
+from harmony_jax.eval.ablation import LADDER, Ladder, extra_variants, format_table, plot, run_ladder
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Base run config.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/ablation", "Runs, results.json, ablation.png.")
@@ -46,14 +45,17 @@ def main(argv):
     plot(stats, variants, curves, png)
     device = jax.devices()[0]
     extra = f" ({len(extra_seeds)} for the extra rows)" if _EXTRAS.value else ""
-    print(f"\n{len(variants)} variants, {_SEEDS.value} seeds{extra}, {steps} steps of batch "
-          f"{batch} per run, {ladder.num_clips} held-out clips; "
-          f"{device.platform} ({device.device_kind}); wall {(time.time() - start) / 60:.1f} min "
-          f"(cached runs and evaluations count as 0)\n")
+    print(
+        f"\n{len(variants)} variants, {_SEEDS.value} seeds{extra}, {steps} steps of batch "
+        f"{batch} per run, {ladder.num_clips} held-out clips; "
+        f"{device.platform} ({device.device_kind}); wall {(time.time() - start) / 60:.1f} min "
+        f"(cached runs and evaluations count as 0)\n"
+    )
     print(format_table(stats, variants))
     for name, runs in curves.items():
-        points = ", ".join(f"{s}: {sum(r[i][1] for r in runs) / len(runs):.3f}"
-                           for i, (s, _) in enumerate(runs[0]))
+        points = ", ".join(
+            f"{s}: {sum(r[i][1] for r in runs) / len(runs):.3f}" for i, (s, _) in enumerate(runs[0])
+        )
         print(f"sync vs step, {name}: {points}")
     print(f"\n{_WORKDIR.value}/results.json, {png}")
 

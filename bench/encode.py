@@ -27,8 +27,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Codecs, clip geom
 _QUICK = flags.DEFINE_bool("quick", False, "A tiny model and clip instead of --config.")
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 32, "Clips written and encoded.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps per input kind (after 1 warmup).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the clips and records go (default: a "
-                               "temporary directory, removed after).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Where the clips and records go (default: a temporary directory, removed after).",
+)
 
 
 def main(argv):

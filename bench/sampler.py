@@ -30,8 +30,12 @@ _QUICK = flags.DEFINE_bool("quick", False, "Tiny models for a CPU instead of --c
 _STEPS = flags.DEFINE_integer("steps", 40, "Sampler steps per clip.")
 _RUNS = flags.DEFINE_integer("runs", 3, "Timed calls per measurement (median; after 1 warmup).")
 _PEER = flags.DEFINE_bool("peer", True, "Also time diffusers' Wan transformer (needs torch).")
-_ATTENTION = flags.DEFINE_list("attention", None, "model.attention kernels, side by side; "
-                               "default: the config's (+ blockwise, splash on TPU or --quick).")
+_ATTENTION = flags.DEFINE_list(
+    "attention",
+    None,
+    "model.attention kernels, side by side; "
+    "default: the config's (+ blockwise, splash on TPU or --quick).",
+)
 
 
 def main(argv):

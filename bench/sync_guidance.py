@@ -31,8 +31,7 @@ def main(argv):
     system, params = load_for_inference(_WORKDIR.value)
     summary = []
     for i, guidance in enumerate(GUIDANCES):
-        rows = evaluate_sync(system, params, _NUM_CLIPS.value, guidance=guidance,
-                             with_truth=i == 0)
+        rows = evaluate_sync(system, params, _NUM_CLIPS.value, guidance=guidance, with_truth=i == 0)
         print(f"\n== guidance={guidance}\n{sync_table(rows)}")
         for mode in MODES:
             gen, shuf = _mean_f1(rows[f"{mode} generated"]), _mean_f1(rows[f"{mode} shuffled"])

@@ -35,8 +35,9 @@ _REMAT = flags.DEFINE_list("remat", list(bench.REMATS), "Remat policies.")
 _ATTENTION = flags.DEFINE_list("attention", list(bench.ATTENTIONS), "Attention kernels.")
 _DTYPE = flags.DEFINE_list("dtype", list(bench.DTYPES), "Compute dtypes (params stay float32).")
 _DONATE = flags.DEFINE_bool("donate", True, "Donate the train state to the step.")
-_ISOLATE = flags.DEFINE_bool("isolate", True, "Each row in a fresh process (default unless "
-                             "--quick).")
+_ISOLATE = flags.DEFINE_bool(
+    "isolate", True, "Each row in a fresh process (default unless --quick)."
+)
 
 
 def main(argv):
@@ -44,9 +45,16 @@ def main(argv):
     config = bench.quick_config() if _QUICK.value else _CONFIG.value
     isolate = _ISOLATE.value if flags.FLAGS["isolate"].present else not _QUICK.value
     rows, peak, peak_what = bench.measure(
-        config, remats=_REMAT.value, attentions=_ATTENTION.value, dtypes=_DTYPE.value,
-        steps=_STEPS.value, warmup=_WARMUP.value, donate=_DONATE.value, isolate=isolate,
-        interpret_splash=_QUICK.value or flags.FLAGS["attention"].present)
+        config,
+        remats=_REMAT.value,
+        attentions=_ATTENTION.value,
+        dtypes=_DTYPE.value,
+        steps=_STEPS.value,
+        warmup=_WARMUP.value,
+        donate=_DONATE.value,
+        isolate=isolate,
+        interpret_splash=_QUICK.value or flags.FLAGS["attention"].present,
+    )
     print(bench.describe(config, peak, peak_what))
     print(bench.table(rows, peak))
     ratios = bench.ratio_table(rows)

@@ -27,8 +27,14 @@ def get_config():
     c.log_every = 25
     # A cosine decay and an EMA of the weights: sampling from the raw weights of a constant
     # 1e-3 run gave chance-level A2V/V2A sync; these gave ~4x the shuffled baseline (README).
-    c.optim.update(lr=1e-3, warmup_steps=50, grad_clip=1.0, schedule="cosine",
-                   end_lr_fraction=0.02, ema_decay=0.995)
+    c.optim.update(
+        lr=1e-3,
+        warmup_steps=50,
+        grad_clip=1.0,
+        schedule="cosine",
+        end_lr_fraction=0.02,
+        ema_decay=0.995,
+    )
     c.flow.shift = 2.0  # small images: less noise than Wan's 720p shift of 5
     c.sample.update(steps=25, shift=2.0, guidance="syncfg", s_v=3.0, s_a=2.0)
     c.num_sample_clips = 2

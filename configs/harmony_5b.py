@@ -13,8 +13,9 @@ def get_config():
     m.depth = 30
     m.text_dim = 4096  # umT5-XXL
     m.freq_dim = 256
-    m.video.update(dim=3072, heads=24, ffn_dim=14336, in_channels=48, patch=(1, 2, 2),
-                   text_pad_to=512)  # Wan2.2's caption padding, as upstream computes it
+    m.video.update(
+        dim=3072, heads=24, ffn_dim=14336, in_channels=48, patch=(1, 2, 2), text_pad_to=512
+    )  # Wan2.2's caption padding, as upstream computes it
     m.audio.update(dim=3072, heads=24, ffn_dim=14336, in_channels=20)  # MMAudio 16 kHz latents
     m.transcript.update(vocab_size=2546, dim=512, conv_layers=4, conv_mult=2, max_len=512)
     m.dtype = "bfloat16"
@@ -25,8 +26,14 @@ def get_config():
     c.codecs.audio.update(name="mmaudio")  # 31.25 latents/s, 20 channels
     c.codecs.text.update(name="umt5", max_len=512)
 
-    c.data.update(source="clip_folder", fps=24.0, num_frames=121, height=704, width=1280,
-                  ref_audio_seconds=2.0)
+    c.data.update(
+        source="clip_folder",
+        fps=24.0,
+        num_frames=121,
+        height=704,
+        width=1280,
+        ref_audio_seconds=2.0,
+    )
     c.batch_size = 128
     c.total_steps = 10_000
     c.checkpoint_every = 500

@@ -10,7 +10,7 @@ of these end deep in model building or after the first step (`checkpoint_every=0
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import ml_collections
 
@@ -46,23 +46,48 @@ _CHOICES = {
     "optim.on_nonfinite": ON_NONFINITE,
 }
 _AT_LEAST = {  # key -> smallest allowed integer (total_steps=0: build, import, stop)
-    "total_steps": 0, "checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1,
-    "sample_every": 0, "num_sample_clips": 1, "batch_size": 1,
-    "model.depth": 1, "model.text_dim": 1, "model.freq_dim": 1,
-    "model.video.dim": 1, "model.video.heads": 1, "model.video.ffn_dim": 1,
-    "model.video.in_channels": 1, "model.audio.dim": 1, "model.audio.heads": 1,
-    "model.audio.ffn_dim": 1, "model.audio.in_channels": 1,
-    "model.transcript.vocab_size": 1, "model.transcript.dim": 1,
-    "model.transcript.max_len": 1, "model.transcript.conv_layers": 0,
+    "total_steps": 0,
+    "checkpoint_every": 1,
+    "keep_checkpoints": 1,
+    "log_every": 1,
+    "sample_every": 0,
+    "num_sample_clips": 1,
+    "batch_size": 1,
+    "model.depth": 1,
+    "model.text_dim": 1,
+    "model.freq_dim": 1,
+    "model.video.dim": 1,
+    "model.video.heads": 1,
+    "model.video.ffn_dim": 1,
+    "model.video.in_channels": 1,
+    "model.audio.dim": 1,
+    "model.audio.heads": 1,
+    "model.audio.ffn_dim": 1,
+    "model.audio.in_channels": 1,
+    "model.transcript.vocab_size": 1,
+    "model.transcript.dim": 1,
+    "model.transcript.max_len": 1,
+    "model.transcript.conv_layers": 0,
     "model.transcript.conv_mult": 1,
-    "data.num_frames": 1, "data.height": 1, "data.width": 1, "data.sample_rate": 1,
-    "data.num_clips": 1, "data.num_workers": 0,
-    "codecs.text.max_len": 1, "codecs.text.vocab_size": 1,
-    "sample.steps": 1, "optim.warmup_steps": 0, "optim.grad_accum": 1,
+    "data.num_frames": 1,
+    "data.height": 1,
+    "data.width": 1,
+    "data.sample_rate": 1,
+    "data.num_clips": 1,
+    "data.num_workers": 0,
+    "codecs.text.max_len": 1,
+    "codecs.text.vocab_size": 1,
+    "sample.steps": 1,
+    "optim.warmup_steps": 0,
+    "optim.grad_accum": 1,
 }
 _POSITIVE = ("data.fps", "optim.lr", "flow.shift", "sample.shift")  # finite and > 0
-_FRACTIONS = ("cts.ref_image_prob", "cts.caption_dropout", "optim.end_lr_fraction",
-              "data.ref_audio_seconds")  # finite and >= 0 (the first three also <= 1)
+_FRACTIONS = (
+    "cts.ref_image_prob",
+    "cts.caption_dropout",
+    "optim.end_lr_fraction",
+    "data.ref_audio_seconds",
+)  # finite and >= 0 (the first three also <= 1)
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -97,8 +122,7 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
             _fail(key, value, f"expected an integer >= {low}")
     for key in _POSITIVE:
         value = _get(config, key)
-        if value is not _MISSING and not (_is_number(value) and math.isfinite(value)
-                                          and value > 0):
+        if value is not _MISSING and not (_is_number(value) and math.isfinite(value) and value > 0):
             _fail(key, value, "expected a finite number > 0")
     for key in _FRACTIONS:
         value = _get(config, key)
@@ -109,20 +133,28 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     if ema is not _MISSING and not (_is_number(ema) and 0 <= ema < 1):
         _fail("optim.ema_decay", ema, "expected a number >= 0 and < 1 (0: no EMA)")
     patch = _get(config, "model.video.patch")
-    if patch is not _MISSING and not (isinstance(patch, (tuple, list)) and len(patch) == 3
-                                      and all(_is_int(p) and p >= 1 for p in patch)):
+    if patch is not _MISSING and not (
+        isinstance(patch, (tuple, list))
+        and len(patch) == 3
+        and all(_is_int(p) and p >= 1 for p in patch)
+    ):
         _fail("model.video.patch", patch, "expected 3 positive integers (frames, height, width)")
     fractions = _get(config, "cts.fractions")
     if fractions is not _MISSING and not (
-            isinstance(fractions, (tuple, list)) and len(fractions) == 3
-            and all(_is_number(f) and f >= 0 for f in fractions) and sum(fractions) > 0):
-        _fail("cts.fractions", fractions, "expected 3 numbers >= 0 (joint, a2v, v2a) with a "
-                                          "positive sum")
+        isinstance(fractions, (tuple, list))
+        and len(fractions) == 3
+        and all(_is_number(f) and f >= 0 for f in fractions)
+        and sum(fractions) > 0
+    ):
+        _fail(
+            "cts.fractions",
+            fractions,
+            "expected 3 numbers >= 0 (joint, a2v, v2a) with a positive sum",
+        )
     for tower in ("video", "audio"):
         dim, heads = _get(config, f"model.{tower}.dim"), _get(config, f"model.{tower}.heads")
         if _is_int(dim) and _is_int(heads) and dim % heads:
-            _fail(f"model.{tower}.dim", dim, f"expected a multiple of model.{tower}.heads="
-                                             f"{heads}")
+            _fail(f"model.{tower}.dim", dim, f"expected a multiple of model.{tower}.heads={heads}")
 
 
 def batch_shards(config: ml_collections.ConfigDict, num_devices: int) -> int:
@@ -135,19 +167,26 @@ def batch_shards(config: ml_collections.ConfigDict, num_devices: int) -> int:
     return math.prod(sizes[a] * slices[a] for a in ("data", "fsdp") if a in sizes)
 
 
-def check_config(config: ml_collections.ConfigDict, num_devices: Optional[int] = None, *,
-                 reads_data: bool = False) -> None:
+def check_config(
+    config: ml_collections.ConfigDict, num_devices: int | None = None, *, reads_data: bool = False
+) -> None:
     """Raises ConfigError on the first value the run cannot use; with `num_devices`, also a mesh
     that does not fit them or a batch its data x fsdp axes do not divide; with `reads_data`
     (training, encoding), a `data.source` that reads a folder without `data.root`."""
     _check_values(config)
     source, root = _get(config, "data.source"), _get(config, "data.root")
     if reads_data and source in ("clip_folder", "latents") and not root:
-        _fail("data.root", root, f"data.source={source!r} needs the folder it reads "
-                                 f"(--config.data.root=DIR)")
+        _fail(
+            "data.root",
+            root,
+            f"data.source={source!r} needs the folder it reads (--config.data.root=DIR)",
+        )
     if num_devices is not None:
         shards = batch_shards(config, num_devices)
         if config.batch_size % shards:
-            _fail("batch_size", config.batch_size,
-                  f"expected a multiple of the mesh's {shards} batch shards (mesh.data x "
-                  f"mesh.fsdp over {num_devices} devices)")
+            _fail(
+                "batch_size",
+                config.batch_size,
+                f"expected a multiple of the mesh's {shards} batch shards (mesh.data x "
+                f"mesh.fsdp over {num_devices} devices)",
+            )

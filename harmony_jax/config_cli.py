@@ -13,7 +13,8 @@ import difflib
 import importlib.util
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 from absl import app, flags
@@ -41,8 +42,9 @@ def _suggestion(key: str, keys: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.7)
     if not close:
         leaf = key.rsplit(".", 1)[-1]
-        names = difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in keys], n=1,
-                                          cutoff=0.7)
+        names = difflib.get_close_matches(
+            leaf, [k.rsplit(".", 1)[-1] for k in keys], n=1, cutoff=0.7
+        )
         close = [k for k in keys if names and k.rsplit(".", 1)[-1] == names[0]]
     return close[0] if close else ""
 
@@ -60,8 +62,7 @@ def _is_number(x: Any) -> bool:
 
 def _fits(default: Any, raw: str) -> bool:
     """Would ml_collections turn `raw` into a value of `default`'s type, and a sensible one?"""
-    parsers = {bool: flags.BooleanParser(), int: flags.IntegerParser(),
-               float: flags.FloatParser()}
+    parsers = {bool: flags.BooleanParser(), int: flags.IntegerParser(), float: flags.FloatParser()}
     if type(default) in parsers:
         try:
             parsers[type(default)].parse(raw)
@@ -71,8 +72,9 @@ def _fits(default: Any, raw: str) -> bool:
     if isinstance(default, tuple):  # '(1, 2, 2)', or one number per repeated flag
         value = _literal(raw)
         if default and all(_is_number(x) for x in default):
-            return all(_is_number(x) for x in (value if isinstance(value, (tuple, list))
-                                               else (value,)))
+            return all(
+                _is_number(x) for x in (value if isinstance(value, (tuple, list)) else (value,))
+            )
         return isinstance(value, (tuple, list))
     return True  # strings take any text
 
@@ -80,12 +82,14 @@ def _fits(default: Any, raw: str) -> bool:
 def _type_name(default: Any) -> str:
     if isinstance(default, tuple) and default and all(_is_number(x) for x in default):
         return "a tuple of numbers"
-    return {bool: "true or false", int: "an integer", float: "a number",
-            tuple: "a tuple"}.get(type(default), type(default).__name__)
+    return {bool: "true or false", int: "an integer", float: "a number", tuple: "a tuple"}.get(
+        type(default), type(default).__name__
+    )
 
 
-def check_override(config: ml_collections.ConfigDict, key: str, raw: Optional[str],
-                   name: str = "config") -> None:
+def check_override(
+    config: ml_collections.ConfigDict, key: str, raw: str | None, name: str = "config"
+) -> None:
     """Raises ConfigOverrideError naming `--name.key` if the key or the value cannot be right.
 
     `raw` is the text after '=' (None for a bare boolean flag, `--config.x`)."""
@@ -93,19 +97,26 @@ def check_override(config: ml_collections.ConfigDict, key: str, raw: Optional[st
     if key not in flat:
         close = _suggestion(key, list(flat))
         hint = f"; did you mean --{name}.{close}?" if close else ""
-        raise ConfigOverrideError(f"--{name}.{key}: no such config key{hint} (every key and "
-                                  f"its meaning: harmony_jax/defaults.py)")
+        raise ConfigOverrideError(
+            f"--{name}.{key}: no such config key{hint} (every key and "
+            f"its meaning: harmony_jax/defaults.py)"
+        )
     default = flat[key]
     if isinstance(default, ml_collections.ConfigDict):
-        raise ConfigOverrideError(f"--{name}.{key} is a section; set its keys one by one, e.g. "
-                                  f"--{name}.{key}.{next(iter(default.keys()), 'x')}=...")
+        raise ConfigOverrideError(
+            f"--{name}.{key} is a section; set its keys one by one, e.g. "
+            f"--{name}.{key}.{next(iter(default.keys()), 'x')}=..."
+        )
     if raw is not None and default is not None and not _fits(default, raw):
-        raise ConfigOverrideError(f"--{name}.{key}={raw}: expected {_type_name(default)} "
-                                  f"(default {default!r}), got {raw!r}")
+        raise ConfigOverrideError(
+            f"--{name}.{key}={raw}: expected {_type_name(default)} "
+            f"(default {default!r}), got {raw!r}"
+        )
 
 
-def _overrides(argv: Sequence[str], config: ml_collections.ConfigDict,
-               name: str) -> list[tuple[str, Optional[str]]]:
+def _overrides(
+    argv: Sequence[str], config: ml_collections.ConfigDict, name: str
+) -> list[tuple[str, str | None]]:
     """(key, raw value) of every `--name.key` in argv (even past `--`, as ml_collections looks
     for them), valued as absl reads flags: `=value`, else the next argument for a non-boolean,
     `--noname.key` for false."""
@@ -117,16 +128,16 @@ def _overrides(argv: Sequence[str], config: ml_collections.ConfigDict,
             continue
         flag, eq, raw = arg.lstrip("-").partition("=")
         if flag.startswith(f"no{name}.") and not eq:
-            found.append((flag[len(name) + 3:], "false"))
+            found.append((flag[len(name) + 3 :], "false"))
         elif flag.startswith(f"{name}."):
-            key = flag[len(name) + 1:]
+            key = flag[len(name) + 1 :]
             if not eq and not isinstance(flat.get(key), bool) and args:
                 raw, eq = args.pop(0), "="
             found.append((key, raw if eq else None))
     return found
 
 
-def _config_file(argv: Sequence[str], name: str) -> Optional[str]:
+def _config_file(argv: Sequence[str], name: str) -> str | None:
     """The value of `--name=FILE` or `--name FILE`, if given."""
     for i, arg in enumerate(argv[1:], start=1):
         if arg == "--":
@@ -151,8 +162,7 @@ class _ParsedOnce(flags.ArgumentParser):
     """A config-file flag's parser that hands back the config `check_argv` already loaded for
     that path, so the config file is executed once per start."""
 
-    def __init__(self, parser: flags.ArgumentParser, path: str,
-                 config: ml_collections.ConfigDict):
+    def __init__(self, parser: flags.ArgumentParser, path: str, config: ml_collections.ConfigDict):
         self._parser, self._path, self._config = parser, path, config
 
     def parse(self, argument: str) -> Any:
@@ -175,8 +185,9 @@ def _load_once(path: str, name: str, flag_values: flags.FlagValues) -> ml_collec
     return config
 
 
-def check_argv(argv: Sequence[str], name: str = "config",
-               flag_values: flags.FlagValues = flags.FLAGS) -> None:
+def check_argv(
+    argv: Sequence[str], name: str = "config", flag_values: flags.FlagValues = flags.FLAGS
+) -> None:
     """Checks every `--name.key[=value]` in argv against the config file argv names; the
     config-file flag `name` of `flag_values` then reuses the config loaded for the check.
 

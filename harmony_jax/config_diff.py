@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 ABSENT = "<absent>"
 
 
-def first_difference(a: Any, b: Any, prefix: str = "config") -> Optional[tuple[str, Any, Any]]:
+def first_difference(a: Any, b: Any, prefix: str = "config") -> tuple[str, Any, Any] | None:
     """(dotted key, a's value, b's value) of the first difference in key order, or None."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(a.keys() | b.keys()):

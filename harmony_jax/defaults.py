@@ -33,12 +33,15 @@ def base_config() -> ml_collections.ConfigDict:
     # 512 is Wan2.2's padding (real-token states zero-padded to 512, all attended), which an
     # imported Wan tower (init.video_from) needs to compute what it does upstream
     m.video = ml_collections.ConfigDict(
-        dict(dim=32, heads=2, ffn_dim=64, in_channels=3, patch=(1, 2, 2), text_pad_to=0))
+        dict(dim=32, heads=2, ffn_dim=64, in_channels=3, patch=(1, 2, 2), text_pad_to=0)
+    )
     m.audio = ml_collections.ConfigDict(dict(dim=32, heads=2, ffn_dim=64, in_channels=16))
     m.transcript = ml_collections.ConfigDict(
-        dict(vocab_size=256, dim=32, conv_layers=1, conv_mult=2, max_len=64))
+        dict(vocab_size=256, dim=32, conv_layers=1, conv_mult=2, max_len=64)
+    )
     m.interaction = ml_collections.ConfigDict(
-        dict(mode="gldi", window=2.0, rope_align=True))  # window in video latent frames
+        dict(mode="gldi", window=2.0, rope_align=True)
+    )  # window in video latent frames
     # "xla" | "cudnn" | "blockwise" | "splash" (Pallas TPU kernel; interpreted, slowly, off TPU)
     # | "auto" (splash on TPU, cuDNN on GPU, else blockwise for long sequences)
     m.attention = "xla"
@@ -46,16 +49,20 @@ def base_config() -> ml_collections.ConfigDict:
     # band_block: the tile along the audio axis of the A2V / V2A bands (128: blocks outside the
     # band are skipped); fused_bwd: dq, dk, dv in one backward kernel
     m.splash = ml_collections.ConfigDict(
-        dict(block_q=0, block_kv=0, block_kv_compute=0, band_block=128, fused_bwd=False))
+        dict(block_q=0, block_kv=0, block_kv_compute=0, band_block=128, fused_bwd=False)
+    )
     m.dtype = "float32"  # compute dtype; params stay float32
     m.param_dtype = "float32"
     m.scan_layers = True
     m.remat = "none"  # 'none' | 'full' | 'dots' | 'dots_no_batch'
 
     # ---- initial weights of a fresh run (a resumed run restores its own checkpoint instead)
-    c.init = ml_collections.ConfigDict(dict(
-        video_from="",  # `python -m harmony_jax.convert wan` output: the Wan2.2 video tower
-        transcript_from=""))  # `convert f5-text` output: F5-TTS text-embedding weights + vocab
+    c.init = ml_collections.ConfigDict(
+        dict(
+            video_from="",  # `python -m harmony_jax.convert wan` output: the Wan2.2 video tower
+            transcript_from="",
+        )
+    )  # `convert f5-text` output: F5-TTS text-embedding weights + vocab
 
     # ---- codecs: latent rate and frame times come from here, never hard-coded in the model.
     k = c.codecs = ml_collections.ConfigDict()
@@ -66,8 +73,17 @@ def base_config() -> ml_collections.ConfigDict:
     # (v1-16.pth / v1-44.pth or `convert mmaudio-vae` output), vocoder_path: its BigVGAN (a
     # folder / .pt or `convert bigvgan` output), read on first encode / decode.
     k.audio = ml_collections.ConfigDict(
-        dict(name="mel", n_mels=16, n_fft=1024, hop_length=256, griffin_lim_iters=32,
-             variant="16k", path="", vocoder_path=""))
+        dict(
+            name="mel",
+            n_mels=16,
+            n_fft=1024,
+            hop_length=256,
+            griffin_lim_iters=32,
+            variant="16k",
+            path="",
+            vocoder_path="",
+        )
+    )
     # path: 'umt5' weights + sentencepiece tokenizer (a transformers / diffusers folder, Wan's
     # .pth, or `python -m harmony_jax.convert umt5` output), read on first use.
     k.text = ml_collections.ConfigDict(dict(name="demo", max_len=16, vocab_size=4096, path=""))
@@ -90,36 +106,58 @@ def base_config() -> ml_collections.ConfigDict:
     # prediction: what the network outputs, 'velocity' (Wan: an imported tower needs it) or
     # 'x0' (clean latents, turned into velocity: a small pixel model need not copy the noise)
     c.flow = ml_collections.ConfigDict(dict(shift=5.0, prediction="velocity"))
-    c.cts = ml_collections.ConfigDict(dict(
-        mode="split",  # 'split' | 'all' | 'joint_only'
-        fractions=(0.5, 0.25, 0.25),  # joint, audio-driven video, video-driven audio
-        lambda_v=0.1, lambda_a=0.3,
-        ref_image_prob=0.0,  # fraction of samples whose first latent frame is a clean reference
-        caption_dropout=0.1))  # fraction trained on the empty prompt: text CFG's other side
+    c.cts = ml_collections.ConfigDict(
+        dict(
+            mode="split",  # 'split' | 'all' | 'joint_only'
+            fractions=(0.5, 0.25, 0.25),  # joint, audio-driven video, video-driven audio
+            lambda_v=0.1,
+            lambda_a=0.3,
+            ref_image_prob=0.0,  # fraction of samples whose first latent frame is a clean reference
+            caption_dropout=0.1,
+        )
+    )  # fraction trained on the empty prompt: text CFG's other side
 
     # ---- sampling (SyncCFG)
-    c.sample = ml_collections.ConfigDict(dict(
-        steps=40, shift=5.0, guidance="syncfg", s_v=3.0, s_a=2.0, cfg_scale=5.0, solver="euler"))
+    c.sample = ml_collections.ConfigDict(
+        dict(
+            steps=40, shift=5.0, guidance="syncfg", s_v=3.0, s_a=2.0, cfg_scale=5.0, solver="euler"
+        )
+    )
 
     # ---- optimizer
-    c.optim = ml_collections.ConfigDict(dict(
-        lr=1e-4, warmup_steps=100,
-        schedule="constant", end_lr_fraction=0.0,  # 'cosine': decays to lr * end_lr_fraction
-        b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0,
-        ema_decay=0.0, grad_accum=1,
-        freeze="",  # regex of parameter paths kept fixed, e.g. "^dit/(video|layers/video)"
-        on_nonfinite="skip"))  # "skip": drop the update and count it; "halt": stop the run
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            lr=1e-4,
+            warmup_steps=100,
+            schedule="constant",
+            end_lr_fraction=0.0,  # 'cosine': decays to lr * end_lr_fraction
+            b1=0.9,
+            b2=0.999,
+            weight_decay=0.0,
+            grad_clip=1.0,
+            ema_decay=0.0,
+            grad_accum=1,
+            freeze="",  # regex of parameter paths kept fixed, e.g. "^dit/(video|layers/video)"
+            on_nonfinite="skip",
+        )
+    )  # "skip": drop the update and count it; "halt": stop the run
 
     # ---- parallelism: mesh axis sizes per slice (-1 = the rest) and logical-axis rules.
     # sequence > 1 adds a 'sequence' axis: video tokens split over it, Ulysses self-attention.
     # dcn_data / dcn_fsdp > 1: multi-slice, each of those axes spans that many slices.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1,
-                                            dcn_data=1, dcn_fsdp=1))
+    c.mesh = ml_collections.ConfigDict(
+        dict(data=-1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
+    )
     # ---- several processes (hosts): how long to wait for peers at start-up and at each
     # barrier, after how long a silent (dead) peer fails the run, how long shutdown may take
-    c.distributed = ml_collections.ConfigDict(dict(
-        init_timeout_s=300, barrier_timeout_s=1200, heartbeat_timeout_s=60,
-        shutdown_timeout_s=30))
+    c.distributed = ml_collections.ConfigDict(
+        dict(
+            init_timeout_s=300,
+            barrier_timeout_s=1200,
+            heartbeat_timeout_s=60,
+            shutdown_timeout_s=30,
+        )
+    )
     c.axis_rules = (  # mesh axes the mesh lacks ('sequence' when 1) drop out
         # parameters
         ("embed", ("fsdp", "sequence")),

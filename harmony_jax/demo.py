@@ -18,14 +18,14 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from harmony_jax import quiet_logs
 from harmony_jax.atomic import atomic_path
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.errors import reported_as_one_line
 from harmony_jax.eval.heldout import evaluate_sync
 from harmony_jax.eval.sync import sync_table
 from harmony_jax.system import build_system
-from harmony_jax.training.loop import train_and_evaluate
-from harmony_jax import quiet_logs
+from harmony_jax.training.loop import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Run config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the run and the clips go.")
@@ -37,19 +37,27 @@ def main(argv):
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
     start = time.time()
-    state = train_and_evaluate(config, workdir)
+    state = train(config, workdir)
     trained = time.time() - start
     lead = jax.process_index() == 0  # every process samples (the model is sharded); one writes
-    rows = evaluate_sync(build_system(config), state.sampling_params, _NUM_CLIPS.value,
-                         out_dir=os.path.join(workdir, "demo_clips") if lead else None)
+    rows = evaluate_sync(
+        build_system(config),
+        state.sampling_params,
+        _NUM_CLIPS.value,
+        out_dir=os.path.join(workdir, "demo_clips") if lead else None,
+    )
     if not lead:
         return
     table = sync_table(rows)
-    print(f"\ntrained {config.total_steps} steps in {trained / 60:.1f} min; "
-          f"total {(time.time() - start) / 60:.1f} min; clips in {workdir}/demo_clips\n")
+    print(
+        f"\ntrained {config.total_steps} steps in {trained / 60:.1f} min; "
+        f"total {(time.time() - start) / 60:.1f} min; clips in {workdir}/demo_clips\n"
+    )
     print(table)
-    with atomic_path(os.path.join(workdir, "demo_sync.json"), overwrite=True) as tmp, \
-            open(tmp, "w") as f:
+    with (
+        atomic_path(os.path.join(workdir, "demo_sync.json"), overwrite=True) as tmp,
+        open(tmp, "w") as f,
+    ):
         json.dump(rows, f, indent=1)
 
 

@@ -21,7 +21,8 @@ import hashlib
 import json
 import os
 import sys
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grain
 import jax
@@ -33,19 +34,30 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from harmony_jax import quiet_logs
 from harmony_jax.atomic import atomic_path
 from harmony_jax.compile_cache import enable_compile_cache
 from harmony_jax.config_check import check_config
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.data.clip_folder import CAPTIONS_FILE, ClipFolder
-from harmony_jax.data.latent_records import (DTYPES, EMPTY_PROMPT_FILE, FORMAT, LAYOUT_FILE,
-                                             MANIFEST_FILE, LatentRecordsError, identity, latent_geometry,
-                                             first_difference, serialize_record, shard_name,
-                                             sources_name, weights_digest)
+from harmony_jax.data.latent_records import (
+    DTYPES,
+    EMPTY_PROMPT_FILE,
+    FORMAT,
+    LAYOUT_FILE,
+    MANIFEST_FILE,
+    LatentRecordsError,
+    first_difference,
+    identity,
+    latent_geometry,
+    serialize_record,
+    shard_name,
+    sources_name,
+    weights_digest,
+)
 from harmony_jax.errors import DataError, UserError, one_line, reported_as_one_line
 from harmony_jax.parallel import distributed
 from harmony_jax.system import System, build_system
-from harmony_jax import quiet_logs
 
 READ_THREADS = 4  # clips decoded ahead of the encoder (ffmpeg and resampling release the GIL)
 WRITER_OPTIONS = "group_size:1,uncompressed"  # one record per chunk: fast random access
@@ -59,13 +71,17 @@ def _weights(obj: Any) -> Any:
     return None
 
 
-def layout(system: System, folder: ClipFolder, dtype: str, records_per_shard: int
-           ) -> dict[str, Any]:
+def layout(
+    system: System, folder: ClipFolder, dtype: str, records_per_shard: int
+) -> dict[str, Any]:
     """What every shard of this encode agrees with, and a rerun must match."""
     config, text = system.config, system.text_encoder
     digests = {}
-    for kind, obj in (("video", system.video_codec), ("audio", system.audio_codec),
-                      ("text", None if text.trainable else text)):
+    for kind, obj in (
+        ("video", system.video_codec),
+        ("audio", system.audio_codec),
+        ("text", None if text.trainable else text),
+    ):
         weights = None if obj is None else _weights(obj)
         digests[kind] = None if weights is None else weights_digest(weights)
     with open(os.path.join(folder.root, CAPTIONS_FILE), "rb") as f:
@@ -74,12 +90,17 @@ def layout(system: System, folder: ClipFolder, dtype: str, records_per_shard: in
     return dict(
         format=FORMAT,
         identity=identity(config, system.transcript_tokenizer.vocab),
-        weights_sha256=digests, dtype=dtype, geometry=latent_geometry(system),
+        weights_sha256=digests,
+        dtype=dtype,
+        geometry=latent_geometry(system),
         text="ids" if text.trainable else "embeddings",
         skip_bad_files=bool(config.data.skip_bad_files),
-        source=os.path.abspath(folder.root), captions_sha256=captions_digest,
-        num_examples=n, records_per_shard=records_per_shard,
-        num_shards=-(-n // records_per_shard))
+        source=os.path.abspath(folder.root),
+        captions_sha256=captions_digest,
+        num_examples=n,
+        records_per_shard=records_per_shard,
+        num_shards=-(-n // records_per_shard),
+    )
 
 
 def _check_or_write_layout(dst: str, wanted: dict[str, Any], write: bool) -> None:
@@ -92,7 +113,8 @@ def _check_or_write_layout(dst: str, wanted: dict[str, Any], write: bool) -> Non
         if key is not None:
             raise LatentRecordsError(
                 f"{file}: an encode with {key}={recorded.get(key)!r} is in this directory, this "
-                f"one has {wanted.get(key)!r}; finish it with its settings or use another --dst")
+                f"one has {wanted.get(key)!r}; finish it with its settings or use another --dst"
+            )
         return
     if write:
         with atomic_path(file, overwrite=True) as tmp, open(tmp, "w") as f:
@@ -100,8 +122,10 @@ def _check_or_write_layout(dst: str, wanted: dict[str, Any], write: bool) -> Non
 
 
 def _done(dst: str, shard: int, num_shards: int) -> bool:
-    return all(os.path.isfile(os.path.join(dst, name(shard, num_shards)))
-               for name in (shard_name, sources_name))
+    return all(
+        os.path.isfile(os.path.join(dst, name(shard, num_shards)))
+        for name in (shard_name, sources_name)
+    )
 
 
 def _remove_stale_temporaries(dst: str, shards: list[int], num_shards: int) -> None:
@@ -120,31 +144,35 @@ class BatchEncoder:
         self.system = system
         devices = jax.local_devices()
         self.batch = batch_per_device * len(devices)
-        self.sharding = NamedSharding(Mesh(np.array(devices), ("batch",)),
-                                      PartitionSpec("batch"))
+        self.sharding = NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec("batch"))
         out_dtype = np.dtype(dtype)
         embed = not system.text_encoder.trainable
 
         def encode(batch):
-            out = dict(video=system.video_codec.encode(batch["video"]),
-                       audio=system.audio_codec.encode(batch["audio"]))
+            out = dict(
+                video=system.video_codec.encode(batch["video"]),
+                audio=system.audio_codec.encode(batch["audio"]),
+            )
             if embed:  # a frozen encoder's embeddings: params are the encoder's own
                 for kind in ("video", "audio"):
                     out[f"{kind}_text"] = system.embed_text({}, batch[f"{kind}_text_ids"])
             return {k: v.astype(out_dtype) for k, v in out.items()}
+
         self._encode = jax.jit(encode, out_shardings=self.sharding)
 
     def __call__(self, items: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
         """Records of up to `self.batch` items (padded to a full batch: one compile)."""
         padded = items + [items[-1]] * (self.batch - len(items))
         keys = ("video", "audio", "video_text_ids", "audio_text_ids")
-        batch = {k: jax.device_put(np.stack([it[k] for it in padded]), self.sharding)
-                 for k in keys}
+        batch = {k: jax.device_put(np.stack([it[k] for it in padded]), self.sharding) for k in keys}
         out = jax.device_get(self._encode(batch))
         records = []
         for row, item in enumerate(items):
-            record = dict(video=out["video"][row], audio=out["audio"][row],
-                          transcript_ids=item["transcript_ids"])
+            record = dict(
+                video=out["video"][row],
+                audio=out["audio"][row],
+                transcript_ids=item["transcript_ids"],
+            )
             for kind in ("video", "audio"):
                 mask = item[f"{kind}_text_mask"]
                 if f"{kind}_text" in out:  # embeddings of the real tokens only
@@ -160,11 +188,19 @@ def load_item(folder: ClipFolder, system: System, index: int) -> dict[str, Any]:
     """Item `index` of the folder, tokenised, with where it came from."""
     used, item = folder.locate(index)
     text = system.text_encoder
-    out = dict(index=index, used=used, path=os.path.relpath(folder.clips[used].path, folder.root),
-               video=item["video"], audio=item["audio"],
-               transcript_ids=system.transcript_tokenizer([item["transcript"]])[0],
-               source=dict(video_caption=item["video_caption"],
-                           audio_caption=item["audio_caption"], transcript=item["transcript"]))
+    out = dict(
+        index=index,
+        used=used,
+        path=os.path.relpath(folder.clips[used].path, folder.root),
+        video=item["video"],
+        audio=item["audio"],
+        transcript_ids=system.transcript_tokenizer([item["transcript"]])[0],
+        source=dict(
+            video_caption=item["video_caption"],
+            audio_caption=item["audio_caption"],
+            transcript=item["transcript"],
+        ),
+    )
     for kind in ("video", "audio"):
         ids, mask = text.tokenize([item[f"{kind}_caption"]])
         out[f"{kind}_text_ids"], out[f"{kind}_text_mask"] = ids[0], mask[0]
@@ -173,12 +209,16 @@ def load_item(folder: ClipFolder, system: System, index: int) -> dict[str, Any]:
 
 def _items(folder: ClipFolder, system: System, start: int, stop: int) -> Iterator[dict]:
     ds = grain.MapDataset.range(start, stop).map(lambda i: load_item(folder, system, i))
-    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
-                                                     prefetch_buffer_size=2 * READ_THREADS)))
+    return iter(
+        ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=2 * READ_THREADS)
+        )
+    )
 
 
-def _write_shard(dst: str, shard: int, num_shards: int, records: list[bytes],
-                 sources: dict[str, Any]) -> None:
+def _write_shard(
+    dst: str, shard: int, num_shards: int, records: list[bytes], sources: dict[str, Any]
+) -> None:
     """The sources file, then the shard (each under a temporary name until complete)."""
     with atomic_path(os.path.join(dst, sources_name(shard, num_shards)), overwrite=True) as tmp:
         with open(tmp, "w") as f:
@@ -220,7 +260,8 @@ def _finish(dst: str, plan: dict[str, Any]) -> dict[str, Any]:
         if not _done(dst, shard, n):
             raise LatentRecordsError(
                 f"{os.path.join(dst, shard_name(shard, n))}: not written (did the process that "
-                f"encodes shard {shard} stop?); rerun the same encode")
+                f"encodes shard {shard} stop?); rerun the same encode"
+            )
         with open(os.path.join(dst, sources_name(shard, n))) as f:
             sources = json.load(f)
         examples += sources["examples"]
@@ -240,11 +281,19 @@ def _sync_processes(timeout_s: float) -> None:
     distributed.barrier("harmony_jax.encode: shards written", timeout_s)
 
 
-def encode_folder(config: ml_collections.ConfigDict, src: str, dst: str, *,
-                  dtype: str = "bfloat16", batch_per_device: int = 1,
-                  records_per_shard: int = 64, progress: bool = True,
-                  process_index: int | None = None, process_count: int | None = None,
-                  barrier: Callable[[], None] | None = None) -> dict[str, Any] | None:
+def encode_folder(
+    config: ml_collections.ConfigDict,
+    src: str,
+    dst: str,
+    *,
+    dtype: str = "bfloat16",
+    batch_per_device: int = 1,
+    records_per_shard: int = 64,
+    progress: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    barrier: Callable[[], None] | None = None,
+) -> dict[str, Any] | None:
     """Encodes `src` into `dst` (resuming what is there); returns the manifest once every
     process's shards are done (None on a process other than 0 of several).
 
@@ -253,15 +302,23 @@ def encode_folder(config: ml_collections.ConfigDict, src: str, dst: str, *,
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r}: expected one of {DTYPES}")
     if records_per_shard < 1 or batch_per_device < 1:
-        raise ValueError(f"--records_per_shard={records_per_shard} and --batch_per_device="
-                         f"{batch_per_device} must be >= 1")
+        raise ValueError(
+            f"--records_per_shard={records_per_shard} and --batch_per_device="
+            f"{batch_per_device} must be >= 1"
+        )
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     system = build_system(config)
     d = config.data
-    folder = ClipFolder(src, fps=d.fps, num_frames=d.num_frames, height=d.height,
-                        width=d.width, sample_rate=d.sample_rate,
-                        skip_bad_files=d.skip_bad_files)
+    folder = ClipFolder(
+        src,
+        fps=d.fps,
+        num_frames=d.num_frames,
+        height=d.height,
+        width=d.width,
+        sample_rate=d.sample_rate,
+        skip_bad_files=d.skip_bad_files,
+    )
     plan = layout(system, folder, dtype, records_per_shard)
     os.makedirs(dst, exist_ok=True)
     _check_or_write_layout(dst, plan, write=index == 0)
@@ -272,19 +329,38 @@ def encode_folder(config: ml_collections.ConfigDict, src: str, dst: str, *,
     if index == 0:
         _write_empty_prompt(system, dst)
     size = lambda s: min(k, plan["num_examples"] - s * k)
-    logging.info("encoding %d clips of %s into %d shards of %s: process %d of %d, %d of its %d "
-                 "shards to do", plan["num_examples"], src, n, dst, index, count, len(todo),
-                 len(mine))
+    logging.info(
+        "encoding %d clips of %s into %d shards of %s: process %d of %d, %d of its %d shards to do",
+        plan["num_examples"],
+        src,
+        n,
+        dst,
+        index,
+        count,
+        len(todo),
+        len(mine),
+    )
     encoder = BatchEncoder(system, dtype, batch_per_device) if todo else None
-    bar = tqdm(total=sum(size(s) for s in mine), initial=sum(size(s) for s in mine
-                                                             if s not in todo),
-               unit="clips", desc="encode", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=sum(size(s) for s in mine),
+        initial=sum(size(s) for s in mine if s not in todo),
+        unit="clips",
+        desc="encode",
+        disable=not progress,
+        file=sys.stderr,
+    )
     with bar:
         for shard in todo:
             records, examples, bad, pending = [], [], [], []
             for item in _items(folder, system, shard * k, shard * k + size(shard)):
-                examples.append(dict(index=item["index"], folder_index=item["used"],
-                                     path=item["path"], **item["source"]))
+                examples.append(
+                    dict(
+                        index=item["index"],
+                        folder_index=item["used"],
+                        path=item["path"],
+                        **item["source"],
+                    )
+                )
                 if item["used"] != item["index"]:
                     bad.append(item["index"])
                 pending.append(item)
@@ -313,10 +389,13 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
         src=flags.DEFINE_string("src", None, "Clip folder (captions.jsonl + media)."),
         dst=flags.DEFINE_string("dst", None, "Latent directory to write (or to resume)."),
         dtype=flags.DEFINE_enum("dtype", "bfloat16", list(DTYPES), "Stored latent dtype."),
-        batch_per_device=flags.DEFINE_integer("batch_per_device", 1,
-                                              "Clips per device per encoder call."),
-        records_per_shard=flags.DEFINE_integer("records_per_shard", 64,
-                                               "Records per ArrayRecord shard."))
+        batch_per_device=flags.DEFINE_integer(
+            "batch_per_device", 1, "Clips per device per encoder call."
+        ),
+        records_per_shard=flags.DEFINE_integer(
+            "records_per_shard", 64, "Records per ArrayRecord shard."
+        ),
+    )
 
 
 @reported_as_one_line  # shards already written stay: a rerun resumes
@@ -332,9 +411,13 @@ def main(values: dict[str, Any]) -> None:
             raise
         raise DataError(one_line(e)) from e
     if manifest is not None:
-        logging.info("wrote %s: %d clips (%d bad clips skipped), %s latents",
-                     os.path.join(values["dst"], MANIFEST_FILE), manifest["num_examples"],
-                     manifest["skipped_clips"], manifest["dtype"])
+        logging.info(
+            "wrote %s: %d clips (%d bad clips skipped), %s latents",
+            os.path.join(values["dst"], MANIFEST_FILE),
+            manifest["num_examples"],
+            manifest["skipped_clips"],
+            manifest["dtype"],
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 TRACEBACK_ENV = "HARMONY_TRACEBACK"
 USER_EXIT = 2  # the input is at fault

@@ -25,28 +25,31 @@ import argparse
 import json
 import math
 import os
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from absl import app
 from absl.flags import argparse_flags
 
+from harmony_jax import quiet_logs
 from harmony_jax.atomic import atomic_path
 from harmony_jax.errors import FlagError, reported_as_one_line
 from harmony_jax.eval import sync
 from harmony_jax.media import MediaError
 from harmony_jax.media_window import frame_rate, read_window
-from harmony_jax import quiet_logs
 
 Metrics = dict[str, float]
 _EVENT_COLUMNS = (  # (metric, title, format) of the --sounding-shapes columns
     ("event_f1", "event F1", "{:.3f}"),
     ("mean_abs_offset_ms", "|offset| ms", "{:.1f}"),
     ("num_bounces", "bounces", "{:.1f}"),
-    ("num_onsets", "onsets", "{:.1f}"))
+    ("num_onsets", "onsets", "{:.1f}"),
+)
 _EVIDENCE_COLUMNS = (  # the evidence behind every clip's offset
-    ("peak_to_sidelobe", "PSR", "{:.1f}"), ("motion_events", "motion ev", "{:.0f}"),
-    ("onset_events", "onset ev", "{:.0f}"))
+    ("peak_to_sidelobe", "PSR", "{:.1f}"),
+    ("motion_events", "motion ev", "{:.0f}"),
+    ("onset_events", "onset ev", "{:.0f}"),
+)
 _NO_EVIDENCE = "no sync evidence"
 _MAX_FPS = 60.0  # analysis rate cap: the envelopes are compared on a 100 Hz grid
 _SYNC_SIDE = 64  # short side the offset needs (`sync.motion_change` works at <= 64)
@@ -59,8 +62,11 @@ CLIP_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm")
 def clip_paths(path: str) -> list[str]:
     """The clip itself, or the folder's clips (CLIP_EXTENSIONS) in name order."""
     if os.path.isdir(path):
-        paths = sorted(os.path.join(path, n) for n in os.listdir(path)
-                       if n.lower().endswith(CLIP_EXTENSIONS) and not n.startswith("."))
+        paths = sorted(
+            os.path.join(path, n)
+            for n in os.listdir(path)
+            if n.lower().endswith(CLIP_EXTENSIONS) and not n.startswith(".")
+        )
         if not paths:
             raise FileNotFoundError(f"{path}: no clips ({', '.join(CLIP_EXTENSIONS)})")
         return paths
@@ -77,12 +83,23 @@ def read_clip(path: str, max_side: int = _SYNC_SIDE) -> tuple[np.ndarray, float,
     window = read_window(path, fps=fps, max_side=max_side)
     if window.audio is None:
         raise MediaError(f"{path}: no audio stream, nothing to synchronize")
-    return (window.video.astype(np.float32) / 127.5 - 1.0, fps, window.audio.mean(axis=1),
-            window.sample_rate)
+    return (
+        window.video.astype(np.float32) / 127.5 - 1.0,
+        fps,
+        window.audio.mean(axis=1),
+        window.sample_rate,
+    )
 
 
-def evaluate_clip(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int, *,
-                  sounding_shapes: bool = False, max_lag: float = 1.0) -> Metrics:
+def evaluate_clip(
+    video: np.ndarray,
+    fps: float,
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    sounding_shapes: bool = False,
+    max_lag: float = 1.0,
+) -> Metrics:
     """`sync.offset_evidence` (av_offset_ms nan without sync evidence), plus
     `sync.clip_sync_metrics`' event metrics when `sounding_shapes`."""
     metrics = sync.clip_sync_metrics(video, fps, audio, sample_rate) if sounding_shapes else {}
@@ -95,8 +112,9 @@ def _nan_mean(values: list[float]) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
-def evaluate(path: str, *, sounding_shapes: bool = False, max_lag: float = 1.0,
-             plot: Optional[str] = None) -> dict[str, Any]:
+def evaluate(
+    path: str, *, sounding_shapes: bool = False, max_lag: float = 1.0, plot: str | None = None
+) -> dict[str, Any]:
     """{'clips': {name: metrics}, 'mean': metrics (nan-aware), 'max_lag_s': max_lag,
     'no_evidence': the clips without sync evidence, left out of the mean offset} for a clip or a
     folder of clips; `plot` saves the envelopes of every clip as one PNG."""
@@ -107,16 +125,17 @@ def evaluate(path: str, *, sounding_shapes: bool = False, max_lag: float = 1.0,
         name = os.path.basename(clip)
         video, fps, audio, rate = read_clip(clip, _EVENT_SIDE if sounding_shapes else _SYNC_SIDE)
         if max_lag >= len(audio) / rate:  # no lag that long fits in the clip
-            raise FlagError(f"--max-lag {max_lag}: not shorter than {clip} "
-                            f"({len(audio) / rate:.2f} s)")
+            raise FlagError(
+                f"--max-lag {max_lag}: not shorter than {clip} ({len(audio) / rate:.2f} s)"
+            )
         try:
-            clips[name] = evaluate_clip(video, fps, audio, rate, sounding_shapes=sounding_shapes,
-                                        max_lag=max_lag)
+            clips[name] = evaluate_clip(
+                video, fps, audio, rate, sounding_shapes=sounding_shapes, max_lag=max_lag
+            )
         except ValueError as e:  # too few frames, ...: name the file
             raise MediaError(f"{clip}: {e}") from e
         if plot is not None:
-            curves.append((name, clips[name]["av_offset_ms"], *_envelopes(video, fps, audio,
-                                                                            rate)))
+            curves.append((name, clips[name]["av_offset_ms"], *_envelopes(video, fps, audio, rate)))
     mean = {k: _nan_mean([m[k] for m in clips.values()]) for k in next(iter(clips.values()))}
     if plot is not None:
         _plot(curves, plot)
@@ -127,43 +146,67 @@ def evaluate(path: str, *, sounding_shapes: bool = False, max_lag: float = 1.0,
 def format_table(results: dict[str, Any]) -> str:
     """One row per clip, then the mean row (its offset over the clips with sync evidence)."""
     clips = results["clips"]
-    columns = _EVIDENCE_COLUMNS + (_EVENT_COLUMNS if "event_f1" in next(iter(clips.values()))
-                                   else ())
+    columns = _EVIDENCE_COLUMNS + (
+        _EVENT_COLUMNS if "event_f1" in next(iter(clips.values())) else ()
+    )
     none = results["no_evidence"]
-    mean_name = f"mean ({len(clips)})" if not none else \
-        f"mean ({len(clips) - len(none)} of {len(clips)}: {len(none)} without evidence excluded)"
+    mean_name = f"mean ({len(clips)})"
+    if none:
+        kept = len(clips) - len(none)
+        mean_name = f"mean ({kept} of {len(clips)}: {len(none)} without evidence excluded)"
     width = max(8, len(mean_name) if none else 0, *(len(n) for n in clips))
     header = f"{'clip':<{width}} {'AV offset ms':>16}" + "".join(
-        f" {title:>12}" for _, title, _ in columns)
+        f" {title:>12}" for _, title, _ in columns
+    )
 
     def row(name: str, m: Metrics) -> str:
         offset = m["av_offset_ms"]
-        cells = [f"{name:<{width}}",
-                 f"{offset:>16.1f}" if np.isfinite(offset) else f"{_NO_EVIDENCE:>16}"]
+        cells = [
+            f"{name:<{width}}",
+            f"{offset:>16.1f}" if np.isfinite(offset) else f"{_NO_EVIDENCE:>16}",
+        ]
         cells += [f"{fmt.format(m[key]):>12}" for key, _, fmt in columns]
         return " ".join(cells)
+
     rule = "-" * len(header)
-    return "\n".join([header, rule, *(row(n, m) for n, m in clips.items()), rule,
-                      row(mean_name, results["mean"])])
+    return "\n".join(
+        [
+            header,
+            rule,
+            *(row(n, m) for n, m in clips.items()),
+            rule,
+            row(mean_name, results["mean"]),
+        ]
+    )
 
 
 def write_json(path: str, results: dict[str, Any]) -> None:
     """`results` as strict JSON (nan -> null)."""
-    clean = lambda x: ({k: clean(v) for k, v in x.items()} if isinstance(x, dict)
-                       else None if isinstance(x, float) and not np.isfinite(x) else x)
+    clean = lambda x: (
+        {k: clean(v) for k, v in x.items()}
+        if isinstance(x, dict)
+        else None
+        if isinstance(x, float) and not np.isfinite(x)
+        else x
+    )
 
     with atomic_path(path, overwrite=True) as tmp, open(tmp, "w") as f:
         json.dump(clean(results), f, indent=2, allow_nan=False)
         f.write("\n")
 
 
-def _envelopes(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _envelopes(
+    video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(motion times, motion change, onset times, onset strength): what `av_offset` aligns."""
     motion = sync.motion_change(video)  # [F - 2], frames 1 .. F - 2
     onset = sync.onset_strength(audio, sample_rate)  # [T], at i * hop
-    return (np.arange(1, len(motion) + 1) / fps, motion,
-            np.arange(len(onset)) * sync._ONSET_HOP, onset)
+    return (
+        np.arange(1, len(motion) + 1) / fps,
+        motion,
+        np.arange(len(onset)) * sync._ONSET_HOP,
+        onset,
+    )
 
 
 def _plot(curves: list[tuple], path: str) -> None:
@@ -175,11 +218,16 @@ def _plot(curves: list[tuple], path: str) -> None:
     unit = lambda x: x / x.max() if x.max() > 0 else x
     for ax, (name, lag_ms, t_motion, motion, t_onset, onset) in zip(axes, curves):
         ax.plot(t_motion, unit(motion), "o-", color="tab:blue", label="video motion change")
-        ax.plot(t_onset, unit(onset), color="tab:orange", alpha=0.6,
-                label="audio onset strength")
+        ax.plot(t_onset, unit(onset), color="tab:orange", alpha=0.6, label="audio onset strength")
         if np.isfinite(lag_ms):
-            ax.plot(t_onset - lag_ms / 1000.0, unit(onset), "--", color="tab:red", alpha=0.8,
-                    label=f"audio moved by {-lag_ms:+.0f} ms")
+            ax.plot(
+                t_onset - lag_ms / 1000.0,
+                unit(onset),
+                "--",
+                color="tab:red",
+                alpha=0.8,
+                label=f"audio moved by {-lag_ms:+.0f} ms",
+            )
             ax.set_title(f"{name}: AV offset {lag_ms:+.0f} ms (positive = audio late)")
         else:
             ax.set_title(f"{name}: {_NO_EVIDENCE}")
@@ -191,12 +239,18 @@ def _plot(curves: list[tuple], path: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse_flags.ArgumentParser(prog="python -m harmony_jax.evaluate", description=__doc__,
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse_flags.ArgumentParser(
+        prog="python -m harmony_jax.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("path", help="a clip, or a folder of clips")
     p.add_argument("--json", help="write the results here as one JSON object")
-    p.add_argument("--sounding-shapes", action="store_true",
-                   help="also event F1 / offsets (sounding-shapes clips)")
+    p.add_argument(
+        "--sounding-shapes",
+        action="store_true",
+        help="also event F1 / offsets (sounding-shapes clips)",
+    )
     p.add_argument("--plot", help="save a PNG of the envelopes and the detected lag")
     p.add_argument("--max-lag", type=float, default=1.0, help="largest lag searched (s)")
     return p
@@ -204,8 +258,9 @@ def _parser() -> argparse.ArgumentParser:
 
 @reported_as_one_line  # the input is at fault: one line, no traceback
 def main(args: argparse.Namespace) -> None:
-    results = evaluate(args.path, sounding_shapes=args.sounding_shapes,
-                       max_lag=args.max_lag, plot=args.plot)
+    results = evaluate(
+        args.path, sounding_shapes=args.sounding_shapes, max_lag=args.max_lag, plot=args.plot
+    )
     print(format_table(results))
     if args.json:
         write_json(args.json, results)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,9 +29,12 @@ def _check_not_empty(captions: Sequence[str], what: str) -> None:
             raise ValueError(f"{what} {i} is empty; describe the clip to generate")
 
 
-def prompt_batch(system: System, video_captions: Sequence[str],
-                 audio_captions: Optional[Sequence[str]] = None,
-                 transcripts: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+def prompt_batch(
+    system: System,
+    video_captions: Sequence[str],
+    audio_captions: Sequence[str] | None = None,
+    transcripts: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
     """Token ids of N prompts (sound caption defaults to the video caption); raises ValueError
     for an empty or blank caption. Transcripts may be empty (nothing is spoken)."""
     _check_not_empty(video_captions, "video caption")
@@ -39,20 +43,29 @@ def prompt_batch(system: System, video_captions: Sequence[str],
     return _token_batch(system, video_captions, audio_captions, transcripts)
 
 
-def _token_batch(system: System, video_captions: Sequence[str],
-                 audio_captions: Optional[Sequence[str]] = None,
-                 transcripts: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+def _token_batch(
+    system: System,
+    video_captions: Sequence[str],
+    audio_captions: Sequence[str] | None = None,
+    transcripts: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
     n = len(video_captions)
     audio_captions = list(video_captions) if audio_captions is None else list(audio_captions)
     transcripts = [""] * n if transcripts is None else list(transcripts)
     if not len(audio_captions) == len(transcripts) == n:
-        raise ValueError(f"{n} video captions but {len(audio_captions)} audio captions and "
-                         f"{len(transcripts)} transcripts")
+        raise ValueError(
+            f"{n} video captions but {len(audio_captions)} audio captions and "
+            f"{len(transcripts)} transcripts"
+        )
     v_ids, v_mask = system.text_encoder.tokenize(list(video_captions))
     a_ids, a_mask = system.text_encoder.tokenize(audio_captions)
-    return dict(video_text_ids=v_ids, video_text_mask=v_mask, audio_text_ids=a_ids,
-                audio_text_mask=a_mask,
-                transcript_ids=system.transcript_tokenizer(transcripts))
+    return dict(
+        video_text_ids=v_ids,
+        video_text_mask=v_mask,
+        audio_text_ids=a_ids,
+        audio_text_mask=a_mask,
+        transcript_ids=system.transcript_tokenizer(transcripts),
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -67,13 +80,26 @@ def _sampler(system: System, mode: str, guidance: str, steps: int, solver: str):
         silent = system.audio_codec.encode(jnp.zeros((1, system.num_samples), jnp.float32))
         encode_v = lambda x: None if x is None else system.video_codec.encode(x)
         return sample(
-            system.denoiser(params), rng, cond, video_shape=(n, *system.video_latent_shape),
-            audio_shape=(n, *system.audio_latent_shape), mode=mode, guidance=guidance,
-            steps=steps, shift=s.shift, s_v=scales[0], s_a=scales[1], cfg_scale=scales[2],
-            solver=solver, given_video=encode_v(given_video),
+            system.denoiser(params),
+            rng,
+            cond,
+            video_shape=(n, *system.video_latent_shape),
+            audio_shape=(n, *system.audio_latent_shape),
+            mode=mode,
+            guidance=guidance,
+            steps=steps,
+            shift=s.shift,
+            s_v=scales[0],
+            s_a=scales[1],
+            cfg_scale=scales[2],
+            solver=solver,
+            given_video=encode_v(given_video),
             given_audio=None if given_audio is None else system.audio_codec.encode(given_audio),
             ref_image=None if ref_image is None else encode_v(ref_image[:, None]),
-            uncond=uncond, silent_audio=silent)
+            uncond=uncond,
+            silent_audio=silent,
+        )
+
     return run
 
 
@@ -83,7 +109,8 @@ def on_params_mesh(system: System, params: Any) -> contextlib.AbstractContextMan
     set already (training's samples) or the parameters sit on one device."""
     sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
     if not jax.sharding.get_abstract_mesh().empty or not isinstance(
-            sharding, jax.sharding.NamedSharding):
+        sharding, jax.sharding.NamedSharding
+    ):
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
     stack.enter_context(jax.set_mesh(sharding.mesh))
@@ -91,13 +118,23 @@ def on_params_mesh(system: System, params: Any) -> contextlib.AbstractContextMan
     return stack
 
 
-def sample_latents(system: System, params: Any, rng: jax.Array, batch: dict[str, np.ndarray],
-                   *, mode: str = "t2av", guidance: Optional[str] = None,
-                   steps: Optional[int] = None, solver: Optional[str] = None,
-                   s_v: Optional[float] = None, s_a: Optional[float] = None,
-                   cfg_scale: Optional[float] = None, given_video: Optional[np.ndarray] = None,
-                   given_audio: Optional[np.ndarray] = None,
-                   ref_image: Optional[np.ndarray] = None) -> tuple[jax.Array, jax.Array]:
+def sample_latents(
+    system: System,
+    params: Any,
+    rng: jax.Array,
+    batch: dict[str, np.ndarray],
+    *,
+    mode: str = "t2av",
+    guidance: str | None = None,
+    steps: int | None = None,
+    solver: str | None = None,
+    s_v: float | None = None,
+    s_a: float | None = None,
+    cfg_scale: float | None = None,
+    given_video: np.ndarray | None = None,
+    given_audio: np.ndarray | None = None,
+    ref_image: np.ndarray | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """The sampler's clean latents (video [N, *video_latent_shape], audio
     [N, *audio_latent_shape], float32) before decoding; arguments as `generate`'s."""
     if mode not in MODES:
@@ -114,20 +151,45 @@ def sample_latents(system: System, params: Any, rng: jax.Array, batch: dict[str,
         uncond["ref_audio"] = batch["ref_audio"]
     steps = int(s.steps if steps is None else steps)  # 0 is refused by the sampler, not replaced
     run = _sampler(system, mode, guidance, steps, solver or s.solver)
-    scales = jnp.asarray([s.s_v if s_v is None else s_v, s.s_a if s_a is None else s_a,
-                          s.cfg_scale if cfg_scale is None else cfg_scale], jnp.float32)
+    scales = jnp.asarray(
+        [
+            s.s_v if s_v is None else s_v,
+            s.s_a if s_a is None else s_a,
+            s.cfg_scale if cfg_scale is None else cfg_scale,
+        ],
+        jnp.float32,
+    )
     as_f32 = lambda x: None if x is None else jnp.asarray(x, jnp.float32)
     with on_params_mesh(system, params):
-        return run(params, rng, batch, uncond, as_f32(given_video), as_f32(given_audio),
-                   as_f32(ref_image), scales)
+        return run(
+            params,
+            rng,
+            batch,
+            uncond,
+            as_f32(given_video),
+            as_f32(given_audio),
+            as_f32(ref_image),
+            scales,
+        )
 
 
-def generate(system: System, params: Any, rng: jax.Array, batch: dict[str, np.ndarray], *,
-             mode: str = "t2av", guidance: Optional[str] = None, steps: Optional[int] = None,
-             solver: Optional[str] = None, s_v: Optional[float] = None,
-             s_a: Optional[float] = None, cfg_scale: Optional[float] = None,
-             given_video: Optional[np.ndarray] = None, given_audio: Optional[np.ndarray] = None,
-             ref_image: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+def generate(
+    system: System,
+    params: Any,
+    rng: jax.Array,
+    batch: dict[str, np.ndarray],
+    *,
+    mode: str = "t2av",
+    guidance: str | None = None,
+    steps: int | None = None,
+    solver: str | None = None,
+    s_v: float | None = None,
+    s_a: float | None = None,
+    cfg_scale: float | None = None,
+    given_video: np.ndarray | None = None,
+    given_audio: np.ndarray | None = None,
+    ref_image: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Decoded clips: (frames [N, F, H, W, 3] in [-1, 1], waveforms [N, S]).
 
     `batch` comes from `prompt_batch`, optionally with `ref_audio` [N, S_ref] (a reference
@@ -136,11 +198,29 @@ def generate(system: System, params: Any, rng: jax.Array, batch: dict[str, np.nd
     `config.sample`.
     """
     video_lat, audio_lat = sample_latents(
-        system, params, rng, batch, mode=mode, guidance=guidance, steps=steps, solver=solver,
-        s_v=s_v, s_a=s_a, cfg_scale=cfg_scale, given_video=given_video,
-        given_audio=given_audio, ref_image=ref_image)
-    frames = (np.asarray(given_video, np.float32) if mode == "v2a"
-              else np.clip(system.video_codec.decode(video_lat), -1.0, 1.0))
-    waves = (np.asarray(given_audio, np.float32) if mode == "a2v"
-             else np.clip(system.audio_codec.decode(audio_lat), -1.0, 1.0))
+        system,
+        params,
+        rng,
+        batch,
+        mode=mode,
+        guidance=guidance,
+        steps=steps,
+        solver=solver,
+        s_v=s_v,
+        s_a=s_a,
+        cfg_scale=cfg_scale,
+        given_video=given_video,
+        given_audio=given_audio,
+        ref_image=ref_image,
+    )
+    frames = (
+        np.asarray(given_video, np.float32)
+        if mode == "v2a"
+        else np.clip(system.video_codec.decode(video_lat), -1.0, 1.0)
+    )
+    waves = (
+        np.asarray(given_audio, np.float32)
+        if mode == "a2v"
+        else np.clip(system.audio_codec.decode(audio_lat), -1.0, 1.0)
+    )
     return frames, waves

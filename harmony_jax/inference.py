@@ -11,7 +11,8 @@ raise `MediaError` naming the file when it cannot be used.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import av
 import flax.linen as nn
@@ -31,9 +32,15 @@ from harmony_jax.media_window import read_soundtrack, read_window
 from harmony_jax.parallel.mesh import apply_mesh_flag, make_mesh, resolve_mesh_shape
 from harmony_jax.parallel.sharding import axis_rules, logical_shardings
 from harmony_jax.system import System, build_system
-from harmony_jax.training.checkpoint import (CheckpointMismatchError, check_params, damage,
-                                             damaged_file, newest_intact, read_config_file,
-                                             steps_in)
+from harmony_jax.training.checkpoint import (
+    CheckpointMismatchError,
+    check_params,
+    damage,
+    damaged_file,
+    newest_intact,
+    read_config_file,
+    steps_in,
+)
 
 Params = Any
 
@@ -44,7 +51,7 @@ DTYPES = ("bfloat16", "float32")
 _INFERENCE_MESH = dict(data=1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
 
 
-def inference_mesh(spec: Optional[str], devices: Sequence[jax.Device]) -> dict[str, int]:
+def inference_mesh(spec: str | None, devices: Sequence[jax.Device]) -> dict[str, int]:
     """Mesh sizes over `devices` from `--mesh`'s 'fsdp=4,tensor=2' (None: all of them on fsdp).
 
     Keys and values are checked as `plan --mesh` checks them; the error names the flag.
@@ -52,9 +59,9 @@ def inference_mesh(spec: Optional[str], devices: Sequence[jax.Device]) -> dict[s
     sizes = ml_collections.ConfigDict(dict(_INFERENCE_MESH))
     if spec:
         apply_mesh_flag(sizes, spec)
-    if -1 not in sizes.values() and not (spec and "fsdp" in
-                                         [item.partition("=")[0].strip()
-                                          for item in spec.split(",")]):
+    if -1 not in sizes.values() and not (
+        spec and "fsdp" in [item.partition("=")[0].strip() for item in spec.split(",")]
+    ):
         sizes.fsdp = -1
     try:
         sizes.update(resolve_mesh_shape(sizes, len(devices)))
@@ -63,9 +70,13 @@ def inference_mesh(spec: Optional[str], devices: Sequence[jax.Device]) -> dict[s
     return sizes.to_dict()
 
 
-def load_for_inference(path: str | os.PathLike, *, mesh: Optional[str] = None,
-                       dtype: str = "bfloat16",
-                       devices: Optional[Sequence[jax.Device]] = None) -> tuple[System, Params]:
+def load_for_inference(
+    path: str | os.PathLike,
+    *,
+    mesh: str | None = None,
+    dtype: str = "bfloat16",
+    devices: Sequence[jax.Device] | None = None,
+) -> tuple[System, Params]:
     """(system, params) from a workdir (its newest intact checkpoint) or a checkpoint step
     directory.
 
@@ -97,41 +108,54 @@ def load_for_inference(path: str | os.PathLike, *, mesh: Optional[str] = None,
             others = [s for s in steps_in(path.parent) if str(s) != path.name]
             file, reason = damaged_file(path, e), one_line(e)
             what = reason if reason.startswith(file) else f"{file}: {reason}"
-            raise CheckpointError(f"{path} is damaged ({what[:300]}); other steps in "
-                                  f"{path.parent}: {', '.join(map(str, others)) or 'none'}"
-                                  ) from e
+            raise CheckpointError(
+                f"{path} is damaged ({what[:300]}); other steps in "
+                f"{path.parent}: {', '.join(map(str, others)) or 'none'}"
+            ) from e
     found = newest_intact(path / "checkpoints", lambda step: load(path / "checkpoints" / str(step)))
     if found is None:
-        what = "a config.json but no checkpoint; train first" if (path / "config.json").exists() \
+        what = (
+            "a config.json but no checkpoint; train first"
+            if (path / "config.json").exists()
             else "no checkpoint with a saved config and no config.json"
+        )
         raise FileNotFoundError(f"{path}: holds {what}")
     return found[1]
 
 
-def _load_step(step_dir: epath.Path, mesh: dict[str, int], dtype: str,
-               devices: list[jax.Device]) -> tuple[System, Params]:
+def _load_step(
+    step_dir: epath.Path, mesh: dict[str, int], dtype: str, devices: list[jax.Device]
+) -> tuple[System, Params]:
     config = read_config_file(step_dir / "config" / "metadata")
     config.mesh = mesh
     system = build_system(config)
     on = make_mesh(config.mesh, devices)
     rules = axis_rules(config)
     with jax.set_mesh(on), nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(lambda batch: system.init(jax.random.key(0), batch),
-                               system.example_batch(1))  # shapes only: nothing is computed
+        boxed = jax.eval_shape(
+            lambda batch: system.init(jax.random.key(0), batch), system.example_batch(1)
+        )  # shapes only: nothing is computed
         shardings = nn.meta.unbox(logical_shardings(boxed, on, rules))
     cast = lambda s: jnp.dtype(dtype) if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
-    abstract = jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, cast(s),
-                                                                     sharding=sharding),
-                            nn.meta.unbox(boxed), shardings)
+    abstract = jax.tree.map(
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, cast(s), sharding=sharding),
+        nn.meta.unbox(boxed),
+        shardings,
+    )
     state_dir = step_dir / "state"
     saved = ocp.PyTreeCheckpointHandler().metadata(state_dir).tree  # no array is read
     key = "ema_params" if saved.get("ema_params") else "params"
     check_params(saved[key], abstract, str(step_dir))  # the code's model may have changed since
     item = {key: abstract}
     with ocp.PyTreeCheckpointer() as checkpointer:  # each array read into its shards, cast
-        restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True))
+        restored = checkpointer.restore(
+            state_dir,
+            args=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            ),
+        )
     logging.info("loaded %s from %s in %s on mesh %s", key, step_dir, dtype, dict(on.shape))
     return system, restored[key]
 
@@ -147,8 +171,11 @@ def _decode_audio_only(path: str) -> tuple[np.ndarray, int]:
                 raise MediaError(f"{path}: no audio stream")
             stream = container.streams.audio[0]
             to_float = av.AudioResampler(format="fltp")  # keeps the rate and the layout
-            chunks = [out.to_ndarray() for frame in container.decode(stream)
-                      for out in to_float.resample(frame)]  # each [C, n]
+            chunks = [
+                out.to_ndarray()
+                for frame in container.decode(stream)
+                for out in to_float.resample(frame)
+            ]  # each [C, n]
             chunks += [out.to_ndarray() for out in to_float.resample(None)]
             rate = int(stream.rate)
     except av.error.FFmpegError as e:
@@ -166,8 +193,9 @@ def _has_video(path: str) -> bool:
         raise MediaError(f"{path}: cannot decode: {e}") from e
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int,
-               num_samples: int | None = None) -> np.ndarray:
+def read_audio(
+    path: str | os.PathLike, sample_rate: int, num_samples: int | None = None
+) -> np.ndarray:
     """Mono float32 [S] at `sample_rate` from an audio file or a video's soundtrack (aligned to
     its first frame); cropped or zero-padded to `num_samples` unless that is None."""
     path = os.fspath(path)
@@ -186,9 +214,13 @@ def read_audio(path: str | os.PathLike, sample_rate: int,
         logging.warning("%s: resampled from %d Hz to %d Hz", path, rate, sample_rate)
         wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate)
     if num_samples is not None and len(wave) != num_samples:
-        logging.warning("%s: %.3f s %s to the model's %.3f s", path, len(wave) / sample_rate,
-                        "cropped" if len(wave) > num_samples else "zero-padded",
-                        num_samples / sample_rate)
+        logging.warning(
+            "%s: %.3f s %s to the model's %.3f s",
+            path,
+            len(wave) / sample_rate,
+            "cropped" if len(wave) > num_samples else "zero-padded",
+            num_samples / sample_rate,
+        )
         wave = np.pad(wave[:num_samples], (0, max(0, num_samples - len(wave))))
     return np.clip(wave, -1.0, 1.0).astype(np.float32)
 
@@ -203,34 +235,38 @@ def _note_fit(path: str, source: tuple[int, int], height: int, width: int) -> No
         return
     crop_h, crop_w = min(h, round(w * height / width)), min(w, round(h * width / height))
     crop = f", centre-cropped to {crop_h}x{crop_w}," if (crop_h, crop_w) != (h, w) else ""
-    logging.warning("%s: frames of %dx%d%s resized to %dx%d (HxW)", path, h, w, crop, height,
-                    width)
+    logging.warning("%s: frames of %dx%d%s resized to %dx%d (HxW)", path, h, w, crop, height, width)
 
 
 def _to_signed(frames: np.ndarray) -> np.ndarray:
     return frames.astype(np.float32) / 127.5 - 1.0  # uint8 -> [-1, 1]
 
 
-def read_video(path: str | os.PathLike, fps: float, num_frames: int, height: int,
-               width: int) -> np.ndarray:
+def read_video(
+    path: str | os.PathLike, fps: float, num_frames: int, height: int, width: int
+) -> np.ndarray:
     """Frames float32 [num_frames, height, width, 3] in [-1, 1] from a video file: the frame
     shown at the middle of each output frame's interval (by presentation time), upright, centre
     cropped and resized, padded with the last frame when the clip is shorter. Only those
     frames are decoded and converted."""
     path = os.fspath(path)
-    window = read_window(path, fps=fps, num_frames=num_frames, size=(height, width),
-                         audio=False)
+    window = read_window(path, fps=fps, num_frames=num_frames, size=(height, width), audio=False)
     frames = window.video  # [F, height, width, 3] uint8
     if abs(window.source_fps - fps) > 1e-3:
         logging.warning("%s: %g fps resampled to %g fps", path, window.source_fps, fps)
     _note_fit(path, window.source_size, height, width)
     if len(frames) < num_frames:
-        logging.warning("%s: %.3f s of video padded with the last frame to the model's %d "
-                        "frames", path, window.end, num_frames)
+        logging.warning(
+            "%s: %.3f s of video padded with the last frame to the model's %d frames",
+            path,
+            window.end,
+            num_frames,
+        )
         frames = frames[np.minimum(np.arange(num_frames), len(frames) - 1)]
     elif window.end > num_frames / fps + 1e-3:
-        logging.warning("%s: only the first %d frames (%.3f s) are used", path, num_frames,
-                        num_frames / fps)
+        logging.warning(
+            "%s: only the first %d frames (%.3f s) are used", path, num_frames, num_frames / fps
+        )
     return _to_signed(frames)
 
 

@@ -22,7 +22,7 @@ from harmony_jax.errors import UserError
 
 _X264_OPTIONS = {"crf": "18", "preset": "medium"}
 _LAYOUTS = {1: "mono", 2: "stereo"}
-_INT_SCALE = {"u8": 128.0, "s16": 2.0 ** 15, "s32": 2.0 ** 31, "s64": 2.0 ** 63}
+_INT_SCALE = {"u8": 128.0, "s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
 
 
 class MediaError(UserError):
@@ -56,8 +56,9 @@ def _to_channels_first(audio: np.ndarray) -> np.ndarray:
     if audio.ndim == 1:
         audio = audio[:, None]
     if audio.ndim != 2 or audio.shape[1] not in _LAYOUTS:
-        raise ValueError(f"audio must be [S] or [S, C] with C in {sorted(_LAYOUTS)}, got "
-                         f"{audio.shape}")
+        raise ValueError(
+            f"audio must be [S] or [S, C] with C in {sorted(_LAYOUTS)}, got {audio.shape}"
+        )
     return np.ascontiguousarray(np.clip(audio, -1.0, 1.0).T)  # [C, S]
 
 
@@ -65,15 +66,22 @@ def _mux_audio(container, stream, audio: np.ndarray, start: int, stop: int) -> N
     """Encodes and muxes audio[:, start:stop] ([C, S] float32), timestamped by sample index."""
     if stop <= start:
         return
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, start:stop]),
-                                       format="fltp", layout=stream.layout.name)
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(audio[:, start:stop]), format="fltp", layout=stream.layout.name
+    )
     frame.sample_rate, frame.pts = stream.rate, start
     container.mux(stream.encode(frame))
 
 
-def write_av(path: str | os.PathLike, video: np.ndarray, fps: float,
-             audio: np.ndarray | None = None, sample_rate: int = 16000, *,
-             overwrite: bool = False) -> None:
+def write_av(
+    path: str | os.PathLike,
+    video: np.ndarray,
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+    *,
+    overwrite: bool = False,
+) -> None:
     """Writes video [F, H, W, 3] (uint8, or float in [-1, 1]) at `fps` and optional audio [S] or
     [S, C] (float in [-1, 1]) at `sample_rate` to an .mp4 (H.264 yuv420p + AAC). Odd frame
     sizes are padded by one edge row / column. Both streams start at t = 0."""
@@ -83,15 +91,18 @@ def write_av(path: str | os.PathLike, video: np.ndarray, fps: float,
     # Movie timescale = sample rate: the edit list that trims the AAC padding is then exact to
     # the sample (the default, 1 ms, cuts up to 1 ms of audio).
     options = {"movie_timescale": str(int(sample_rate))} if samples is not None else {}
-    with atomic_path(path, overwrite) as tmp, \
-            av.open(tmp, "w", container_options=options) as container:
+    with (
+        atomic_path(path, overwrite) as tmp,
+        av.open(tmp, "w", container_options=options) as container,
+    ):
         vstream = container.add_stream("libx264", rate=rate, options=_X264_OPTIONS)
         vstream.height, vstream.width = frames.shape[1:3]
         vstream.pix_fmt = "yuv420p"
         astream = None
         if samples is not None:
-            astream = container.add_stream("aac", rate=int(sample_rate),
-                                           layout=_LAYOUTS[samples.shape[0]])
+            astream = container.add_stream(
+                "aac", rate=int(sample_rate), layout=_LAYOUTS[samples.shape[0]]
+            )
         done = 0  # audio samples encoded so far: interleave by time, one video frame at a time
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
@@ -107,8 +118,9 @@ def write_av(path: str | os.PathLike, video: np.ndarray, fps: float,
             container.mux(astream.encode(None))
 
 
-def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, *,
-              overwrite: bool = False) -> None:
+def write_wav(
+    path: str | os.PathLike, audio: np.ndarray, sample_rate: int, *, overwrite: bool = False
+) -> None:
     """Writes audio [S] or [S, C] (float in [-1, 1]) as 16-bit PCM .wav."""
     samples = _to_channels_first(audio)  # [C, S]
     # s16 readers (ffmpeg, read_window) divide by 32768: scale the same way so a read-write round
@@ -132,8 +144,9 @@ def _audio_samples(frame: av.AudioFrame) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _place_audio(chunks: list[tuple[float, np.ndarray]], t0: float, end: float | None,
-                 sample_rate: int) -> np.ndarray:
+def _place_audio(
+    chunks: list[tuple[float, np.ndarray]], t0: float, end: float | None, sample_rate: int
+) -> np.ndarray:
     """Concatenates decoded chunks [n, C] so that sample 0 is at time t0 (zeros before the first
     chunk, samples before t0 dropped) and cuts at time `end` (the stream's declared end)."""
     audio = np.concatenate([x for _, x in chunks])  # [S, C]

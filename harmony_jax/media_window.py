@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import av
 import numpy as np
@@ -68,9 +68,15 @@ class Orientation:
         return np.ascontiguousarray(image)
 
     def describe(self) -> str:
-        return ", ".join(name for name, on in (("transposed", self.transpose),
-                                               ("upside down", self.flip_rows),
-                                               ("mirrored", self.flip_cols)) if on)
+        return ", ".join(
+            name
+            for name, on in (
+                ("transposed", self.transpose),
+                ("upside down", self.flip_rows),
+                ("mirrored", self.flip_cols),
+            )
+            if on
+        )
 
 
 def orientation(frame: av.VideoFrame) -> Orientation:
@@ -95,8 +101,8 @@ class Window:
     """What `read_window` returns."""
 
     video: np.ndarray  # uint8 [F, H, W, 3], upright, at the requested size
-    audio: Optional[np.ndarray]  # float32 [S, C], sample 0 at the window's start; None: no audio
-    sample_rate: Optional[int]
+    audio: np.ndarray | None  # float32 [S, C], sample 0 at the window's start; None: no audio
+    sample_rate: int | None
     fps: float  # the output rate the frames were picked at
     source_fps: float  # the stream's average rate (a variable-rate clip has no single one)
     source_size: tuple[int, int]  # (H, W) as displayed, after the display matrix
@@ -104,8 +110,9 @@ class Window:
     end: float  # s from the clip's start where its video ends (the last frame's end)
 
 
-def _fit(display: tuple[int, int], size: Optional[tuple[int, int]],
-         max_side: Optional[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+def _fit(
+    display: tuple[int, int], size: tuple[int, int] | None, max_side: int | None
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """((H, W) of the centred crop of the upright frame, (H, W) it is scaled to).
 
     `size`: the largest centred crop of its aspect ratio, scaled to it. `max_side`: no crop,
@@ -135,13 +142,22 @@ class _Converter:
         (crop_h, crop_w), (out_h, out_w) = swap(crop), swap(self.out)
         top, left = (frame.height - crop_h) // 2, (frame.width - crop_w) // 2
         self.graph = av.filter.Graph()
-        chain = [self.graph.add_buffer(width=frame.width, height=frame.height,
-                                       format=frame.format.name, time_base=frame.time_base)]
+        chain = [
+            self.graph.add_buffer(
+                width=frame.width,
+                height=frame.height,
+                format=frame.format.name,
+                time_base=frame.time_base,
+            )
+        ]
         if (crop_h, crop_w) != coded:
             chain.append(self.graph.add("crop", f"{crop_w}:{crop_h}:{left}:{top}:exact=1"))
         if (out_h, out_w) != (crop_h, crop_w):
-            chain.append(self.graph.add(
-                "scale", f"{out_w}:{out_h}:flags=bicubic+accurate_rnd+full_chroma_int"))
+            chain.append(
+                self.graph.add(
+                    "scale", f"{out_w}:{out_h}:flags=bicubic+accurate_rnd+full_chroma_int"
+                )
+            )
         chain += [self.graph.add("format", "rgb24"), self.graph.add("buffersink")]
         for source, sink in zip(chain, chain[1:]):
             source.link_to(sink)
@@ -152,9 +168,16 @@ class _Converter:
         return self.orientation.apply(self.graph.pull().to_ndarray())  # [H, W, 3]
 
 
-def read_window(path: str | os.PathLike, *, fps: float, num_frames: Optional[int] = None,
-                start: float = 0.0, size: Optional[tuple[int, int]] = None,
-                max_side: Optional[int] = None, audio: bool = True) -> Window:
+def read_window(
+    path: str | os.PathLike,
+    *,
+    fps: float,
+    num_frames: int | None = None,
+    start: float = 0.0,
+    size: tuple[int, int] | None = None,
+    max_side: int | None = None,
+    audio: bool = True,
+) -> Window:
     """The window [start, start + num_frames / fps) s of a clip (None: to the video's end),
     times counted from the clip's start (its video stream's start time).
 
@@ -167,21 +190,22 @@ def read_window(path: str | os.PathLike, *, fps: float, num_frames: Optional[int
     if start < 0:
         raise ValueError(f"start={start} must be >= 0 (seconds)")
     with open_video(path) as (container, path):
-        return _read(container, path, float(fps), num_frames, float(start), size, max_side,
-                     audio)
+        return _read(container, path, float(fps), num_frames, float(start), size, max_side, audio)
 
 
 def _read(container, path, fps, num_frames, start, size, max_side, with_audio) -> Window:
     vstream = container.streams.video[0]
     astream = container.streams.audio[0] if with_audio and container.streams.audio else None
-    origin = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None \
-        else 0.0
+    origin = (
+        float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
+    )
     t0 = origin + start  # the window's start on the stream clock
     end = math.inf if num_frames is None else t0 + num_frames / fps
     last_instant = math.inf if num_frames is None else t0 + (num_frames - 0.5) / fps
     if start > 0:
-        container.seek(max(0, int((t0 - _SEEK_MARGIN) / vstream.time_base)), stream=vstream,
-                       backward=True)
+        container.seek(
+            max(0, int((t0 - _SEEK_MARGIN) / vstream.time_base)), stream=vstream, backward=True
+        )
     convert, shown, shown_image, shown_end = None, None, None, origin
     frames: list[np.ndarray] = []
     chunks: list[tuple[float, np.ndarray]] = []
@@ -210,8 +234,11 @@ def _read(container, path, fps, num_frames, start, size, max_side, with_audio) -
                 if shown is not None:  # (the first frame also stands for any instant before it)
                     take_until(frame.time)
                 shown, shown_image = frame, None
-                duration = frame.duration * frame.time_base if frame.duration else 1.0 / float(
-                    vstream.average_rate or vstream.guessed_rate or fps)
+                duration = (
+                    frame.duration * frame.time_base
+                    if frame.duration
+                    else 1.0 / float(vstream.average_rate or vstream.guessed_rate or fps)
+                )
                 shown_end = frame.time + float(duration)
                 if frame.time > last_instant + _EPS or len(frames) == num_frames:
                     video_done = True
@@ -225,25 +252,34 @@ def _read(container, path, fps, num_frames, start, size, max_side, with_audio) -
     if shown is not None and len(frames) < (num_frames or math.inf):
         take_until(shown_end)  # the last frame stays on screen for its duration
     if num_frames is None and start == 0 and vstream.frames and decoded < vstream.frames:
-        raise MediaError(f"{path}: truncated: decoded {decoded} of {vstream.frames} video "
-                         f"frames")
+        raise MediaError(f"{path}: truncated: decoded {decoded} of {vstream.frames} video frames")
     if convert.orientation != Orientation():
-        logging.info("%s: display matrix applied (%s) before cropping", path,
-                     convert.orientation.describe())
+        logging.info(
+            "%s: display matrix applied (%s) before cropping", path, convert.orientation.describe()
+        )
     rate, wave = (None, None) if astream is None else _window_audio(astream, chunks, t0, end)
     video = np.stack(frames) if frames else np.zeros((0, *convert.out, 3), np.uint8)
-    return Window(video=video, audio=wave, sample_rate=rate, fps=fps,
-                  source_fps=float(vstream.average_rate or vstream.guessed_rate or 0.0),
-                  source_size=convert.display, orientation=convert.orientation,
-                  end=shown_end - origin)
+    return Window(
+        video=video,
+        audio=wave,
+        sample_rate=rate,
+        fps=fps,
+        source_fps=float(vstream.average_rate or vstream.guessed_rate or 0.0),
+        source_size=convert.display,
+        orientation=convert.orientation,
+        end=shown_end - origin,
+    )
 
 
 def _collect_audio(packet, chunks: list, t0: float, end: float) -> bool:
     """Decodes an audio packet, keeping the chunks (start time, [n, C]) that overlap [t0, end);
     True once a chunk starts at or after `end`."""
     for frame in packet.decode():
-        begin = frame.time if frame.pts is not None else (
-            chunks[-1][0] + len(chunks[-1][1]) / frame.sample_rate if chunks else t0)
+        begin = (
+            frame.time
+            if frame.pts is not None
+            else (chunks[-1][0] + len(chunks[-1][1]) / frame.sample_rate if chunks else t0)
+        )
         if begin >= end:
             return True
         samples = _audio_samples(frame)
@@ -263,8 +299,9 @@ def _window_audio(stream, chunks: list, t0: float, end: float) -> tuple[int, np.
     return rate, _place_audio(chunks, t0, None if math.isinf(end) else end, rate)
 
 
-def read_soundtrack(path: str | os.PathLike, seconds: Optional[float] = None
-                    ) -> tuple[np.ndarray, int]:
+def read_soundtrack(
+    path: str | os.PathLike, seconds: float | None = None
+) -> tuple[np.ndarray, int]:
     """A video's audio (float32 [S, C], sample rate) from its first frame's time for `seconds`
     (None: to the end), without decoding a single video frame."""
     path = os.fspath(path)

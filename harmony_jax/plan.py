@@ -41,7 +41,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Optional
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -51,6 +52,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from harmony_jax import quiet_logs
 from harmony_jax.config_check import check_config
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.errors import ConfigError, FlagError, reported_as_one_line
@@ -59,13 +61,13 @@ from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
 from harmony_jax.system import System, build_system, latent_inputs
 from harmony_jax.training.state import make_train_state
 from harmony_jax.training.step import make_train_step
-from harmony_jax import quiet_logs
 
-GiB = 1024 ** 3
+GiB = 1024**3
 FROZEN_TEXT_DTYPE = "bfloat16"  # Wan2.2's umT5-XXL checkpoint (models_t5_umt5-xxl-enc-bf16)
 
 
 # ---- the inputs of a run from latent records
+
 
 def latent_system(config: ml_collections.ConfigDict) -> System:
     """The `System` a run with `data.source='latents'` trains (`system.latent_inputs` over the
@@ -73,19 +75,24 @@ def latent_system(config: ml_collections.ConfigDict) -> System:
     the real codecs', whose weights are never read. A frozen text encoder's stored empty prompt
     is stood in for by one zero embedding: only its shape reaches the step."""
     system = build_system(config)
-    empty = None if system.text_encoder.trainable else np.zeros((1, system.text_encoder.dim),
-                                                                np.float32)
+    empty = (
+        None
+        if system.text_encoder.trainable
+        else np.zeros((1, system.text_encoder.dim), np.float32)
+    )
     return latent_inputs(system, empty)
 
 
-def abstract_batch(system: System, batch_size: int,
-                   sharding: Optional[jax.sharding.Sharding] = None
-                   ) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(
+    system: System, batch_size: int, sharding: jax.sharding.Sharding | None = None
+) -> dict[str, jax.ShapeDtypeStruct]:
     """One global batch of what `system` trains on (`System.example_batch`: raw media, or
     latents and text embeddings), as ShapeDtypeStructs. The reference voice is not an input:
     the step cuts it from the clip's audio latents (`training.step.reference_voice`)."""
-    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
-            for k, v in system.example_batch(batch_size).items()}
+    return {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
+        for k, v in system.example_batch(batch_size).items()
+    }
 
 
 def plan_system(config: ml_collections.ConfigDict, inputs: str) -> System:
@@ -98,6 +105,7 @@ def plan_system(config: ml_collections.ConfigDict, inputs: str) -> System:
 
 
 # ---- the plan
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -138,8 +146,12 @@ def frozen_text_bytes(config: ml_collections.ConfigDict) -> int:
 
 def _bytes_per_device(tree: Any) -> int:
     """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard)."""
-    return int(sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-                   for x in jax.tree.leaves(tree)))
+    return int(
+        sum(
+            math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+            for x in jax.tree.leaves(tree)
+        )
+    )
 
 
 def abstract_state(system: System, config: ml_collections.ConfigDict, mesh, rules):
@@ -160,8 +172,9 @@ def step_flops(system: System, config: ml_collections.ConfigDict, batch: dict) -
     plain = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
     flops = []
     for depth in (1, 2):
-        cfg = dataclasses.replace(system.model_config, depth=depth, scan_layers=False,
-                                  attention="xla")
+        cfg = dataclasses.replace(
+            system.model_config, depth=depth, scan_layers=False, attention="xla"
+        )
         sys_d = dataclasses.replace(system, model_config=cfg)
         tx, state = make_train_state(sys_d, config, one, rules, abstract=True)
         with jax.set_mesh(one), nn.logical_axis_rules(rules):
@@ -170,8 +183,13 @@ def step_flops(system: System, config: ml_collections.ConfigDict, batch: dict) -
     return flops[0] + (system.model_config.depth - 1) * (flops[1] - flops[0])
 
 
-def plan_train_step(config: ml_collections.ConfigDict, *, inputs: str = "latents",
-                    devices: Optional[list] = None, flops: Optional[float] = None) -> Plan:
+def plan_train_step(
+    config: ml_collections.ConfigDict,
+    *,
+    inputs: str = "latents",
+    devices: list | None = None,
+    flops: float | None = None,
+) -> Plan:
     """Compiles the train step of `config` for the mesh `config.mesh` over `devices`; `flops`:
     the step's FLOPs if already counted (`step_flops`), else counted here."""
     mesh = make_mesh(config.mesh, devices)
@@ -181,48 +199,79 @@ def plan_train_step(config: ml_collections.ConfigDict, *, inputs: str = "latents
     replicas = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = config.batch_size // int(config.optim.grad_accum)
     if micro % replicas:
-        raise ConfigError(f"config.batch_size={config.batch_size} / config.optim.grad_accum="
-                         f"{config.optim.grad_accum} does not split over the {replicas} "
-                         f"data x fsdp shards of mesh {dict(mesh.shape)}")
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} / config.optim.grad_accum="
+            f"{config.optim.grad_accum} does not split over the {replicas} "
+            f"data x fsdp shards of mesh {dict(mesh.shape)}"
+        )
     batch = abstract_batch(system, config.batch_size, data_sharding)
     tx, state = abstract_state(system, config, mesh, rules)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = jax.jit(make_train_step(system, tx, config),
-                   in_shardings=(state_shardings, data_sharding),
-                   out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+    step = jax.jit(
+        make_train_step(system, tx, config),
+        in_shardings=(state_shardings, data_sharding),
+        out_shardings=(state_shardings, replicated(mesh)),
+        donate_argnums=0,
+    )
     start = time.time()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         compiled = step.lower(state, batch).compile()
     seconds = time.time() - start
     mem = compiled.memory_analysis()
-    total = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
-             - mem.alias_size_in_bytes + mem.generated_code_size_in_bytes)
+    total = (
+        mem.argument_size_in_bytes
+        + mem.temp_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+        + mem.generated_code_size_in_bytes
+    )
     return Plan(
-        mesh=dict(mesh.shape), batch_size=config.batch_size,
-        per_device_batch=config.batch_size / replicas, grad_accum=int(config.optim.grad_accum),
+        mesh=dict(mesh.shape),
+        batch_size=config.batch_size,
+        per_device_batch=config.batch_size / replicas,
+        grad_accum=int(config.optim.grad_accum),
         remat=config.model.remat,
-        params=_bytes_per_device(state.params), opt_state=_bytes_per_device(state.opt_state),
+        params=_bytes_per_device(state.params),
+        opt_state=_bytes_per_device(state.opt_state),
         ema=_bytes_per_device(state.ema_params) if state.ema_params is not None else 0,
-        batch=_bytes_per_device(batch), temp=int(mem.temp_size_in_bytes), total=int(total),
+        batch=_bytes_per_device(batch),
+        temp=int(mem.temp_size_in_bytes),
+        total=int(total),
         flops=step_flops(system, config, batch) if flops is None else flops,
         compile_seconds=seconds,
-        frozen_text=frozen_text_bytes(config) if inputs == "latents" else 0)
+        frozen_text=frozen_text_bytes(config) if inputs == "latents" else 0,
+    )
 
 
 def _heading(plan: Plan) -> str:
     mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
-    micro = "" if plan.grad_accum == 1 else \
-        f" in {plan.grad_accum} microbatches of {plan.per_device_batch / plan.grad_accum:g}"
-    return (f"mesh {mesh} ({plan.devices} devices), global batch {plan.batch_size} "
-            f"({plan.per_device_batch:g} per data x fsdp shard{micro}), remat {plan.remat}")
+    micro = (
+        ""
+        if plan.grad_accum == 1
+        else f" in {plan.grad_accum} microbatches of {plan.per_device_batch / plan.grad_accum:g}"
+    )
+    return (
+        f"mesh {mesh} ({plan.devices} devices), global batch {plan.batch_size} "
+        f"({plan.per_device_batch:g} per data x fsdp shard{micro}), remat {plan.remat}"
+    )
 
 
 def _rows(plan: Plan) -> list[tuple[str, int]]:
-    return [("parameters", plan.params), ("optimizer state", plan.opt_state),
-            ("EMA parameters", plan.ema), ("batch", plan.batch),
-            ("activations + temporaries", plan.temp), ("total", plan.total)] + (
-        [("+ frozen text encoder", plan.frozen_text),  # latent runs load it only to sample
-         ("total with it resident", plan.total + plan.frozen_text)] if plan.frozen_text else [])
+    return [
+        ("parameters", plan.params),
+        ("optimizer state", plan.opt_state),
+        ("EMA parameters", plan.ema),
+        ("batch", plan.batch),
+        ("activations + temporaries", plan.temp),
+        ("total", plan.total),
+    ] + (
+        [
+            ("+ frozen text encoder", plan.frozen_text),  # latent runs load it only to sample
+            ("total with it resident", plan.total + plan.frozen_text),
+        ]
+        if plan.frozen_text
+        else []
+    )
 
 
 def format_plan(plan: Plan, hbm_gib: float = 0.0) -> str:
@@ -236,38 +285,51 @@ def format_plan(plan: Plan, hbm_gib: float = 0.0) -> str:
         totals = [("", plan.total)] + (resident if plan.frozen_text else [])
         for what, total in totals:
             verdict = "fits" if total <= hbm_gib * GiB else "does NOT fit"
-            lines.append(f"{verdict} in {hbm_gib:g} GiB per device{what} "
-                         f"({100 * total / (hbm_gib * GiB):.0f}% used)")
+            lines.append(
+                f"{verdict} in {hbm_gib:g} GiB per device{what} "
+                f"({100 * total / (hbm_gib * GiB):.0f}% used)"
+            )
     return "\n".join(lines)
 
 
 # ---- attention kernels side by side
 
 # What the splash column measures off TPU (where `plan` compiles).
-SPLASH_NOTE = ("splash: the Pallas TPU kernel as the Pallas interpreter lowers it for XLA:CPU "
-               "(its grid a loop over whole arrays, where a TPU keeps each tile in VMEM); the "
-               "blockwise column is the flash-memory reference compiled the same way")
+SPLASH_NOTE = (
+    "splash: the Pallas TPU kernel as the Pallas interpreter lowers it for XLA:CPU "
+    "(its grid a loop over whole arrays, where a TPU keeps each tile in VMEM); the "
+    "blockwise column is the flash-memory reference compiled the same way"
+)
 
 
-def attention_kernels(config: ml_collections.ConfigDict,
-                      requested: Optional[Sequence[str]] = None) -> list[str]:
+def attention_kernels(
+    config: ml_collections.ConfigDict, requested: Sequence[str] | None = None
+) -> list[str]:
     """The `model.attention` kernels to plan: `requested` (`--attention`), else the config's,
     with 'blockwise' beside 'splash' (splash's figures off TPU are the interpreter's)."""
     from harmony_jax.model.attention import IMPLEMENTATIONS
+
     kernels = list(requested) if requested else [str(config.model.attention)]
     for kernel in kernels:
         if kernel not in IMPLEMENTATIONS:
             raise FlagError(f"--attention {kernel!r} is not one of {IMPLEMENTATIONS}")
         if kernel == "cudnn":
-            raise FlagError("--attention cudnn: plan compiles for CPU devices, which have no "
-                             "cuDNN (plan 'auto' or 'blockwise' for a GPU run's memory)")
+            raise FlagError(
+                "--attention cudnn: plan compiles for CPU devices, which have no "
+                "cuDNN (plan 'auto' or 'blockwise' for a GPU run's memory)"
+            )
     if not requested and kernels == ["splash"]:
         kernels.append("blockwise")
     return list(dict.fromkeys(kernels))
 
 
-def plan_attentions(config: ml_collections.ConfigDict, kernels: Sequence[str], *,
-                    inputs: str = "latents", devices: Optional[list] = None) -> dict[str, Plan]:
+def plan_attentions(
+    config: ml_collections.ConfigDict,
+    kernels: Sequence[str],
+    *,
+    inputs: str = "latents",
+    devices: list | None = None,
+) -> dict[str, Plan]:
     """One compiled plan per attention kernel, the step otherwise the same (FLOPs counted once:
     `step_flops` counts plain attention whatever the kernel)."""
     plans, flops = {}, None
@@ -291,12 +353,17 @@ def format_plans(plans: dict[str, Plan], hbm_gib: float = 0.0) -> str:
         lines.append(f"  {name:<26}" + cell(f"{_rows(p)[i][1] / GiB:.2f}" for p in plans.values()))
     if hbm_gib:
         used = [p.total / (hbm_gib * GiB) for p in plans.values()]
-        lines.append(f"{'fits in ' + format(hbm_gib, 'g') + ' GiB':<28}" + cell(
-            f"{'yes' if u <= 1 else 'NO'} {100 * u:.0f}%" for u in used))
-    lines.append(f"{'compiled in (s)':<28}" + cell(f"{p.compile_seconds:.0f}"
-                                                   for p in plans.values()))
-    lines.append(f"FLOPs per step {first.flops:.3e} ({first.flops / first.devices:.3e} per "
-                 "device; plain attention, the same for every kernel)")
+        lines.append(
+            f"{'fits in ' + format(hbm_gib, 'g') + ' GiB':<28}"
+            + cell(f"{'yes' if u <= 1 else 'NO'} {100 * u:.0f}%" for u in used)
+        )
+    lines.append(
+        f"{'compiled in (s)':<28}" + cell(f"{p.compile_seconds:.0f}" for p in plans.values())
+    )
+    lines.append(
+        f"FLOPs per step {first.flops:.3e} ({first.flops / first.devices:.3e} per "
+        "device; plain attention, the same for every kernel)"
+    )
     if "splash" in plans:
         lines.append(SPLASH_NOTE)
     return "\n".join(lines)
@@ -305,8 +372,9 @@ def format_plans(plans: dict[str, Plan], hbm_gib: float = 0.0) -> str:
 # ---- command line
 
 
-def apply_flags(config: ml_collections.ConfigDict, mesh: Optional[str], batch: Optional[int],
-                remat: Optional[str]) -> ml_collections.ConfigDict:
+def apply_flags(
+    config: ml_collections.ConfigDict, mesh: str | None, batch: int | None, remat: str | None
+) -> ml_collections.ConfigDict:
     """A copy of `config` with the command line's mesh ('data=1,fsdp=64'), batch and remat."""
     config = ml_collections.ConfigDict(config.to_dict())
     if mesh:
@@ -328,18 +396,27 @@ def simulate_cpu_devices(count: int) -> None:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:
         if jax.device_count() < count:
-            raise FlagError(f"--devices {count}: JAX already started with "
-                             f"{jax.device_count()} devices") from None
+            raise FlagError(
+                f"--devices {count}: JAX already started with {jax.device_count()} devices"
+            ) from None
 
 
-def run(config: ml_collections.ConfigDict, *, mesh: Optional[str] = None,
-        devices: Optional[int] = None, batch: Optional[int] = None, remat: Optional[str] = None,
-        inputs: str = "latents", hbm_gib: float = 0.0,
-        attention: Optional[Sequence[str]] = None) -> str:
+def run(
+    config: ml_collections.ConfigDict,
+    *,
+    mesh: str | None = None,
+    devices: int | None = None,
+    batch: int | None = None,
+    remat: str | None = None,
+    inputs: str = "latents",
+    hbm_gib: float = 0.0,
+    attention: Sequence[str] | None = None,
+) -> str:
     """What `python -m harmony_jax.plan` prints, for the command line's values."""
     config = apply_flags(config, mesh, batch, remat)
-    sizes = [int(config.mesh.get(a, 1)) for a in AXES] + \
-        [int(config.mesh.get(f"dcn_{a}", 1)) for a in ("data", "fsdp")]
+    sizes = [int(config.mesh.get(a, 1)) for a in AXES] + [
+        int(config.mesh.get(f"dcn_{a}", 1)) for a in ("data", "fsdp")
+    ]
     if devices is None and -1 in sizes:
         raise FlagError(f"mesh {dict(config.mesh)} has a -1 axis: pass --devices")
     count = devices or math.prod(sizes)
@@ -354,24 +431,50 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
     """The CLI's flags; defined only when run as a program (harmony_jax.train owns --config)."""
     holders = dict(
         config=config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py)."),
-        mesh=flags.DEFINE_string("mesh", None, "Mesh axis sizes, e.g. data=1,fsdp=64,tensor=1 "
-                                 f"(axes {AXES}, dcn_data, dcn_fsdp); default: config.mesh."),
-        devices=flags.DEFINE_integer("devices", None, "Simulated devices; default: the product "
-                                     "of the mesh sizes (needed when one of them is -1)."),
+        mesh=flags.DEFINE_string(
+            "mesh",
+            None,
+            "Mesh axis sizes, e.g. data=1,fsdp=64,tensor=1 "
+            f"(axes {AXES}, dcn_data, dcn_fsdp); default: config.mesh.",
+        ),
+        devices=flags.DEFINE_integer(
+            "devices",
+            None,
+            "Simulated devices; default: the product "
+            "of the mesh sizes (needed when one of them is -1).",
+        ),
         batch=flags.DEFINE_integer("batch", None, "Global batch; default: config.batch_size."),
-        remat=flags.DEFINE_enum("remat", None, ["full", "dots", "dots_no_batch", "none"],
-                                "Remat policy; default: config.model.remat."),
-        inputs=flags.DEFINE_enum("inputs", "latents", ["latents", "media"],
-                                 "Plan the step on latents (no codecs) or on raw media."),
-        hbm_gib=flags.DEFINE_float("hbm_gib", 0.0, "Device memory to check the total "
-                                   "against (GiB)."),
-        attention=flags.DEFINE_list("attention", None, "model.attention kernels to plan side "
-                                    "by side, e.g. splash,blockwise; default: the config's "
-                                    "(with blockwise beside splash)."))
+        remat=flags.DEFINE_enum(
+            "remat",
+            None,
+            ["full", "dots", "dots_no_batch", "none"],
+            "Remat policy; default: config.model.remat.",
+        ),
+        inputs=flags.DEFINE_enum(
+            "inputs",
+            "latents",
+            ["latents", "media"],
+            "Plan the step on latents (no codecs) or on raw media.",
+        ),
+        hbm_gib=flags.DEFINE_float(
+            "hbm_gib", 0.0, "Device memory to check the total against (GiB)."
+        ),
+        attention=flags.DEFINE_list(
+            "attention",
+            None,
+            "model.attention kernels to plan side "
+            "by side, e.g. splash,blockwise; default: the config's "
+            "(with blockwise beside splash).",
+        ),
+    )
     from harmony_jax.model.attention import IMPLEMENTATIONS
+
     kernels = [k for k in IMPLEMENTATIONS if k != "cudnn"]  # no cuDNN on the CPU devices
-    flags.register_validator("attention", lambda v: v is None or set(v) <= set(kernels),
-                             message=f"each kernel must be one of {kernels}")
+    flags.register_validator(
+        "attention",
+        lambda v: v is None or set(v) <= set(kernels),
+        message=f"each kernel must be one of {kernels}",
+    )
     return holders
 
 
@@ -379,6 +482,7 @@ if __name__ == "__main__":
     quiet_logs.install()
     _FLAGS = _define_flags()
     flags.mark_flags_as_required(["config"])
-    app.run(reported_as_one_line(lambda argv: print(run(**{k: f.value
-                                                           for k, f in _FLAGS.items()}))),
-            flags_parser=parse_flags)
+    app.run(
+        reported_as_one_line(lambda argv: print(run(**{k: f.value for k, f in _FLAGS.items()}))),
+        flags_parser=parse_flags,
+    )

@@ -21,8 +21,9 @@ class NoisyLogFilter(std_logging.Filter):
         if record.levelno >= std_logging.WARNING or logging.get_verbosity() > logging.INFO:
             return True
         # orbax and etils log through absl (logger "absl"), so their records are known by file
-        noisy = (record.name.split(".")[0] in _NOISY_PACKAGES and record.name != "absl") or \
-            any(part in record.pathname for part in _NOISY_DIRS)
+        noisy = (record.name.split(".")[0] in _NOISY_PACKAGES and record.name != "absl") or any(
+            part in record.pathname for part in _NOISY_DIRS
+        )
         return not noisy
 
 

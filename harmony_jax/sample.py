@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -32,14 +32,12 @@ from absl import app, logging
 from absl.flags import argparse_flags
 from tqdm import tqdm
 
-from harmony_jax import generation
+from harmony_jax import generation, quiet_logs
 from harmony_jax.diffusion.syncfg import GUIDANCES, SOLVERS
 from harmony_jax.errors import FlagError, UserError, one_line, reported_as_one_line
-from harmony_jax.inference import (DTYPES, load_for_inference, read_audio, read_image,
-                                   read_video)
+from harmony_jax.inference import DTYPES, load_for_inference, read_audio, read_image, read_video
 from harmony_jax.media import MediaError, write_av, write_wav
 from harmony_jax.system import System
-from harmony_jax import quiet_logs
 
 REF_AUDIO_MAX_SECONDS = 3.0  # the paper's reference voices are 1-3 s
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take H.264 + AAC
@@ -49,8 +47,10 @@ def _check_out(out: str) -> None:
     """`--out` must name a video file in a directory that exists or can be made, writable."""
     ext = os.path.splitext(out)[1].lower()
     if ext and ext not in VIDEO_EXTENSIONS:
-        raise FlagError(f"--out {out}: {ext} is not a video file name; use one of "
-                        f"{', '.join(VIDEO_EXTENSIONS)} (a .wav is written beside it)")
+        raise FlagError(
+            f"--out {out}: {ext} is not a video file name; use one of "
+            f"{', '.join(VIDEO_EXTENSIONS)} (a .wav is written beside it)"
+        )
     if os.path.isdir(out):
         raise FlagError(f"--out {out} is a directory; name the .mp4 to write")
     parent = os.path.dirname(os.path.abspath(out))
@@ -72,8 +72,9 @@ def output_paths(out: str, num: int, overwrite: bool) -> list[tuple[str, str]]:
     paths = [(s + (ext or ".mp4"), s + ".wav") for s in stems]
     existing = [p for pair in paths for p in pair if os.path.exists(p)]
     if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists; pass --overwrite (overwrite=True) to "
-                              f"replace it")
+        raise FileExistsError(
+            f"{existing[0]} exists; pass --overwrite (overwrite=True) to replace it"
+        )
     return paths
 
 
@@ -82,8 +83,9 @@ def _check_inputs(mode: str, audio, video, image, ref_audio) -> None:
     needs = {"a2v": ("audio", audio), "v2a": ("video", video)}
     if mode in needs and needs[mode][1] is None:
         raise FlagError(f"mode {mode!r} needs --{needs[mode][0]}")
-    unused = {"t2av": ("audio", "video"), "a2v": ("video", "ref-audio"),
-              "v2a": ("audio", "image")}[mode]
+    unused = {"t2av": ("audio", "video"), "a2v": ("video", "ref-audio"), "v2a": ("audio", "image")}[
+        mode
+    ]
     given = {"audio": audio, "video": video, "image": image, "ref-audio": ref_audio}
     for name in unused:
         if given[name] is not None:
@@ -98,21 +100,36 @@ def _reference_voice(system: System, path: str) -> np.ndarray:
     wave = read_audio(path, rate, round(seconds * rate) if seconds > 0 else None)
     if seconds <= 0 and len(wave) > REF_AUDIO_MAX_SECONDS * rate:
         logging.warning("%s: reference voice cropped to %.1f s", path, REF_AUDIO_MAX_SECONDS)
-        wave = wave[:round(REF_AUDIO_MAX_SECONDS * rate)]
+        wave = wave[: round(REF_AUDIO_MAX_SECONDS * rate)]
     if system.audio_codec.num_latent_frames(len(wave)) < 1:
         raise MediaError(f"{path}: {len(wave)} samples are too short for one audio latent frame")
     return wave
 
 
-def sample_to_files(system: System, params: Any, out: str, *, mode: str = "t2av",
-                    prompt: str, audio_prompt: Optional[str] = None, transcript: str = "",
-                    image: Optional[str] = None, ref_audio: Optional[str] = None,
-                    audio: Optional[str] = None, video: Optional[str] = None,
-                    steps: Optional[int] = None, guidance: Optional[str] = None,
-                    s_v: Optional[float] = None, s_a: Optional[float] = None,
-                    cfg_scale: Optional[float] = None, solver: Optional[str] = None,
-                    seed: int = 0, num: int = 1, overwrite: bool = False,
-                    progress: bool = True) -> list[str]:
+def sample_to_files(
+    system: System,
+    params: Any,
+    out: str,
+    *,
+    mode: str = "t2av",
+    prompt: str,
+    audio_prompt: str | None = None,
+    transcript: str = "",
+    image: str | None = None,
+    ref_audio: str | None = None,
+    audio: str | None = None,
+    video: str | None = None,
+    steps: int | None = None,
+    guidance: str | None = None,
+    s_v: float | None = None,
+    s_a: float | None = None,
+    cfg_scale: float | None = None,
+    solver: str | None = None,
+    seed: int = 0,
+    num: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[str]:
     """Samples `num` clips and writes each as .mp4 + .wav; returns the .mp4 paths.
 
     `image`, `ref_audio`, `audio` and `video` are file paths (see the module docstring for the
@@ -124,8 +141,9 @@ def sample_to_files(system: System, params: Any, out: str, *, mode: str = "t2av"
         raise ValueError(f"num={num} must be at least 1")
     _check_inputs(mode, audio, video, image, ref_audio)
     paths = output_paths(out, num, overwrite)
-    batch = generation.prompt_batch(system, [prompt], None if audio_prompt is None
-                                    else [audio_prompt], [transcript])
+    batch = generation.prompt_batch(
+        system, [prompt], None if audio_prompt is None else [audio_prompt], [transcript]
+    )
     d = system.config.data
     given = {}
     if audio is not None:
@@ -140,8 +158,19 @@ def sample_to_files(system: System, params: Any, out: str, *, mode: str = "t2av"
     key = jax.random.key(seed)
     for i in tqdm(range(num), desc=f"sampling {mode}", unit="clip", disable=not progress):
         frames, waves = generation.generate(
-            system, params, jax.random.fold_in(key, i), batch, mode=mode, guidance=guidance,
-            steps=steps, solver=solver, s_v=s_v, s_a=s_a, cfg_scale=cfg_scale, **given)
+            system,
+            params,
+            jax.random.fold_in(key, i),
+            batch,
+            mode=mode,
+            guidance=guidance,
+            steps=steps,
+            solver=solver,
+            s_v=s_v,
+            s_a=s_a,
+            cfg_scale=cfg_scale,
+            **given,
+        )
         mp4, wav = paths[i]
         write_av(mp4, frames[0], d.fps, waves[0], d.sample_rate, overwrite=overwrite)
         write_wav(wav, waves[0], d.sample_rate, overwrite=overwrite)
@@ -170,15 +199,19 @@ def _caption(text: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse_flags.ArgumentParser(prog="python -m harmony_jax.sample", description=__doc__,
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse_flags.ArgumentParser(
+        prog="python -m harmony_jax.sample",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run = p.add_mutually_exclusive_group(required=True)
     run.add_argument("--workdir", help="run directory: its latest checkpoint is used")
     run.add_argument("--checkpoint", help="a checkpoint step directory, DIR/checkpoints/<step>")
     p.add_argument("--mode", choices=generation.MODES, default="t2av")
     p.add_argument("--prompt", required=True, type=_caption, help="video caption")
-    p.add_argument("--audio-prompt", type=_caption,
-                   help="sound caption (default: the video caption)")
+    p.add_argument(
+        "--audio-prompt", type=_caption, help="sound caption (default: the video caption)"
+    )
     p.add_argument("--transcript", default="", help="words to be spoken")
     p.add_argument("--image", help="reference first frame (t2av, a2v)")
     p.add_argument("--ref-audio", help="reference voice recording (t2av, v2a)")
@@ -194,11 +227,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=1, help="number of clips")
     p.add_argument("--out", required=True, help="output .mp4 (a .wav is written beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--mesh", help="device mesh for the parameters and the sampler, e.g. "
-                   "fsdp=4,tensor=2 (keys data, fsdp, sequence, tensor; left out: 1, fsdp takes "
-                   "the remaining devices); default: every local device on fsdp")
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16",
-                   help="dtype of the weights while sampling (the latents stay float32)")
+    p.add_argument(
+        "--mesh",
+        help="device mesh for the parameters and the sampler, e.g. "
+        "fsdp=4,tensor=2 (keys data, fsdp, sequence, tensor; left out: 1, fsdp takes "
+        "the remaining devices); default: every local device on fsdp",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="bfloat16",
+        help="dtype of the weights while sampling (the latents stay float32)",
+    )
     return p
 
 
@@ -206,15 +246,32 @@ def _parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     check_flags(args)  # before the slow part
     _check_inputs(args.mode, args.audio, args.video, args.image, args.ref_audio)
-    system, params = load_for_inference(args.workdir or args.checkpoint, mesh=args.mesh,
-                                        dtype=args.dtype)
+    system, params = load_for_inference(
+        args.workdir or args.checkpoint, mesh=args.mesh, dtype=args.dtype
+    )
     try:
         paths = sample_to_files(
-            system, params, args.out, mode=args.mode, prompt=args.prompt,
-            audio_prompt=args.audio_prompt, transcript=args.transcript, image=args.image,
-            ref_audio=args.ref_audio, audio=args.audio, video=args.video, steps=args.steps,
-            guidance=args.guidance, s_v=args.s_v, s_a=args.s_a, cfg_scale=args.cfg_scale,
-            solver=args.solver, seed=args.seed, num=args.num, overwrite=args.overwrite)
+            system,
+            params,
+            args.out,
+            mode=args.mode,
+            prompt=args.prompt,
+            audio_prompt=args.audio_prompt,
+            transcript=args.transcript,
+            image=args.image,
+            ref_audio=args.ref_audio,
+            audio=args.audio,
+            video=args.video,
+            steps=args.steps,
+            guidance=args.guidance,
+            s_v=args.s_v,
+            s_a=args.s_a,
+            cfg_scale=args.cfg_scale,
+            solver=args.solver,
+            seed=args.seed,
+            num=args.num,
+            overwrite=args.overwrite,
+        )
     except ValueError as e:  # a prompt or a given file the run cannot use
         if isinstance(e, UserError):
             raise

@@ -8,15 +8,22 @@ encoder is trained with the model, as the demo's is).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from harmony_jax.codecs import (AudioCodec, TextEncoder, VideoCodec, make_audio_codec,
-                                make_text_encoder, make_video_codec)
+from harmony_jax.codecs import (
+    AudioCodec,
+    TextEncoder,
+    VideoCodec,
+    make_audio_codec,
+    make_text_encoder,
+    make_video_codec,
+)
 from harmony_jax.codecs.precomputed import PrecomputedAudio, PrecomputedText, PrecomputedVideo
 from harmony_jax.codecs.text import TranscriptTokenizer
 from harmony_jax.diffusion import flow
@@ -82,7 +89,8 @@ class System:
             transcript=batch["transcript_ids"],
             video_time=_per_sample(self.video_codec.frame_times(tv), b),  # [B, Tv] seconds
             audio_time=_per_sample(self.audio_codec.frame_times(ta), b),  # [B, Ta] seconds
-            ref_audio=None if ref is None else self.audio_codec.encode(ref))
+            ref_audio=None if ref is None else self.audio_codec.encode(ref),
+        )
 
     def encode_media(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """Clean latents (video [B, Tv, h, w, Cv], audio [B, Ta, Ca]) of a batch's media."""
@@ -92,8 +100,7 @@ class System:
         """The denoiser contract of `model.conditioning` bound to these parameters: velocities,
         whatever the network predicts (`config.flow.prediction`)."""
         model = self.model
-        net = lambda v, a, tv, ta, cond: model.apply({"params": params["dit"]}, v, a, tv, ta,
-                                                     cond)
+        net = lambda v, a, tv, ta, cond: model.apply({"params": params["dit"]}, v, a, tv, ta, cond)
         return flow.x0_denoiser(net) if self.config.flow.prediction == "x0" else net
 
     # ---- parameters
@@ -107,12 +114,17 @@ class System:
         batch = dict(
             video=S((batch_size, d.num_frames, d.height, d.width, 3), jnp.float32),
             audio=S((batch_size, self.num_samples), jnp.float32),
-            video_text_ids=text, video_text_mask=S((batch_size, L), bool),
-            audio_text_ids=text, audio_text_mask=S((batch_size, L), bool),
-            transcript_ids=S((batch_size, Lc), jnp.int32))
+            video_text_ids=text,
+            video_text_mask=S((batch_size, L), bool),
+            audio_text_ids=text,
+            audio_text_mask=S((batch_size, L), bool),
+            transcript_ids=S((batch_size, Lc), jnp.int32),
+        )
         if self.inputs == "latents":
-            batch.update(video=S((batch_size, *self.video_latent_shape), jnp.float32),
-                         audio=S((batch_size, *self.audio_latent_shape), jnp.float32))
+            batch.update(
+                video=S((batch_size, *self.video_latent_shape), jnp.float32),
+                audio=S((batch_size, *self.audio_latent_shape), jnp.float32),
+            )
             if not self.text_encoder.trainable:
                 text = S((batch_size, L, self.text_encoder.dim), jnp.float32)
                 batch.update(video_text_ids=text, audio_text_ids=text)
@@ -123,8 +135,9 @@ class System:
         k_text, k_dit = jax.random.split(rng)
         params = {}
         if self.text_encoder.trainable:
-            params["text"] = self.text_encoder.module.init(
-                k_text, batch["video_text_ids"])["params"]
+            params["text"] = self.text_encoder.module.init(k_text, batch["video_text_ids"])[
+                "params"
+            ]
         cond = self.conditioning(params, batch)
         video, audio = self.encode_media(batch)
         b = video.shape[0]
@@ -141,11 +154,16 @@ def latent_inputs(system: System, empty_prompt: np.ndarray | None) -> System:
     the empty prompt); a trainable one (the demo's) stays, fed the stored token ids."""
     text = system.text_encoder
     if not text.trainable:
-        text = PrecomputedText(max_len=text.max_len, dim=text.dim,
-                               empty=np.asarray(empty_prompt, np.float32))
-    return dataclasses.replace(system, video_codec=PrecomputedVideo(system.video_codec),
-                               audio_codec=PrecomputedAudio(system.audio_codec),
-                               text_encoder=text, inputs="latents")
+        text = PrecomputedText(
+            max_len=text.max_len, dim=text.dim, empty=np.asarray(empty_prompt, np.float32)
+        )
+    return dataclasses.replace(
+        system,
+        video_codec=PrecomputedVideo(system.video_codec),
+        audio_codec=PrecomputedAudio(system.audio_codec),
+        text_encoder=text,
+        inputs="latents",
+    )
 
 
 def _per_sample(times: np.ndarray, batch: int) -> jax.Array:
@@ -158,37 +176,52 @@ def build_system(config: ml_collections.ConfigDict) -> System:
     video_codec, audio_codec = make_video_codec(config), make_audio_codec(config)
     text_encoder = make_text_encoder(config)
     if config.flow.prediction not in flow.PREDICTIONS:
-        raise ValueError(f"config.flow.prediction={config.flow.prediction!r}: expected one of "
-                         f"{flow.PREDICTIONS}")
+        raise ValueError(
+            f"config.flow.prediction={config.flow.prediction!r}: expected one of {flow.PREDICTIONS}"
+        )
     if config.flow.prediction == "x0" and config.init.video_from:
-        raise ValueError(f"config.init.video_from={config.init.video_from} imports a Wan2.2 "
-                         f"tower, which predicts velocity; config.flow.prediction='x0' would "
-                         f"read its output as clean latents (use 'velocity')")
+        raise ValueError(
+            f"config.init.video_from={config.init.video_from} imports a Wan2.2 "
+            f"tower, which predicts velocity; config.flow.prediction='x0' would "
+            f"read its output as clean latents (use 'velocity')"
+        )
     m = config.model
     pad_to = m.video.text_pad_to
     if config.init.video_from and not pad_to:
-        raise ValueError(f"config.init.video_from={config.init.video_from} imports a Wan2.2 "
-                         f"tower, which attends to its caption zero-padded to 512 tokens; "
-                         f"config.model.video.text_pad_to=0 would mask the pads (set it to 512)")
+        raise ValueError(
+            f"config.init.video_from={config.init.video_from} imports a Wan2.2 "
+            f"tower, which attends to its caption zero-padded to 512 tokens; "
+            f"config.model.video.text_pad_to=0 would mask the pads (set it to 512)"
+        )
     if pad_to and config.codecs.text.max_len > pad_to:
-        raise ValueError(f"config.codecs.text.max_len={config.codecs.text.max_len} exceeds "
-                         f"config.model.video.text_pad_to={pad_to}")
+        raise ValueError(
+            f"config.codecs.text.max_len={config.codecs.text.max_len} exceeds "
+            f"config.model.video.text_pad_to={pad_to}"
+        )
     for key, want, have in (
-            ("model.video.in_channels", m.video.in_channels, video_codec.latent_channels),
-            ("model.audio.in_channels", m.audio.in_channels, audio_codec.latent_channels),
-            ("model.text_dim", m.text_dim, text_encoder.dim)):
+        ("model.video.in_channels", m.video.in_channels, video_codec.latent_channels),
+        ("model.audio.in_channels", m.audio.in_channels, audio_codec.latent_channels),
+        ("model.text_dim", m.text_dim, text_encoder.dim),
+    ):
         if want != have:
-            raise ValueError(f"config.{key}={want} but the codec configured in config.codecs "
-                             f"produces {have} channels")
+            raise ValueError(
+                f"config.{key}={want} but the codec configured in config.codecs "
+                f"produces {have} channels"
+            )
     model_config = ModelConfig.from_config(m, video_latent_rate=video_codec.latent_rate)
     return System(
-        config=config, model_config=model_config, video_codec=video_codec,
-        audio_codec=audio_codec, text_encoder=text_encoder,
-        transcript_tokenizer=_transcript_tokenizer(config, model_config))
+        config=config,
+        model_config=model_config,
+        video_codec=video_codec,
+        audio_codec=audio_codec,
+        text_encoder=text_encoder,
+        transcript_tokenizer=_transcript_tokenizer(config, model_config),
+    )
 
 
-def _transcript_tokenizer(config: ml_collections.ConfigDict,
-                          model_config: ModelConfig) -> TranscriptTokenizer:
+def _transcript_tokenizer(
+    config: ml_collections.ConfigDict, model_config: ModelConfig
+) -> TranscriptTokenizer:
     """F5-TTS vocabulary ids when `config.init.transcript_from` names a `convert f5-text`
     checkpoint (its vocab must fit `model.transcript.vocab_size`), else the demo's byte ids."""
     max_len = model_config.transcript.max_len
@@ -196,6 +229,7 @@ def _transcript_tokenizer(config: ml_collections.ConfigDict,
     if not path:
         return TranscriptTokenizer(max_len)
     from harmony_jax.convert.f5_text import check_vocab, load_vocab
+
     vocab = load_vocab(path)
     check_vocab(vocab, model_config.transcript, f"config.init.transcript_from={path}")
     return TranscriptTokenizer(max_len, vocab)

@@ -10,13 +10,14 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from harmony_jax import quiet_logs
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.errors import reported_as_one_line
-from harmony_jax.training.loop import PeerLostError, train_and_evaluate
-from harmony_jax import quiet_logs
+from harmony_jax.training.loop import PeerLostError, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Run config file (configs/*.py).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, samples, TensorBoard logs.")
 
 
@@ -24,7 +25,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, samples, TensorBoa
 def main(argv):
     del argv
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        train(_CONFIG.value, _WORKDIR.value)
     except PeerLostError as e:  # no orderly shutdown: it would wait for the lost peer
         print(f"error: {e}", file=sys.stderr, flush=True)
         os._exit(1)

@@ -13,16 +13,27 @@ from harmony_jax.media_window import frame_rate, read_window
 TIME_BASE = fractions.Fraction(1, 1200)  # exact for 8, 24, 25 and 30 fps steps
 
 
-def write_clip(path, frames, times, *, audio=None, sample_rate=16000, rotation=None,
-               hflip=False, vflip=False, crf="18"):
+def write_clip(
+    path,
+    frames,
+    times,
+    *,
+    audio=None,
+    sample_rate=16000,
+    rotation=None,
+    hflip=False,
+    vflip=False,
+    crf="18",
+):
     """frames uint8 [F, H, W, 3] (or a callable i -> [H, W, 3], for long or large clips) shown
     at `times` (s, increasing); optional mono audio [S] from t = 0; optional display matrix."""
     count = len(times)
     frame_at = frames if callable(frames) else (lambda i: frames[i])
     first = frame_at(0)
     with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=30,
-                                     options={"preset": "ultrafast", "crf": crf})
+        video = container.add_stream(
+            "libx264", rate=30, options={"preset": "ultrafast", "crf": crf}
+        )
         video.height, video.width = first.shape[:2]
         video.pix_fmt, video.time_base = "yuv420p", TIME_BASE
         video.codec_context.time_base = TIME_BASE
@@ -38,12 +49,15 @@ def write_clip(path, frames, times, *, audio=None, sample_rate=16000, rotation=N
             container.mux(video.encode(frame))
             if sound is None:
                 continue
-            upto = len(audio) if i + 1 == count else min(len(audio),
-                                                         round(times[i + 1] * sample_rate))
+            upto = (
+                len(audio) if i + 1 == count else min(len(audio), round(times[i + 1] * sample_rate))
+            )
             if upto > done:
                 chunk = av.AudioFrame.from_ndarray(
-                    np.ascontiguousarray(audio[None, done:upto], np.float32), format="fltp",
-                    layout="mono")
+                    np.ascontiguousarray(audio[None, done:upto], np.float32),
+                    format="fltp",
+                    layout="mono",
+                )
                 chunk.sample_rate, chunk.pts = sample_rate, done
                 container.mux(sound.encode(chunk))
                 done = upto
@@ -72,7 +86,7 @@ def flash_clip(times, flash_times, sample_rate=16000, size=(32, 32), duration=No
     audio = np.zeros(int(round(duration * sample_rate)), np.float32)
     for t in flash_times:
         k = int(round(t * sample_rate))
-        audio[k:k + 400] = 0.8 * np.sin(np.arange(400) * 2 * np.pi * 1000 / sample_rate)
+        audio[k : k + 400] = 0.8 * np.sin(np.arange(400) * 2 * np.pi * 1000 / sample_rate)
     return frames, audio
 
 

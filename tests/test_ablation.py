@@ -8,8 +8,14 @@ import pytest
 
 from configs import tiny
 from harmony_jax.eval import ablation
-from harmony_jax.eval.ablation import LADDER, Ladder, Variant, format_table, run_ladder, \
-    with_overrides
+from harmony_jax.eval.ablation import (
+    LADDER,
+    Ladder,
+    Variant,
+    format_table,
+    run_ladder,
+    with_overrides,
+)
 
 
 def _tiny():
@@ -34,9 +40,15 @@ def test_every_rung_and_extra_is_a_valid_config():
 
 def test_ladder_shares_trainings_caches_evaluations_and_reports(tmp_path, monkeypatch):
     base = _tiny()
-    variants = (LADDER[3], Variant("SyncCFG s_v=1, s_a=1", LADDER[4].train,
-                                   (("guidance", "syncfg"), ("s_v", 1.0), ("s_a", 1.0)),
-                                   extra=True))
+    variants = (
+        LADDER[3],
+        Variant(
+            "SyncCFG s_v=1, s_a=1",
+            LADDER[4].train,
+            (("guidance", "syncfg"), ("s_v", 1.0), ("s_a", 1.0)),
+            extra=True,
+        ),
+    )
     ladder = Ladder(base, str(tmp_path), num_clips=2, curve_every=1)
     stats, curves = run_ladder(ladder, (0,), variants)
     runs = sorted(os.listdir(tmp_path))
@@ -47,12 +59,14 @@ def test_ladder_shares_trainings_caches_evaluations_and_reports(tmp_path, monkey
         assert 0.0 <= mean <= 1.0 and std == 0.0
     assert [s for s, _ in curves["+ Cross-Task Synergy"][0]] == [1, 2]  # every checkpoint
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["curves"]["+ Cross-Task Synergy"][0][-1][1] == saved["per_seed"][
-        "+ Cross-Task Synergy"][0]["t2av_f1"]
+    assert (
+        saved["curves"]["+ Cross-Task Synergy"][0][-1][1]
+        == saved["per_seed"]["+ Cross-Task Synergy"][0]["t2av_f1"]
+    )
 
     # A rerun reads everything back: nothing trains or samples again.
     fail = lambda *a, **k: pytest.fail("a cached ladder trained or evaluated again")
-    monkeypatch.setattr(ablation, "train_and_evaluate", fail)
+    monkeypatch.setattr(ablation, "train", fail)
     monkeypatch.setattr(ablation, "evaluate_sync", fail)
     np.testing.assert_equal(run_ladder(ladder, (0,), variants)[0], stats)  # nan == nan here
 

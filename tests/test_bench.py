@@ -42,21 +42,31 @@ def test_train_step_table():
     xla."""
     config = _tiniest()
     config.model.splash.update(block_q=128, block_kv=128, block_kv_compute=128)
-    rows, peak, what = bench.measure(config, remats=("none",),
-                                     attentions=("xla", "cudnn", "splash"),
-                                     dtypes=("float32",), steps=2, warmup=1, num_devices=1)
+    rows, peak, what = bench.measure(
+        config,
+        remats=("none",),
+        attentions=("xla", "cudnn", "splash"),
+        dtypes=("float32",),
+        steps=2,
+        warmup=1,
+        num_devices=1,
+    )
     assert peak > 0 and "matmul" in what
     cells = _numbers(bench.table(rows, peak), bench.HEADERS)
-    assert [c[:3] for c in cells] == [["none", "xla", "float32"], ["none", "cudnn", "float32"],
-                                      ["none", "splash", "float32"]]
+    assert [c[:3] for c in cells] == [
+        ["none", "xla", "float32"],
+        ["none", "cudnn", "float32"],
+        ["none", "splash", "float32"],
+    ]
     measured, skipped, splash = cells
     assert all(_positive(c) for c in measured[3:8] + measured[9:10]), measured
     assert measured[8] == "n/a" and measured[10] == ""  # no allocator statistics on CPU
     assert skipped[3:10] == ["-"] * 7 and "NVIDIA GPU" in skipped[10]
     assert all(_positive(c) for c in splash[3:8] + splash[9:10]), splash
     assert splash[10].startswith("interpreted")
-    ratios = _numbers(bench.ratio_table(rows, baseline="xla"),
-                      [h.format("xla") for h in bench.RATIO_HEADERS])
+    ratios = _numbers(
+        bench.ratio_table(rows, baseline="xla"), [h.format("xla") for h in bench.RATIO_HEADERS]
+    )
     assert [r[:3] for r in ratios] == [["none", "float32", "splash"]]
     assert all(_positive(c) for c in ratios[0][3:])
     assert bench.ratio_table(rows) == ""  # no blockwise row to pair with
@@ -71,19 +81,22 @@ def test_bfloat16_compute_keeps_float32_master_weights_in_the_train_step():
     mesh = make_mesh(config.mesh, jax.devices()[:1])
     tx, state = plan.abstract_state(system, config, mesh, axis_rules(config))
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
-    new_state, _ = jax.eval_shape(bench.make_train_step(system, tx, config), state,
-                                  plan.abstract_batch(system, 2))
+    new_state, _ = jax.eval_shape(
+        bench.make_train_step(system, tx, config), state, plan.abstract_batch(system, 2)
+    )
     assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)
     shares = bench.matmul_dtype_shares(config)
     assert shares["bfloat16"] > 0.7 and shares.get("float32", 0) < 0.1, shares
     assert bench.matmul_dtype_shares(bench.row_config(config, "none", "xla", "float32")) == {
-        "float32": 1.0}
+        "float32": 1.0
+    }
 
 
 def test_encode_and_latent_vs_media_step_tables(tmp_path):
     """Encode clips/s per stage, then the step fed latents and fed media: the ratio's base row
     is 1 and every number is positive."""
     from harmony_jax.perf import encode
+
     config = _tiniest()
     config.data.num_frames = 8  # sounding shapes needs room for a bounce
     src = encode.write_clip_folder(config, str(tmp_path / "clips"), 2)
@@ -108,10 +121,15 @@ def test_sampler_table():
     assert sampler.default_attentions(config, quick=False) == ("xla",)  # a CPU
     times = sampler.measure_attentions(config, ("xla", "splash"), steps=2, runs=1, warmup=1)
     cells = _numbers(sampler.sampler_table(times), sampler.headers("xla"))
-    what = ["joint forward", "batched forward (the SyncCFG call)",
-            "SyncCFG step (in the jitted sampler)", "SyncCFG clip (2 steps)"]
+    what = [
+        "joint forward",
+        "batched forward (the SyncCFG call)",
+        "SyncCFG step (in the jitted sampler)",
+        "SyncCFG clip (2 steps)",
+    ]
     assert [c[:2] for c in cells] == [["xla", w] for w in what] + [
-        ["splash (interpreted)", w] for w in what]
+        ["splash (interpreted)", w] for w in what
+    ]
     assert [c[2] for c in cells] == ["1", "3", "3", "3"] * 2
     assert all(_positive(c) for row in cells for c in row[3:])
     assert [c[5] for c in cells[:4]] == ["1"] * 4  # xla against itself
@@ -121,8 +139,19 @@ def test_peer_table():
     pytest.importorskip("torch")
     pytest.importorskip("diffusers")
     from harmony_jax.perf import peer
-    shape = peer.PeerShape(heads=2, head_dim=8, depth=1, ffn_dim=32, channels=4, text_dim=8,
-                           frames=2, height=4, width=4, text_len=3)
+
+    shape = peer.PeerShape(
+        heads=2,
+        head_dim=8,
+        depth=1,
+        ffn_dim=32,
+        channels=4,
+        text_dim=8,
+        frames=2,
+        height=4,
+        width=4,
+        text_len=3,
+    )
     rows = peer.measure_peer(shape, runs=1, warmup=0)
     cells = _numbers(peer.peer_table(rows), peer.HEADERS)
     assert [c[:2] for c in cells] == [["per token (TI2V)", "8"], ["one per sample", "8"]]

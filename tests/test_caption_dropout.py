@@ -1,15 +1,10 @@
 """Caption dropout: the train step's empty-prompt rows are exactly what text CFG feeds as its
 unconditional side, both captions of a row drop together, and the rest stay untouched."""
 
-import os
-import sys
-
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import tiny  # noqa: E402
-
+from configs import tiny  # noqa: E402
 from harmony_jax.generation import _token_batch, prompt_batch  # noqa: E402
 from harmony_jax.system import build_system  # noqa: E402
 from harmony_jax.training.step import drop_captions  # noqa: E402
@@ -25,10 +20,12 @@ def _batches():
 
 def _dropped_rows(out, batch, uncond, kind):
     ids, mask = out[f"{kind}_text_ids"], out[f"{kind}_text_mask"]
-    is_empty = (np.all(ids == uncond[f"{kind}_text_ids"], axis=1)
-                & np.all(mask == uncond[f"{kind}_text_mask"], axis=1))
-    is_kept = (np.all(ids == batch[f"{kind}_text_ids"], axis=1)
-               & np.all(mask == batch[f"{kind}_text_mask"], axis=1))
+    is_empty = np.all(ids == uncond[f"{kind}_text_ids"], axis=1) & np.all(
+        mask == uncond[f"{kind}_text_mask"], axis=1
+    )
+    is_kept = np.all(ids == batch[f"{kind}_text_ids"], axis=1) & np.all(
+        mask == batch[f"{kind}_text_mask"], axis=1
+    )
     assert np.all(is_empty ^ is_kept), kind  # each row is either the prompt or the empty one
     return is_empty
 

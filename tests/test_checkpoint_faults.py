@@ -11,21 +11,19 @@ import errno
 import logging
 import os
 import shutil
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
 from entry_point import one_line as _one_line
+
 from harmony_jax import errors, inference
 from harmony_jax.inference import load_for_inference
 from harmony_jax.training import checkpoint, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import tiny  # noqa: E402
+from configs import tiny  # noqa: E402
 
 
 def _config(total_steps=4):
@@ -38,7 +36,7 @@ def _config(total_steps=4):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
-    loop.train_and_evaluate(_config(), workdir)
+    loop.train(_config(), workdir)
     return workdir
 
 
@@ -63,13 +61,14 @@ def test_full_disk_is_refused_before_training(capsys, copy, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 4096))
     monkeypatch.setattr(loop, "make_train_step", lambda *a: pytest.fail("trained"))
-    before = {p: (copy / "checkpoints" / p / "commit_success.txt").read_bytes()
-              for p in _steps(copy)}
-    line = _one_line(capsys, loop.train_and_evaluate, _config(6), str(copy),
-                     code=errors.ENVIRONMENT_EXIT)
+    before = {
+        p: (copy / "checkpoints" / p / "commit_success.txt").read_bytes() for p in _steps(copy)
+    }
+    line = _one_line(capsys, loop.train, _config(6), str(copy), code=errors.ENVIRONMENT_EXIT)
     assert line.startswith(f"error: {copy}/checkpoints: 0.0 MiB free, a checkpoint needs ")
     assert _steps(copy) == ["2", "4"] and before == {
-        p: (copy / "checkpoints" / p / "commit_success.txt").read_bytes() for p in _steps(copy)}
+        p: (copy / "checkpoints" / p / "commit_success.txt").read_bytes() for p in _steps(copy)
+    }
 
 
 def test_failed_save_names_the_last_good_step(tmp_path, monkeypatch):
@@ -88,7 +87,8 @@ def test_failed_save_names_the_last_good_step(tmp_path, monkeypatch):
     assert str(info.value) == (
         f"saving step 4 to {tmp_path}/checkpoints failed ({tmp_path}/checkpoints/4: No space "
         f"left on device); the run stopped; the last good checkpoint is step 2 "
-        f"({tmp_path}/checkpoints/2), intact")
+        f"({tmp_path}/checkpoints/2), intact"
+    )
     checkpointer.wait()  # reported once: the writer's later errors do not hide it
     checkpointer.close()
     assert checkpoint.steps_in(tmp_path / "checkpoints") == [2]
@@ -117,15 +117,17 @@ def test_disk_filling_mid_run_stops_it_at_once(capsys, run, copy, monkeypatch):
             yield batch
 
     monkeypatch.setattr(loop, "make_train_iterator", counted)
-    line = _one_line(capsys, loop.train_and_evaluate, _config(10), str(copy),
-                     code=errors.ENVIRONMENT_EXIT)
-    assert line == (f"error: saving step 6 to {copy}/checkpoints failed ({copy}/checkpoints/6: "
-                    f"No space left on device); the run stopped; the last good checkpoint is "
-                    f"step 4 ({copy}/checkpoints/4), intact")
+    line = _one_line(capsys, loop.train, _config(10), str(copy), code=errors.ENVIRONMENT_EXIT)
+    assert line == (
+        f"error: saving step 6 to {copy}/checkpoints failed ({copy}/checkpoints/6: "
+        f"No space left on device); the run stopped; the last good checkpoint is "
+        f"step 4 ({copy}/checkpoints/4), intact"
+    )
     assert len(steps_run) == 3  # steps 5, 6 and the one that found the failure, not 10
     assert "4" in _steps(copy)  # the last good step restores as it was saved
-    for a, b in zip(_params(copy / "checkpoints" / "4"),
-                    _params(os.path.join(run, "checkpoints", "4"))):
+    for a, b in zip(
+        _params(copy / "checkpoints" / "4"), _params(os.path.join(run, "checkpoints", "4"))
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -134,8 +136,12 @@ def test_disk_filling_mid_run_stops_it_at_once(capsys, run, copy, monkeypatch):
 
 def _truncate_state_data(step_dir):
     """Empties the largest data file of a step (what a disk that filled mid-write leaves)."""
-    files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir / "state") for f in fs
-             if os.path.basename(d) == "d"]
+    files = [
+        os.path.join(d, f)
+        for d, _, fs in os.walk(step_dir / "state")
+        for f in fs
+        if os.path.basename(d) == "d"
+    ]
     largest = max(files, key=os.path.getsize)
     open(largest, "wb").close()
     return largest
@@ -144,7 +150,7 @@ def _truncate_state_data(step_dir):
 def test_train_falls_back_to_the_newest_intact_step(copy, caplog):
     truncated = _truncate_state_data(copy / "checkpoints" / "4")
     with caplog.at_level(logging.WARNING):
-        loop.train_and_evaluate(_config(4), str(copy))
+        loop.train(_config(4), str(copy))
     warned = "\n".join(r.getMessage() for r in caplog.records)
     assert "checkpoint step 4 is damaged" in warned
     assert "resuming from step 2" in warned
@@ -164,14 +170,15 @@ def test_sample_falls_back_or_refuses_listing_the_steps(capsys, copy, caplog, mo
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(a, b)
     assert set(caches) == {inference.DEFAULT_DIR}  # the user's cache, not the saved config's
-    line = _one_line(capsys, load_for_inference, copy / "checkpoints" / "4",
-                     code=errors.USER_EXIT)
+    line = _one_line(capsys, load_for_inference, copy / "checkpoints" / "4", code=errors.USER_EXIT)
     assert line.startswith(f"error: {copy}/checkpoints/4 is damaged ({meta}: ")
     assert line.endswith(f"other steps in {copy}/checkpoints: 2")
     state_meta = copy / "checkpoints" / "2" / "state" / "_METADATA"
     state_meta.write_text(state_meta.read_text()[:100])
     line = _one_line(capsys, load_for_inference, copy, code=errors.USER_EXIT)
-    assert line.startswith(f"error: {copy}/checkpoints: no intact checkpoint; damaged: step 4 "
-                           f"({meta}: damaged, not a JSON run config")
+    assert line.startswith(
+        f"error: {copy}/checkpoints: no intact checkpoint; damaged: step 4 "
+        f"({meta}: damaged, not a JSON run config"
+    )
     assert f"step 2 ({state_meta}: " in line
     assert _steps(copy) == ["2", "4"]  # sampling moves nothing

@@ -24,13 +24,14 @@ def _make_clip(path, *, fps, num_frames, rate=SR, channels=1, audio=True):
     video = np.broadcast_to(level[:, None, None, None], (num_frames, 24, 32, 3)).copy()
     video[:, :, :4] = video[:, :, -4:] = (1.0, -1.0, -1.0)
     wave = np.zeros((int(num_frames / fps * rate), channels), np.float32)
-    wave[rate:rate + 32] = 0.8
+    wave[rate : rate + 32] = 0.8
     write_av(path, video.astype(np.float32), fps, wave if audio else None, rate)
 
 
 def _write_captions(root, lines):
-    (root / "captions.jsonl").write_text("".join(
-        (json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines))
+    (root / "captions.jsonl").write_text(
+        "".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +44,21 @@ def folder(tmp_path_factory):
     (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
     (root / "sub").mkdir()
     _make_clip(root / "sub" / "fast.mp4", fps=16.0, num_frames=40, rate=24000, channels=2)
-    _write_captions(root, [
-        dict(path="good.mp4", video_caption="a grey square", audio_caption="a click",
-             transcript="hello"),
-        dict(path="noaudio.mp4", video_caption="v", audio_caption="a"),
-        "",  # blank lines are fine
-        dict(path="truncated.mp4", video_caption="v", audio_caption="a"),
-        dict(path="sub/fast.mp4", video_caption="fast", audio_caption="fast click"),
-    ])
+    _write_captions(
+        root,
+        [
+            dict(
+                path="good.mp4",
+                video_caption="a grey square",
+                audio_caption="a click",
+                transcript="hello",
+            ),
+            dict(path="noaudio.mp4", video_caption="v", audio_caption="a"),
+            "",  # blank lines are fine
+            dict(path="truncated.mp4", video_caption="v", audio_caption="a"),
+            dict(path="sub/fast.mp4", video_caption="fast", audio_caption="fast click"),
+        ],
+    )
     return root
 
 
@@ -61,7 +69,10 @@ def test_item_layout_and_alignment(folder):
     assert item["video"].shape == (16, 16, 16, 3) and item["video"].dtype == np.float32
     assert item["audio"].shape == (2 * SR,) and item["audio"].dtype == np.float32
     assert (item["video_caption"], item["audio_caption"], item["transcript"]) == (
-        "a grey square", "a click", "hello")
+        "a grey square",
+        "a click",
+        "hello",
+    )
     assert source[3]["transcript"] == ""
     assert -1.0 <= item["video"].min() and item["video"].max() <= 1.0
     red = item["video"][..., 0] - item["video"][..., 1]
@@ -79,8 +90,9 @@ def test_fps_and_sample_rate_conversion(folder):
     assert abs(np.argmax(item["audio"] > 0.3) / SR - 1.0) < 0.003
 
 
-@pytest.mark.parametrize("index, message", [(1, "noaudio.mp4: no audio stream"),
-                                            (2, "truncated.mp4")])
+@pytest.mark.parametrize(
+    "index, message", [(1, "noaudio.mp4: no audio stream"), (2, "truncated.mp4")]
+)
 def test_bad_clip_errors_name_the_file(folder, index, message):
     with pytest.raises(MediaError, match=message):
         ClipFolder(str(folder), **SHAPE)[index]
@@ -99,8 +111,11 @@ def test_skip_bad_files_uses_next_good_clip(folder, caplog):
 
 
 def test_short_clip_is_an_error(folder):
-    with pytest.raises(MediaError, match=r"good.mp4: 2.000 s of video is shorter than 24 "
-                       r"frames at 8 fps \(3.000 s\)"):
+    with pytest.raises(
+        MediaError,
+        match=r"good.mp4: 2.000 s of video is shorter than 24 "
+        r"frames at 8 fps \(3.000 s\)",
+    ):
         ClipFolder(str(folder), **dict(SHAPE, num_frames=24)).load(0)
 
 
@@ -111,16 +126,21 @@ def test_all_bad_is_an_error(tmp_path):
         ClipFolder(str(tmp_path), skip_bad_files=True, **SHAPE)[0]
 
 
-@pytest.mark.parametrize("bad_line, message", [
-    ("{not json", r"captions.jsonl:2: bad line \(JSONDecodeError"),
-    ('{"path": "x.mp4", "video_caption": "v"}', r"captions.jsonl:2: bad line \(KeyError: "
-                                                r"'audio_caption'"),
-    ('["x.mp4"]', "captions.jsonl:2: bad line.*not a JSON object"),
-    ('{"path": "x.mp4", "video_caption": "v", "audio_caption": 3}', ":2: .*must be strings"),
-])
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ("{not json", r"captions.jsonl:2: bad line \(JSONDecodeError"),
+        (
+            '{"path": "x.mp4", "video_caption": "v"}',
+            r"captions.jsonl:2: bad line \(KeyError: "
+            r"'audio_caption'",
+        ),
+        ('["x.mp4"]', "captions.jsonl:2: bad line.*not a JSON object"),
+        ('{"path": "x.mp4", "video_caption": "v", "audio_caption": 3}', ":2: .*must be strings"),
+    ],
+)
 def test_bad_captions_line_names_file_and_line(tmp_path, bad_line, message):
-    _write_captions(tmp_path, [dict(path="a.mp4", video_caption="v", audio_caption="a"),
-                               bad_line])
+    _write_captions(tmp_path, [dict(path="a.mp4", video_caption="v", audio_caption="a"), bad_line])
     with pytest.raises(ValueError, match=message):
         read_captions(str(tmp_path))
 
@@ -130,22 +150,33 @@ def test_missing_captions_file(tmp_path):
         read_captions(str(tmp_path))
 
 
-_FIELD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(),
-                          st.lists(st.integers(), max_size=3))
+_FIELD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(),
+    st.lists(st.integers(), max_size=3),
+)
 _MALFORMED_LINES = st.one_of(
     st.binary(max_size=64),  # random bytes, often not UTF-8
     st.text(max_size=64).map(lambda t: t.encode("utf-8", "surrogatepass")),  # rarely JSON
-    st.dictionaries(st.sampled_from(["path", "video_caption", "audio_caption", "transcript",
-                                     "other"]), _FIELD_VALUES, max_size=5)
-    .map(lambda d: json.dumps(d).encode()),  # fields missing or of the wrong type
-    st.recursive(_FIELD_VALUES, lambda inner: st.lists(inner, max_size=3), max_leaves=8)
-    .map(lambda x: json.dumps(x).encode()),  # JSON, but not an object
-    st.integers(1, 5000).map(lambda n: b"[" * n))  # nested past what the parser can
+    st.dictionaries(
+        st.sampled_from(["path", "video_caption", "audio_caption", "transcript", "other"]),
+        _FIELD_VALUES,
+        max_size=5,
+    ).map(lambda d: json.dumps(d).encode()),  # fields missing or of the wrong type
+    st.recursive(_FIELD_VALUES, lambda inner: st.lists(inner, max_size=3), max_leaves=8).map(
+        lambda x: json.dumps(x).encode()
+    ),  # JSON, but not an object
+    st.integers(1, 5000).map(lambda n: b"[" * n),
+)  # nested past what the parser can
 _GOOD = json.dumps(dict(path="a.mp4", video_caption="v", audio_caption="a")).encode() + b"\n"
 
 
-@settings(max_examples=50, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(line=_MALFORMED_LINES)
 def test_fuzzed_captions_line_is_a_clean_error(tmp_path, line):
     """Whatever a line holds, read_captions returns clips or raises ValueError naming the file
@@ -156,5 +187,4 @@ def test_fuzzed_captions_line_is_a_clean_error(tmp_path, line):
     except ValueError as e:
         assert re.match(r".*captions\.jsonl:([2-9]|\d\d+): bad line \(\w+", str(e)), str(e)
     else:
-        assert all(isinstance(c.video_caption, str) and isinstance(c.path, str)
-                   for c in clips)
+        assert all(isinstance(c.video_caption, str) and isinstance(c.path, str) for c in clips)

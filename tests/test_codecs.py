@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from harmony_jax.codecs import (AudioCodec, TextEncoder, VideoCodec, make_audio_codec,
-                                make_text_encoder, make_video_codec)
+from harmony_jax.codecs import (
+    AudioCodec,
+    TextEncoder,
+    VideoCodec,
+    make_audio_codec,
+    make_text_encoder,
+    make_video_codec,
+)
 from harmony_jax.codecs.mel import LOG_MEL_MEAN, LOG_MEL_SCALE, MelCodec
 from harmony_jax.codecs.text import END_ID, encode_transcript
 
@@ -30,8 +36,10 @@ def test_factories_build_protocol_instances():
     assert isinstance(make_text_encoder(config), TextEncoder)
 
 
-@pytest.mark.parametrize("kind, make", [("video", make_video_codec), ("audio", make_audio_codec),
-                                        ("text", make_text_encoder)])
+@pytest.mark.parametrize(
+    "kind, make",
+    [("video", make_video_codec), ("audio", make_audio_codec), ("text", make_text_encoder)],
+)
 def test_unknown_name_lists_valid_names(kind, make):
     config = tiny.get_config()
     config.codecs[kind].name = "nope"
@@ -71,8 +79,13 @@ def test_mel_matches_librosa():
     # Same frames as librosa's: centre padding shifted by half a hop (see mel.py).
     pad = (codec.n_fft - codec.hop_length) // 2
     ref = librosa.feature.melspectrogram(
-        y=np.pad(wave, pad), sr=SR, n_fft=codec.n_fft, hop_length=codec.hop_length,
-        n_mels=codec.n_mels, center=False)  # [n_mels, Ta]
+        y=np.pad(wave, pad),
+        sr=SR,
+        n_fft=codec.n_fft,
+        hop_length=codec.hop_length,
+        n_mels=codec.n_mels,
+        center=False,
+    )  # [n_mels, Ta]
     ref_latents = (np.log(np.maximum(ref, 1e-5)).T + 3.0) / 8.0
     assert latents.shape == ref_latents.shape == (62, 32)
     np.testing.assert_allclose(latents, ref_latents, atol=1e-3)
@@ -80,8 +93,9 @@ def test_mel_matches_librosa():
 
 def test_mel_normalisation_is_unit_scale():
     codec = MelCodec()
-    silence, loud = np.asarray(codec.encode(np.stack([np.zeros(SR, np.float32),
-                                                      _tone(440.0, 1.0, 1.0)])))
+    silence, loud = np.asarray(
+        codec.encode(np.stack([np.zeros(SR, np.float32), _tone(440.0, 1.0, 1.0)]))
+    )
     np.testing.assert_allclose(silence, (np.log(1e-5) + 3.0) / 8.0, rtol=1e-6)
     assert -1.1 < silence.min() and 0.9 < loud.max() < 1.2
 
@@ -94,7 +108,7 @@ def test_mel_round_trip_keeps_pitch():
     spectrum = np.abs(np.fft.rfft(wave[0] * np.hanning(wave.shape[1])))
     peak = np.fft.rfftfreq(wave.shape[1], 1 / SR)[np.argmax(spectrum)]
     assert abs(peak - 440.0) < 0.05 * 440.0, peak
-    assert 0.5 < np.sqrt(np.mean(wave ** 2)) / np.sqrt(np.mean(tone ** 2)) < 2.0
+    assert 0.5 < np.sqrt(np.mean(wave**2)) / np.sqrt(np.mean(tone**2)) < 2.0
 
 
 def test_mel_decode_of_out_of_range_latents_is_finite():
@@ -116,8 +130,10 @@ def test_text_tokenizer_is_deterministic_and_padded():
     assert (ids[0, :4] >= 2).all() and (ids[0, :4] < encoder.vocab_size).all()
     assert mask[2].tolist() == [True] + [False] * 15  # an empty prompt keeps its end token
     # Stable across runs and processes (crc32, not Python's salted hash).
-    np.testing.assert_array_equal(ids[0, :4], [2 + v % (encoder.vocab_size - 2) for v in
-                                               (3904355907, 4200685455, 1949452379, 154868399)])
+    np.testing.assert_array_equal(
+        ids[0, :4],
+        [2 + v % (encoder.vocab_size - 2) for v in (3904355907, 4200685455, 1949452379, 154868399)],
+    )
 
 
 def test_text_truncation_warns_with_prompt(caplog):

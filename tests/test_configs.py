@@ -41,6 +41,7 @@ def test_config_sets_only_keys_the_defaults_define(path):
     # base_config() is not locked while a config file edits it: a misspelt key there would be
     # added silently and never read
     from harmony_jax.defaults import base_config
+
     extra = set(_keys(_load(path))) - set(_keys(base_config()))
     assert not extra, f"{os.path.basename(path)} sets keys the defaults lack: {sorted(extra)}"
 
@@ -51,13 +52,16 @@ def test_saved_config_reads_onto_todays_defaults(tmp_path):
     from harmony_jax.defaults import base_config
     from harmony_jax.errors import CheckpointError
     from harmony_jax.training.checkpoint import read_config_file
+
     saved = base_config()
     saved.seed = 7
     del saved.model.video["text_pad_to"]  # a run saved before the key existed
     file = epath.Path(tmp_path) / "config.json"
     file.write_text(saved.to_json())
     config = read_config_file(file)
-    assert config.seed == 7 and config.model.video.text_pad_to == base_config().model.video.text_pad_to
+    assert (
+        config.seed == 7 and config.model.video.text_pad_to == base_config().model.video.text_pad_to
+    )
     file.write_text('{"seed": "seven"}')  # another type than the key's
     with pytest.raises(CheckpointError, match="config.json: damaged"):
         read_config_file(file)
@@ -65,6 +69,7 @@ def test_saved_config_reads_onto_todays_defaults(tmp_path):
 
 def test_unknown_prediction_names_the_key():
     from harmony_jax.system import build_system
+
     config = _load(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"))
     config.flow.prediction = "eps"
     with pytest.raises(ValueError, match=r"config.flow.prediction='eps'.*velocity"):
@@ -73,6 +78,7 @@ def test_unknown_prediction_names_the_key():
 
 def test_x0_prediction_refuses_an_imported_velocity_tower():
     from harmony_jax.system import build_system
+
     config = _load(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"))
     config.flow.prediction = "x0"
     config.init.video_from = "ckpt/wan_video_tower"

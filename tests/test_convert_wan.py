@@ -13,17 +13,16 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from safetensors.numpy import save_file
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import tiny  # noqa: E402
-
+from configs import tiny  # noqa: E402
 from harmony_jax.convert import store, wan  # noqa: E402
 from harmony_jax.convert.state_dict import StateDictMismatchError  # noqa: E402
 from harmony_jax.model import ModelConfig  # noqa: E402
 from harmony_jax.system import build_system  # noqa: E402
-from harmony_jax.training.loop import train_and_evaluate  # noqa: E402
+from harmony_jax.training.loop import train  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 CFG = ModelConfig.from_config(tiny.get_config().model, video_latent_rate=4.0)
@@ -35,8 +34,11 @@ abstract_dit = functools.lru_cache(wan.abstract_dit)
 
 def random_params(cfg: ModelConfig, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    return {"dit": jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype),
-                                abstract_dit(cfg))}
+    return {
+        "dit": jax.tree.map(
+            lambda s: rng.standard_normal(s.shape).astype(s.dtype), abstract_dit(cfg)
+        )
+    }
 
 
 def is_video(path: str) -> bool:
@@ -87,8 +89,9 @@ def test_round_trip_replaces_exactly_the_video_tower(layout, cfg):
 
 def test_unrolled_layers_take_their_own_blocks():
     source = random_params(CFG, 0)
-    out = wan.import_wan(wan.export_wan(source, CFG, "diffusers"), random_params(UNROLLED, 1),
-                         UNROLLED)
+    out = wan.import_wan(
+        wan.export_wan(source, CFG, "diffusers"), random_params(UNROLLED, 1), UNROLLED
+    )
     stacked = flat(source["dit"]["layers"]["video_block"])
     for i in range(CFG.depth):
         layer = flat(out["dit"][f"layers_{i}"]["video_block"])
@@ -97,8 +100,10 @@ def test_unrolled_layers_take_their_own_blocks():
             np.testing.assert_array_equal(layer[path], value[i], err_msg=f"layers_{i}/{path}")
 
 
-@pytest.mark.parametrize("layout,misshaped", [("diffusers", "blocks.0.norm2.weight"),
-                                              ("original", "blocks.0.norm3.weight")])
+@pytest.mark.parametrize(
+    "layout,misshaped",
+    [("diffusers", "blocks.0.norm2.weight"), ("original", "blocks.0.norm3.weight")],
+)
 def test_every_mismatch_is_named_in_one_error(layout, misshaped):
     state = wan.export_wan(random_params(CFG, 0), CFG, layout)
     missing = "blocks.1.ffn.2.bias" if layout == "original" else "blocks.1.ffn.net.2.bias"
@@ -122,8 +127,15 @@ def test_convert_cli_then_load_with_the_params_shardings(tmp_path):
     source = random_params(CFG, 0)
     write_sharded(wan.export_wan(source, CFG, "original"), tmp_path / "wan")
     dst = tmp_path / "converted"
-    cmd = [sys.executable, "-m", "harmony_jax.convert", "wan", f"--src={tmp_path / 'wan'}",
-           f"--dst={dst}", "--config=configs/tiny.py"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harmony_jax.convert",
+        "wan",
+        f"--src={tmp_path / 'wan'}",
+        f"--dst={dst}",
+        "--config=configs/tiny.py",
+    ]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "wan"]  # no leftovers
@@ -186,13 +198,15 @@ def test_existing_destination_is_kept_unless_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         wan.convert_checkpoint(str(tmp_path / "w.safetensors"), str(dst), tiny.get_config())
     assert (dst / "keep").read_text() == "old"
-    wan.convert_checkpoint(str(tmp_path / "w.safetensors"), str(dst), tiny.get_config(),
-                           overwrite=True)
+    wan.convert_checkpoint(
+        str(tmp_path / "w.safetensors"), str(dst), tiny.get_config(), overwrite=True
+    )
     assert not (dst / "keep").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "w.safetensors"]
     tower = store.restore_to_host(str(dst), {k: np.float32 for k in store.saved_shapes(str(dst))})
-    np.testing.assert_array_equal(tower["video_head/proj_out/kernel"],
-                                  source["dit"]["video_head"]["proj_out"]["kernel"])
+    np.testing.assert_array_equal(
+        tower["video_head/proj_out/kernel"], source["dit"]["video_head"]["proj_out"]["kernel"]
+    )
 
 
 def test_training_starts_from_the_converted_tower(tmp_path):
@@ -205,7 +219,7 @@ def test_training_starts_from_the_converted_tower(tmp_path):
     with pytest.raises(ValueError, match="text_pad_to=0"):  # Wan attends to its padding
         build_system(config)
     config.model.video.text_pad_to = config.codecs.text.max_len
-    state = train_and_evaluate(config, str(tmp_path / "run"))
+    state = train(config, str(tmp_path / "run"))
     got, src = flat(state.params["dit"]), flat(source["dit"])
     for path, value in src.items():
         if is_video("dit/" + path):
@@ -214,12 +228,26 @@ def test_training_starts_from_the_converted_tower(tmp_path):
 
 def _diffusers_config(**changes) -> str:
     """transformer/config.json as diffusers writes it for the tiny config's video tower."""
-    fields = dict(_class_name="WanTransformer3DModel", _diffusers_version="0.35.0",
-                  patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=16,
-                  in_channels=3, out_channels=3, text_dim=32, freq_dim=256, ffn_dim=64,
-                  num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
-                  image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
-                  pos_embed_seq_len=None)
+    fields = dict(
+        _class_name="WanTransformer3DModel",
+        _diffusers_version="0.35.0",
+        patch_size=[1, 2, 2],
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=3,
+        out_channels=3,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=64,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        image_dim=None,
+        added_kv_proj_dim=None,
+        rope_max_seq_len=1024,
+        pos_embed_seq_len=None,
+    )
     return json.dumps({**fields, **changes})
 
 
@@ -231,13 +259,27 @@ def test_source_config_json_is_checked_against_the_config(tmp_path):
     wan.convert_checkpoint(str(tmp_path / "wan"), str(tmp_path / "ok"), tiny.get_config())
     # eps changes no shape: only the config.json can tell
     config_json.write_text(_diffusers_config(eps=1e-5, qk_norm="rms_norm"))
-    with pytest.raises(ValueError, match=r"eps=1e-05 but --config has model\.eps=1e-06; "
-                                         r"qk_norm='rms_norm' but"):
+    with pytest.raises(
+        ValueError,
+        match=r"eps=1e-05 but --config has model\.eps=1e-06; "
+        r"qk_norm='rms_norm' but",
+    ):
         wan.convert_checkpoint(str(tmp_path / "wan"), str(tmp_path / "no"), tiny.get_config())
     done = subprocess.run(
-        [sys.executable, "-m", "harmony_jax.convert", "wan", f"--src={tmp_path / 'wan'}",
-         f"--dst={tmp_path / 'no'}", "--config=configs/tiny.py"],
-        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "harmony_jax.convert",
+            "wan",
+            f"--src={tmp_path / 'wan'}",
+            f"--dst={tmp_path / 'no'}",
+            "--config=configs/tiny.py",
+        ],
+        cwd=REPO,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {config_json} ")
     assert "eps=1e-05 but --config has model.eps=1e-06" in done.stderr
@@ -245,11 +287,28 @@ def test_source_config_json_is_checked_against_the_config(tmp_path):
     # the original layout's WanModel config.json: its caption length is model.video.text_pad_to
     original = tmp_path / "original"
     write_sharded(wan.export_wan(source, CFG, "original"), original)
-    (original / "config.json").write_text(json.dumps(dict(
-        _class_name="WanModel", model_type="ti2v", dim=32, ffn_dim=64, freq_dim=256, in_dim=3,
-        out_dim=3, num_heads=2, num_layers=2, eps=1e-6, text_len=512)))
-    with pytest.raises(ValueError, match=r"text_len=512 but --config has "
-                                         r"model\.video\.text_pad_to=0"):
+    (original / "config.json").write_text(
+        json.dumps(
+            dict(
+                _class_name="WanModel",
+                model_type="ti2v",
+                dim=32,
+                ffn_dim=64,
+                freq_dim=256,
+                in_dim=3,
+                out_dim=3,
+                num_heads=2,
+                num_layers=2,
+                eps=1e-6,
+                text_len=512,
+            )
+        )
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"text_len=512 but --config has "
+        r"model\.video\.text_pad_to=0",
+    ):
         wan.convert_checkpoint(str(original), str(tmp_path / "no"), tiny.get_config())
     config = tiny.get_config()
     config.model.video.text_pad_to = 512
@@ -265,5 +324,6 @@ def test_convert_works_for_any_transcript_length(tmp_path, max_len):
     wan.convert_checkpoint(str(tmp_path / "w.safetensors"), str(tmp_path / "out"), config)
     out = str(tmp_path / "out")
     tower = store.restore_to_host(out, {k: np.float32 for k in store.saved_shapes(out)})
-    np.testing.assert_array_equal(tower["video_head/proj_out/kernel"],
-                                  source["dit"]["video_head"]["proj_out"]["kernel"])
+    np.testing.assert_array_equal(
+        tower["video_head/proj_out/kernel"], source["dit"]["video_head"]["proj_out"]["kernel"]
+    )

@@ -15,10 +15,14 @@ TV, H, W, CV, TA, CA = 3, 2, 2, 2, 5, 3
 
 def make_cond(b):
     return Conditioning(
-        video_text=jnp.ones((b, 4, 8)), video_text_mask=jnp.ones((b, 4), bool),
-        audio_text=jnp.ones((b, 4, 8)), audio_text_mask=jnp.ones((b, 4), bool),
-        transcript=jnp.ones((b, 6), jnp.int32), video_time=jnp.zeros((b, TV)),
-        audio_time=jnp.zeros((b, TA)))
+        video_text=jnp.ones((b, 4, 8)),
+        video_text_mask=jnp.ones((b, 4), bool),
+        audio_text=jnp.ones((b, 4, 8)),
+        audio_text_mask=jnp.ones((b, 4), bool),
+        transcript=jnp.ones((b, 6), jnp.int32),
+        video_time=jnp.zeros((b, TV)),
+        audio_time=jnp.zeros((b, TA)),
+    )
 
 
 def make_latents(b, seed=1):
@@ -33,6 +37,7 @@ def oracle_stub(video0, audio0, delta_v, delta_a, calls):
     element has squared error delta**2, and any clean element that were scored would add 1e6.
     delta_v is [N, Tv] (per frame), delta_a is [N].
     """
+
     def denoise(x_v, x_a, t_v, t_a, cond):
         calls.append(dict(x_v=x_v, x_a=x_a, t_v=t_v, t_a=t_a, batch=cond.batch_size))
         s_v = (t_v / 1000.0)[:, :, None, None, None]
@@ -40,6 +45,7 @@ def oracle_stub(video0, audio0, delta_v, delta_a, calls):
         v_v = (x_v - video0) / jnp.where(s_v > 0, s_v, 1.0) + delta_v[:, :, None, None, None]
         v_a = (x_a - audio0) / jnp.where(s_a > 0, s_a, 1.0) + delta_a[:, None, None]
         return jnp.where(s_v > 0, v_v, 1e3), jnp.where(s_a > 0, v_a, 1e3)
+
     return denoise
 
 
@@ -64,7 +70,13 @@ def jitted_loss(video0, audio0, delta_v, delta_a, b, rng, **kw):
 def test_task_sizes():
     split = functools.partial(task_sizes, mode="split", fractions=(0.5, 0.25, 0.25))
     assert [split(b) for b in (1, 2, 3, 4, 5, 8)] == [
-        (1, 0, 0), (1, 1, 0), (1, 1, 1), (2, 1, 1), (3, 1, 1), (4, 2, 2)]
+        (1, 0, 0),
+        (1, 1, 0),
+        (1, 1, 1),
+        (2, 1, 1),
+        (3, 1, 1),
+        (4, 2, 2),
+    ]
     assert task_sizes(7, "split", (1.0, 0.0, 0.0)) == (7, 0, 0)
     assert task_sizes(6, "split", (2, 1, 1)) == (3, 2, 1)  # remainder ties go to the earlier task
     assert task_sizes(4, "all", (0.5, 0.25, 0.25)) == (4, 4, 4)
@@ -80,14 +92,27 @@ def test_split_loss_hand_computed_and_driven_tasks_clean():
     video0, audio0 = make_latents(4)
     delta_v = jnp.array([1.0, 2.0, 3.0, 4.0])[:, None] * jnp.ones((1, TV))
     delta_a = jnp.array([2.0, 4.0, 6.0, 8.0])
-    loss, m, c, cond_batch = jitted_loss(video0, audio0, delta_v, delta_a, 4,
-                                         jax.random.PRNGKey(0), mode="split", lambda_v=0.1,
-                                         lambda_a=0.3, shift=5.0)
+    loss, m, c, cond_batch = jitted_loss(
+        video0,
+        audio0,
+        delta_v,
+        delta_a,
+        4,
+        jax.random.PRNGKey(0),
+        mode="split",
+        lambda_v=0.1,
+        lambda_a=0.3,
+        shift=5.0,
+    )
     # joint: L_v = (1 + 4) / 2, L_a = (4 + 16) / 2; a2v: 0.1 * 3**2; v2a: 0.3 * 8**2.
     assert float(loss) == pytest.approx(2.5 + 10.0 + 0.9 + 19.2, rel=1e-4)
     assert float(m["loss"]) == float(loss)
-    for key, want in [("loss_joint_v", 2.5), ("loss_joint_a", 10.0), ("loss_a2v", 9.0),
-                      ("loss_v2a", 64.0)]:
+    for key, want in [
+        ("loss_joint_v", 2.5),
+        ("loss_joint_a", 10.0),
+        ("loss_a2v", 9.0),
+        ("loss_v2a", 64.0),
+    ]:
         assert float(m[key]) == pytest.approx(want, rel=1e-4), key
 
     assert c["x_v"].shape[0] == cond_batch == 4
@@ -107,16 +132,26 @@ def test_modes_with_reference_frame(mode):
     n = 3 * b if mode == "all" else b
     delta_v = jnp.arange(n * TV, dtype=jnp.float32).reshape(n, TV) / 4.0 - 1.0
     delta_a = jnp.arange(n, dtype=jnp.float32) + 0.5
-    loss, m, c, cond_batch = jitted_loss(video0, audio0, delta_v, delta_a, b,
-                                         jax.random.PRNGKey(3), mode=mode, lambda_v=0.1,
-                                         lambda_a=0.3, shift=3.0, ref_image_prob=1.0)
+    loss, m, c, cond_batch = jitted_loss(
+        video0,
+        audio0,
+        delta_v,
+        delta_a,
+        b,
+        jax.random.PRNGKey(3),
+        mode=mode,
+        lambda_v=0.1,
+        lambda_a=0.3,
+        shift=3.0,
+        ref_image_prob=1.0,
+    )
     assert c["x_v"].shape[0] == cond_batch == n
     # Every sample's first video frame is the clean reference at t=0 and unscored.
     assert np.all(np.asarray(c["t_v"])[:, 0] == 0)
     np.testing.assert_array_equal(c["x_v"][:, 0], np.tile(video0[:, 0], (n // b, 1, 1, 1)))
     dv, da = np.asarray(delta_v)[:, 1:] ** 2, np.asarray(delta_a) ** 2
     if mode == "all":  # rows [0, B) joint, [B, 2B) audio-driven, [2B, 3B) video-driven
-        want = dv[:b].mean() + da[:b].mean() + 0.1 * dv[b:2 * b].mean() + 0.3 * da[2 * b:].mean()
+        want = dv[:b].mean() + da[:b].mean() + 0.1 * dv[b : 2 * b].mean() + 0.3 * da[2 * b :].mean()
     else:
         want = dv.mean() + da.mean()
         assert float(m["loss_a2v"]) == 0.0 and float(m["loss_v2a"]) == 0.0
@@ -132,8 +167,10 @@ def test_jit_grad_and_rng():
     def loss_fn(w, rng):
         def denoise(x_v, x_a, t_v, t_a, cond):
             return w * x_v, w * x_a
-        return cts_loss(denoise, video0, audio0, cond, rng, mode="split", shift=5.0,
-                        ref_image_prob=0.5)
+
+        return cts_loss(
+            denoise, video0, audio0, cond, rng, mode="split", shift=5.0, ref_image_prob=0.5
+        )
 
     f = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     (l0, m0), g0 = f(jnp.float32(0.3), jax.random.PRNGKey(0))

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from clips import flash_clip, vfr_times, write_clip
+
 from harmony_jax import evaluate
 from harmony_jax.data.sounding_shapes import SoundingShapes
 from harmony_jax.media import MediaError, write_av
@@ -20,8 +20,9 @@ FPS, RATE = 8.0, 16000
 
 @pytest.fixture(scope="module")
 def world():
-    return SoundingShapes(num_clips=8, fps=FPS, num_frames=16, height=32, width=32,
-                          sample_rate=RATE, seed=0)
+    return SoundingShapes(
+        num_clips=8, fps=FPS, num_frames=16, height=32, width=32, sample_rate=RATE, seed=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,11 @@ def test_late_audio_gives_a_positive_offset(world, tmp_path):
     write_av(tmp_path / "late.mp4", clip["video"], FPS, late[: len(clip["audio"])], RATE)
     results = evaluate.evaluate(str(tmp_path / "late.mp4"), plot=str(tmp_path / "p.png"))
     assert list(results["clips"]["late.mp4"]) == [  # no event metrics asked
-        "av_offset_ms", "peak_to_sidelobe", "motion_events", "onset_events"]
+        "av_offset_ms",
+        "peak_to_sidelobe",
+        "motion_events",
+        "onset_events",
+    ]
     assert results["clips"]["late.mp4"]["av_offset_ms"] == pytest.approx(delay * 1000, abs=40)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -69,13 +74,29 @@ def test_unusable_paths_are_named(world, tmp_path):
 def test_cli_prints_table_and_writes_json(folder, tmp_path):
     out = tmp_path / "sync.json"
     done = subprocess.run(
-        [sys.executable, "-m", "harmony_jax.evaluate", folder, "--sounding-shapes", "--json",
-         str(out), "--max-lag", "0.5"], cwd=ROOT, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "harmony_jax.evaluate",
+            folder,
+            "--sounding-shapes",
+            "--json",
+            str(out),
+            "--max-lag",
+            "0.5",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "gt_2.mp4" in done.stdout and "mean (3)" in done.stdout
     results = json.loads(out.read_text())
     assert results["max_lag_s"] == 0.5 and set(results["clips"]) == {
-        "gt_0.mp4", "gt_1.mp4", "gt_2.mp4"}
+        "gt_0.mp4",
+        "gt_1.mp4",
+        "gt_2.mp4",
+    }
 
 
 def test_variable_frame_rate_clip_measures_in_sync(tmp_path):
@@ -94,9 +115,12 @@ def test_clips_without_sync_evidence_are_named_and_left_out_of_the_mean(tmp_path
     frames, audio = flash_clip(times, [times[6], times[20]])
     dark, _ = flash_clip(times, [])
     tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(len(audio)) / RATE).astype(np.float32)
-    for name, (video, sound) in {"a_good": (frames, audio), "static": (dark, audio),
-                                 "silent": (frames, np.zeros_like(audio)),
-                                 "tone": (frames, tone)}.items():
+    for name, (video, sound) in {
+        "a_good": (frames, audio),
+        "static": (dark, audio),
+        "silent": (frames, np.zeros_like(audio)),
+        "tone": (frames, tone),
+    }.items():
         write_clip(tmp_path / f"{name}.mp4", video, times, audio=sound)
     results = evaluate.evaluate(str(tmp_path), plot=str(tmp_path / "p.png"))
     clips = results["clips"]
@@ -125,8 +149,13 @@ print(offset, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 10
 
 def _peak(path) -> tuple[float, float]:
     """(AV offset ms, peak memory MB over the imports) of evaluating one clip."""
-    done = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True,
-                          text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     assert done.returncode == 0, done.stderr
     return tuple(float(x) for x in done.stdout.split()[-2:])
 
@@ -140,7 +169,9 @@ def test_4k_clip_costs_what_a_small_one_does(tmp_path):
     big = lambda i: np.repeat(np.repeat(small[i] | texture, 30, axis=0), 30, axis=1)
     write_clip(tmp_path / "small.mp4", small | texture, times, audio=audio, crf="35")
     write_clip(tmp_path / "4k.mp4", big, times, audio=audio, crf="35")  # 2160 x 3840
-    (small_offset, base), (offset, four_k) = _peak(tmp_path / "small.mp4"), _peak(
-        tmp_path / "4k.mp4")
+    (small_offset, base), (offset, four_k) = (
+        _peak(tmp_path / "small.mp4"),
+        _peak(tmp_path / "4k.mp4"),
+    )
     assert abs(offset) <= 20 and abs(small_offset) <= 20
     assert four_k - base < 150, (base, four_k)

@@ -19,8 +19,7 @@ def test_schedule_endpoints_and_monotone(shift):
 def test_shift_one_is_identity_and_shift_raises_noise():
     u = jnp.linspace(0.0, 1.0, 7)
     np.testing.assert_allclose(flow.shift_sigma(u, 1.0), u, rtol=0, atol=1e-7)
-    np.testing.assert_allclose(flow.sigma_schedule(4, 1.0), [1.0, 0.75, 0.5, 0.25, 0.0],
-                               atol=1e-7)
+    np.testing.assert_allclose(flow.sigma_schedule(4, 1.0), [1.0, 0.75, 0.5, 0.25, 0.0], atol=1e-7)
     assert np.all(np.asarray(flow.shift_sigma(u[1:-1], 5.0)) > np.asarray(u[1:-1]))
     np.testing.assert_allclose(flow.shift_sigma(0.5, 5.0), 2.5 / 3.0, rtol=1e-6)
 
@@ -56,19 +55,28 @@ def test_x0_denoiser_turns_an_exact_clean_prediction_into_the_velocity_target():
     sigma_a = jnp.asarray([[0.0, 0.1, 0.2, 0.7, 1.0], [0.04, 0.5, 0.5, 0.5, 0.6]])
     x_v, x_a = flow.add_noise(x0_v, noise_v, sigma_v), flow.add_noise(x0_a, noise_a, sigma_a)
     oracle = lambda v, a, tv, ta, cond: (x0_v, x0_a)  # the network's clean prediction
-    v_v, v_a = flow.x0_denoiser(oracle)(x_v, x_a, flow.timestep(sigma_v),
-                                        flow.timestep(sigma_a), None)
-    for v, x, x0, noise, sigma in ((v_v, x_v, x0_v, noise_v, sigma_v),
-                                   (v_a, x_a, x0_a, noise_a, sigma_a)):
+    v_v, v_a = flow.x0_denoiser(oracle)(
+        x_v, x_a, flow.timestep(sigma_v), flow.timestep(sigma_a), None
+    )
+    for v, x, x0, noise, sigma in (
+        (v_v, x_v, x0_v, noise_v, sigma_v),
+        (v_a, x_a, x0_a, noise_a, sigma_a),
+    ):
         s = np.asarray(sigma).reshape(sigma.shape + (1,) * (x0.ndim - 2))
         s = np.broadcast_to(s, x0.shape)
         # where sigma >= the clip: exactly the flow-matching target e - x0
-        np.testing.assert_allclose(np.asarray(v)[s >= flow.X0_MIN_SIGMA],
-                                   np.asarray(flow.velocity_target(x0, noise))[s >= flow.X0_MIN_SIGMA],
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray(v)[s >= flow.X0_MIN_SIGMA],
+            np.asarray(flow.velocity_target(x0, noise))[s >= flow.X0_MIN_SIGMA],
+            rtol=1e-4,
+            atol=1e-4,
+        )
         # below it: (x_t - x0) / clip, so a clean frame (x_t = x0) gets exactly zero
         below = s < flow.X0_MIN_SIGMA
-        np.testing.assert_allclose(np.asarray(v)[below],
-                                   (np.asarray(x) - np.asarray(x0))[below] / flow.X0_MIN_SIGMA,
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(v)[below],
+            (np.asarray(x) - np.asarray(x0))[below] / flow.X0_MIN_SIGMA,
+            rtol=1e-4,
+            atol=1e-5,
+        )
         assert np.all(np.asarray(v)[s == 0] == 0)

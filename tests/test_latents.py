@@ -14,12 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import tiny  # noqa: E402
-
+from configs import tiny  # noqa: E402
 from harmony_jax.codecs.precomputed import PrecomputedText, pad_tokens  # noqa: E402
-from harmony_jax.data.latent_records import (MANIFEST_FILE, LatentRecordsError,  # noqa: E402
-                                             shard_name)
+from harmony_jax.data.latent_records import MANIFEST_FILE, LatentRecordsError, shard_name  # noqa: E402
 from harmony_jax.data.pipeline import make_source  # noqa: E402
 from harmony_jax.encode import encode_folder, shards_of  # noqa: E402
 from harmony_jax.media import MediaError, write_av  # noqa: E402
@@ -43,7 +40,7 @@ def _make_clip(path, seed, num_frames=8, fps=4.0, rate=16000):
     rng = np.random.default_rng(seed)
     video = rng.uniform(-1, 0, (num_frames, 16, 16, 3)).astype(np.float32)
     for i in range(num_frames):
-        video[i, 4:10, i:i + 6] = 0.9
+        video[i, 4:10, i : i + 6] = 0.9
     t = np.arange(int(num_frames / fps * rate)) / rate
     wave = (0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t)).astype(np.float32)[:, None]
     write_av(str(path), video, fps, wave, rate)
@@ -55,9 +52,14 @@ def clips(tmp_path_factory):
     lines = []
     for i in range(NUM_CLIPS):
         _make_clip(root / f"c{i}.mp4", i)
-        lines.append(dict(path=f"c{i}.mp4", video_caption=f"a square number {i}",
-                          audio_caption=f"a tone of {200 + 50 * i} hertz",
-                          transcript="hi" if i % 2 else ""))
+        lines.append(
+            dict(
+                path=f"c{i}.mp4",
+                video_caption=f"a square number {i}",
+                audio_caption=f"a tone of {200 + 50 * i} hertz",
+                transcript="hi" if i % 2 else "",
+            )
+        )
     (root / "captions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return root
 
@@ -65,8 +67,14 @@ def clips(tmp_path_factory):
 @pytest.fixture(scope="module")
 def encoded(clips, tmp_path_factory):
     dst = tmp_path_factory.mktemp("latents")
-    manifest = encode_folder(_config(), str(clips), str(dst), dtype="float32",
-                             records_per_shard=PER_SHARD, progress=False)
+    manifest = encode_folder(
+        _config(),
+        str(clips),
+        str(dst),
+        dtype="float32",
+        records_per_shard=PER_SHARD,
+        progress=False,
+    )
     return dst, manifest
 
 
@@ -88,8 +96,9 @@ def test_manifest_and_records(encoded, clips):
 
 
 def test_bfloat16_is_the_default_and_halves_the_bytes(clips, tmp_path):
-    manifest = encode_folder(_config(), str(clips), str(tmp_path), records_per_shard=NUM_CLIPS,
-                             progress=False)
+    manifest = encode_folder(
+        _config(), str(clips), str(tmp_path), records_per_shard=NUM_CLIPS, progress=False
+    )
     assert manifest["dtype"] == "bfloat16"
     item = make_source(_config(source="latents", root=str(tmp_path)))[0]
     assert item["video"].dtype.name == "bfloat16"
@@ -98,13 +107,14 @@ def test_bfloat16_is_the_default_and_halves_the_bytes(clips, tmp_path):
 def _losses_and_state(config, workdir, monkeypatch):
     losses = []
     monkeypatch.setattr(Progress, "log", lambda self, step, metrics: losses.append(metrics["loss"]))
-    state = loop.train_and_evaluate(config, str(workdir))
+    state = loop.train(config, str(workdir))
     return losses, state
 
 
 @pytest.mark.slow
-def test_training_from_latents_equals_training_from_the_folder(encoded, clips, tmp_path,
-                                                               monkeypatch):
+def test_training_from_latents_equals_training_from_the_folder(
+    encoded, clips, tmp_path, monkeypatch
+):
     """Same batches, same reference-voice crops (cut from the latents), same caption dropout:
     the losses of every step and the final parameters agree."""
     dst, _ = encoded
@@ -126,10 +136,19 @@ def _files(root):
 
 def _encode_command(src, dst) -> tuple[list[str], dict[str, str]]:
     """`python -m harmony_jax.encode` of `src` into `dst` as the `encoded` fixture encodes."""
-    return ([sys.executable, "-m", "harmony_jax.encode", f"--config={ROOT}/configs/tiny.py",
-             f"--src={src}", f"--dst={dst}", "--dtype=float32",
-             f"--records_per_shard={PER_SHARD}"],
-            dict(os.environ, PYTHONPATH=os.path.abspath(ROOT)))
+    return (
+        [
+            sys.executable,
+            "-m",
+            "harmony_jax.encode",
+            f"--config={ROOT}/configs/tiny.py",
+            f"--src={src}",
+            f"--dst={dst}",
+            "--dtype=float32",
+            f"--records_per_shard={PER_SHARD}",
+        ],
+        dict(os.environ, PYTHONPATH=os.path.abspath(ROOT)),
+    )
 
 
 @pytest.mark.slow
@@ -145,8 +164,14 @@ def test_sigkill_during_encode_then_rerun_is_byte_identical(encoded, clips, tmp_
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert first.exists() and not (resumed / MANIFEST_FILE).exists(), "killed too late"
-    encode_folder(_config(), str(clips), str(resumed), dtype="float32",
-                  records_per_shard=PER_SHARD, progress=False)
+    encode_folder(
+        _config(),
+        str(clips),
+        str(resumed),
+        dtype="float32",
+        records_per_shard=PER_SHARD,
+        progress=False,
+    )
     assert _files(resumed) == _files(dst)  # no temporaries left, every byte the same
 
 
@@ -158,22 +183,27 @@ def test_shards_of_processes_are_disjoint_and_cover_every_shard():
         shards_of(3, 3, 7)
 
 
-def test_two_processes_write_their_shards_and_process_0_the_manifest(encoded, clips,
-                                                                     tmp_path):
+def test_two_processes_write_their_shards_and_process_0_the_manifest(encoded, clips, tmp_path):
     """Process index and count injected, the processes run in turn: process 0 alone writes its
     shards but names the peer's missing one; process 1 writes shards 1 and 3 and no manifest;
     process 0 rerun writes the manifest, and the directory is byte-identical to one process's."""
     dst, _ = encoded
     split = tmp_path / "split"
     met = []
-    args = dict(dtype="float32", records_per_shard=PER_SHARD, progress=False, process_count=2,
-                barrier=lambda: met.append(True))
+    args = dict(
+        dtype="float32",
+        records_per_shard=PER_SHARD,
+        progress=False,
+        process_count=2,
+        barrier=lambda: met.append(True),
+    )
     n = NUM_CLIPS // PER_SHARD
     with pytest.raises(LatentRecordsError, match=f"{shard_name(1, n)}: not written"):
         encode_folder(_config(), str(clips), str(split), process_index=0, **args)
     assert encode_folder(_config(), str(clips), str(split), process_index=1, **args) is None
     assert sorted(f for f in os.listdir(split) if f.endswith(".array_record")) == [
-        shard_name(s, n) for s in range(n)]
+        shard_name(s, n) for s in range(n)
+    ]
     assert not (split / MANIFEST_FILE).exists() and len(met) == 2
     manifest = encode_folder(_config(), str(clips), str(split), process_index=0, **args)
     assert manifest["num_examples"] == NUM_CLIPS and len(met) == 3
@@ -186,8 +216,9 @@ def test_two_real_processes_encode_what_one_does(encoded, clips, tmp_path):
     dst, _ = encoded
     pod = tmp_path / "pod"
     cmd, env = _encode_command(clips, pod)
-    cluster = LocalCluster(cmd, count=2, devices=1, cwd=ROOT, env=env,
-                           log_dir=str(tmp_path / "logs"))
+    cluster = LocalCluster(
+        cmd, count=2, devices=1, cwd=ROOT, env=env, log_dir=str(tmp_path / "logs")
+    )
     assert cluster.wait(timeout=300, grace=30) == [0, 0], cluster.logs
     assert _files(pod) == _files(dst)
 
@@ -198,14 +229,22 @@ def test_bad_clips_are_skipped_as_the_folder_skips_them(clips, tmp_path):
     data = (root / "c1.mp4").read_bytes()
     (root / "c1.mp4").write_bytes(data[: len(data) // 3])
     with pytest.raises(MediaError, match="c1.mp4"):
-        encode_folder(_config(), str(root), str(tmp_path / "strict"), records_per_shard=4,
-                      progress=False)
-    manifest = encode_folder(_config(skip_bad_files=True), str(root), str(tmp_path / "skip"),
-                             dtype="float32", records_per_shard=4, progress=False)
+        encode_folder(
+            _config(), str(root), str(tmp_path / "strict"), records_per_shard=4, progress=False
+        )
+    manifest = encode_folder(
+        _config(skip_bad_files=True),
+        str(root),
+        str(tmp_path / "skip"),
+        dtype="float32",
+        records_per_shard=4,
+        progress=False,
+    )
     assert manifest["skipped_clips"] == 1
     assert manifest["examples"][1]["path"] == "c2.mp4"  # what ClipFolder[1] yields
-    records = make_source(_config(source="latents", root=str(tmp_path / "skip"),
-                                  skip_bad_files=True))
+    records = make_source(
+        _config(source="latents", root=str(tmp_path / "skip"), skip_bad_files=True)
+    )
     np.testing.assert_array_equal(records[1]["video"], records[2]["video"])
 
 
@@ -225,9 +264,11 @@ def test_refuses_a_missing_or_unfinished_manifest(encoded, tmp_path):
 
 def test_refuses_a_manifest_that_disagrees_with_the_config(encoded):
     dst, _ = encoded
-    with pytest.raises(LatentRecordsError,
-                       match=r"manifest.json: encoded with data.height=16, this run's "
-                             r"config.data.height is 32"):
+    with pytest.raises(
+        LatentRecordsError,
+        match=r"manifest.json: encoded with data.height=16, this run's "
+        r"config.data.height is 32",
+    ):
         make_source(_config(source="latents", root=str(dst), height=32))
 
 
@@ -236,9 +277,11 @@ def test_refuses_latents_of_another_codec(encoded):
     config = _config(source="latents", root=str(dst))
     config.codecs.audio.name = "mmaudio"
     config.model.audio.in_channels = 20
-    with pytest.raises(LatentRecordsError,
-                       match=r"manifest.json: encoded by audio codec 'mel', this run's "
-                             r"config.codecs.audio.name is 'mmaudio'"):
+    with pytest.raises(
+        LatentRecordsError,
+        match=r"manifest.json: encoded by audio codec 'mel', this run's "
+        r"config.codecs.audio.name is 'mmaudio'",
+    ):
         make_source(config)
 
 
@@ -262,10 +305,19 @@ def test_refuses_truncated_and_corrupt_shards(encoded, tmp_path):
 
 def test_refuses_to_resume_an_encode_with_other_settings(encoded, clips):
     dst, _ = encoded
-    with pytest.raises(LatentRecordsError, match=r"encode.json: an encode with "
-                                                 r"dtype='float32' is in this directory"):
-        encode_folder(_config(), str(clips), str(dst), dtype="bfloat16",
-                      records_per_shard=PER_SHARD, progress=False)
+    with pytest.raises(
+        LatentRecordsError,
+        match=r"encode.json: an encode with "
+        r"dtype='float32' is in this directory",
+    ):
+        encode_folder(
+            _config(),
+            str(clips),
+            str(dst),
+            dtype="bfloat16",
+            records_per_shard=PER_SHARD,
+            progress=False,
+        )
 
 
 def test_precomputed_text_serves_the_stored_empty_prompt_only():

@@ -6,8 +6,8 @@ import wave
 
 import numpy as np
 import pytest
-
 from clips import read_all
+
 from harmony_jax import media
 from harmony_jax.media import MediaError, write_av, write_wav
 
@@ -21,7 +21,7 @@ def _clip(num_frames=16, height=32, width=48, seconds=2.0, click_at=1.0):
     level = np.linspace(-0.7, 0.7, num_frames)[:, None, None, None]
     video = np.broadcast_to(level + ramp, (num_frames, height, width, 3)).astype(np.float32)
     audio = np.zeros(int(seconds * SR), np.float32)
-    audio[int(click_at * SR):int(click_at * SR) + 16] = 0.9
+    audio[int(click_at * SR) : int(click_at * SR) + 16] = 0.9
     return video, audio
 
 
@@ -43,8 +43,13 @@ def test_round_trip_streams_and_alignment(tmp_path):
 def test_round_trip_stereo_odd_size_ntsc_rate(tmp_path):
     video, audio = _clip(num_frames=10, height=15, width=21, seconds=0.5, click_at=0.25)
     path = tmp_path / "odd.mp4"
-    write_av(path, (video * 127.5 + 127.5).astype(np.uint8), 30000 / 1001,
-             np.stack([audio, -audio], axis=1), 44100)
+    write_av(
+        path,
+        (video * 127.5 + 127.5).astype(np.uint8),
+        30000 / 1001,
+        np.stack([audio, -audio], axis=1),
+        44100,
+    )
     frames, fps, audio_back, rate = read_all(path)
     assert frames.shape == (10, 16, 22, 3)  # padded to even sizes for yuv420p
     assert fps == pytest.approx(30000 / 1001) and rate == 44100

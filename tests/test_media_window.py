@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from clips import vfr_times, write_clip
+
 from harmony_jax.media_window import frame_rate, read_window
 
 SR = 16000
@@ -22,7 +22,7 @@ def vfr(tmp_path_factory):
     level = (np.arange(len(times)) * 3 % 256).astype(np.uint8)
     frames = np.broadcast_to(level[:, None, None, None], (len(times), 16, 16, 3)).copy()
     audio = np.zeros(4 * SR, np.float32)
-    audio[int(2.5 * SR):int(2.5 * SR) + 32] = 0.8
+    audio[int(2.5 * SR) : int(2.5 * SR) + 32] = 0.8
     write_clip(path, frames, times, audio=audio)
     return path, times, level
 
@@ -43,9 +43,17 @@ def test_variable_frame_rate_frames_by_time(vfr, start):
     assert frame_rate(path) == pytest.approx(30.0)
 
 
-@pytest.mark.parametrize("rotation, hflip, corners", [
-    (None, False, "RG.."), (90, False, "G.R."), (-90, False, ".R.G"), (180, False, "..GR"),
-    (None, True, "GR.."), (90, True, ".G.R")])
+@pytest.mark.parametrize(
+    "rotation, hflip, corners",
+    [
+        (None, False, "RG.."),
+        (90, False, "G.R."),
+        (-90, False, ".R.G"),
+        (180, False, "..GR"),
+        (None, True, "GR.."),
+        (90, True, ".G.R"),
+    ],
+)
 def test_display_matrix_applied_before_the_crop(tmp_path, rotation, hflip, corners, caplog):
     """Coded 16x32: top-left quarter red, top-right green. Corners read tl, tr, bl, br."""
     image = np.zeros((16, 32, 3), np.uint8)
@@ -58,8 +66,10 @@ def test_display_matrix_applied_before_the_crop(tmp_path, rotation, hflip, corne
     h, w = video.shape[:2]
     assert (h, w) == ((32, 16) if rotation in (90, -90) else (16, 32))
     name = lambda px: "R" if px[0] > 128 else "G" if px[1] > 128 else "."
-    assert "".join(name(video[y, x]) for y, x in ((1, 1), (1, w - 2), (h - 2, 1),
-                                                   (h - 2, w - 2))) == corners
+    assert (
+        "".join(name(video[y, x]) for y, x in ((1, 1), (1, w - 2), (h - 2, 1), (h - 2, w - 2)))
+        == corners
+    )
     assert ("display matrix applied" in caplog.text) == (rotation is not None or hflip)
     square = read_window(path, fps=8, num_frames=1, size=(8, 8)).video[0]  # crop upright
     assert square.shape == (8, 8, 3)
@@ -76,8 +86,13 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 
 
 def _peak_mb(root) -> float:
-    done = subprocess.run([sys.executable, "-c", _PEAK, str(root)], capture_output=True,
-                          text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(root)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     assert done.returncode == 0, done.stderr
     return float(done.stdout.split()[-1])
 
@@ -87,7 +102,8 @@ def _folder(root, frames, times, seconds):
     audio = np.zeros(int(seconds * SR), np.float32)
     write_clip(root / "c.mp4", frames, times, audio=audio, crf="40")
     (root / "captions.jsonl").write_text(
-        '{"path": "c.mp4", "video_caption": "v", "audio_caption": "a"}\n')
+        '{"path": "c.mp4", "video_caption": "v", "audio_caption": "a"}\n'
+    )
     return root
 
 
@@ -99,9 +115,9 @@ def test_item_memory_is_independent_of_source_size_and_length(tmp_path):
     small = rng.integers(0, 255, (12, 72, 128, 3), np.uint8)
     big = np.repeat(np.repeat(small[:1], 30, axis=1), 30, axis=2)  # [1, 2160, 3840, 3]
     base = _peak_mb(_folder(tmp_path / "small", small, np.arange(12) / 8, 1.5))
-    four_k = _peak_mb(_folder(tmp_path / "4k", lambda i: np.roll(big[0], 8 * i, axis=1),
-                              np.arange(12) / 8, 1.5))
-    long = _peak_mb(_folder(tmp_path / "long", lambda i: small[i % 12], np.arange(480) / 8,
-                            60.0))
+    four_k = _peak_mb(
+        _folder(tmp_path / "4k", lambda i: np.roll(big[0], 8 * i, axis=1), np.arange(12) / 8, 1.5)
+    )
+    long = _peak_mb(_folder(tmp_path / "long", lambda i: small[i % 12], np.arange(480) / 8, 60.0))
     assert long - base < 16, (base, long)
     assert four_k - base < 120, (base, four_k)

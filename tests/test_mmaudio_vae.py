@@ -8,15 +8,13 @@ import os
 import subprocess
 import sys
 
+import harmony_5b  # noqa: E402
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import traverse_util
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import harmony_5b  # noqa: E402
 
 from harmony_jax.codecs import make_audio_codec  # noqa: E402
 from harmony_jax.codecs.bigvgan import BigVGANConfig  # noqa: E402
@@ -31,28 +29,42 @@ REPO = os.path.join(os.path.dirname(__file__), "..")
 
 SR = 16000
 TINY_VAE = VAEConfig(n_mels=80, embed_dim=20, hidden_dim=16)  # the 16 kHz VAE, narrowed
-TINY_VOCODER = BigVGANConfig(num_mels=80, upsample_rates=(16, 16), upsample_kernel_sizes=(32, 32),
-                             upsample_initial_channel=8, resblock_kernel_sizes=(3,),
-                             resblock_dilation_sizes=((1,),))
+TINY_VOCODER = BigVGANConfig(
+    num_mels=80,
+    upsample_rates=(16, 16),
+    upsample_kernel_sizes=(32, 32),
+    upsample_initial_channel=8,
+    resblock_kernel_sizes=(3,),
+    resblock_dilation_sizes=((1,),),
+)
 TINY = Variant(SR, 1024, 256, 10.0, TINY_VAE, TINY_VOCODER)  # MMAudio's 16 kHz front end
 
 
-def mmaudio_keys(data_dim: int, embed_dim: int, dim: int, ch_mult=(1, 2, 4), blocks=2,
-                 down_layers=(0,)) -> dict[str, tuple[int, ...]]:
+def mmaudio_keys(
+    data_dim: int, embed_dim: int, dim: int, ch_mult=(1, 2, 4), blocks=2, down_layers=(0,)
+) -> dict[str, tuple[int, ...]]:
     """{key: shape} of MMAudio's `VAE(data_dim, embed_dim, hidden_dim=dim)` state dict, as its
     Encoder1D / Decoder1D / ResnetBlock1D / AttnBlock1D constructors lay it out."""
     keys = {"data_mean": (1, data_dim, 1), "data_std": (1, data_dim, 1)}
 
     def resnet(prefix, c_in, c_out):
-        keys.update({f"{prefix}.conv1.weight": (c_out, c_in, 3),
-                     f"{prefix}.conv2.weight": (c_out, c_out, 3)})
+        keys.update(
+            {
+                f"{prefix}.conv1.weight": (c_out, c_in, 3),
+                f"{prefix}.conv2.weight": (c_out, c_out, 3),
+            }
+        )
         if c_in != c_out:
             keys[f"{prefix}.nin_shortcut.weight"] = (c_out, c_in, 1)
 
     def middle(prefix, c):
         resnet(f"{prefix}.mid.block_1", c, c)
-        keys.update({f"{prefix}.mid.attn_1.qkv.weight": (3 * c, c, 1),
-                     f"{prefix}.mid.attn_1.proj_out.weight": (c, c, 1)})
+        keys.update(
+            {
+                f"{prefix}.mid.attn_1.qkv.weight": (3 * c, c, 1),
+                f"{prefix}.mid.attn_1.proj_out.weight": (c, c, 1),
+            }
+        )
         resnet(f"{prefix}.mid.block_2", c, c)
 
     keys["encoder.conv_in.weight"] = (dim, data_dim, 3)
@@ -66,8 +78,9 @@ def mmaudio_keys(data_dim: int, embed_dim: int, dim: int, ch_mult=(1, 2, 4), blo
             keys[f"encoder.down.{i}.downsample.conv1.weight"] = (block_in, block_in, 1)
             keys[f"encoder.down.{i}.downsample.conv2.weight"] = (block_in, block_in, 1)
     middle("encoder", block_in)
-    keys.update({"encoder.conv_out.weight": (2 * embed_dim, block_in, 3),
-                 "encoder.learnable_gain": ()})
+    keys.update(
+        {"encoder.conv_out.weight": (2 * embed_dim, block_in, 3), "encoder.learnable_gain": ()}
+    )
 
     block_in = dim * ch_mult[-1]
     keys["decoder.conv_in.weight"] = (block_in, embed_dim, 3)
@@ -79,8 +92,7 @@ def mmaudio_keys(data_dim: int, embed_dim: int, dim: int, ch_mult=(1, 2, 4), blo
             block_in = block_out
         if i in [d + 1 for d in down_layers]:
             keys[f"decoder.up.{i}.upsample.conv.weight"] = (block_in, block_in, 3)
-    keys.update({"decoder.conv_out.weight": (data_dim, block_in, 3),
-                 "decoder.learnable_gain": ()})
+    keys.update({"decoder.conv_out.weight": (data_dim, block_in, 3), "decoder.learnable_gain": ()})
     return keys
 
 
@@ -106,8 +118,9 @@ def _noise(seconds: float) -> np.ndarray:
 @pytest.mark.parametrize("variant", ["16k", "44k"])
 def test_layout_is_mmaudios(variant):
     vae = VARIANTS[variant].vae
-    assert convert_vae.upstream_shapes(vae) == mmaudio_keys(vae.n_mels, vae.embed_dim,
-                                                            vae.hidden_dim)
+    assert convert_vae.upstream_shapes(vae) == mmaudio_keys(
+        vae.n_mels, vae.embed_dim, vae.hidden_dim
+    )
 
 
 def test_import_normalises_weights_and_names_every_mismatch():
@@ -129,9 +142,11 @@ def test_import_normalises_weights_and_names_every_mismatch():
     state["decoder.up.1.upsample.conv.weight"] = np.zeros((32, 32, 1), np.float32)
     with pytest.raises(StateDictMismatchError) as e:
         convert_vae.read_vae(state, TINY_VAE)
-    for part in ("1 missing: decoder.mid.attn_1.qkv.weight",
-                 "1 unexpected: encoder.down.0.attn.0.qkv.weight",
-                 "decoder.up.1.upsample.conv.weight (32, 32, 1) (expected (32, 32, 3))"):
+    for part in (
+        "1 missing: decoder.mid.attn_1.qkv.weight",
+        "1 unexpected: encoder.down.0.attn.0.qkv.weight",
+        "decoder.up.1.upsample.conv.weight (32, 32, 1) (expected (32, 32, 3))",
+    ):
         assert part in str(e.value)
 
 
@@ -140,9 +155,20 @@ def test_convert_cli_then_codec_loads_it(tmp_path):
     state = _random_state(mmaudio_keys(80, 20, 16))
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "v1-16.pth")
     dst = tmp_path / "vae"
-    subprocess.run([sys.executable, "-m", "harmony_jax.convert", "mmaudio-vae",
-                    f"--src={tmp_path / 'v1-16.pth'}", f"--dst={dst}"], cwd=REPO, check=True,
-                   capture_output=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harmony_jax.convert",
+            "mmaudio-vae",
+            f"--src={tmp_path / 'v1-16.pth'}",
+            f"--dst={dst}",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     from_pth = convert_vae.load_vae(str(tmp_path / "v1-16.pth"), TINY_VAE)
     from_orbax = convert_vae.load_vae(str(dst), TINY_VAE)
     jax.tree.map(np.testing.assert_array_equal, from_orbax, from_pth)
@@ -160,14 +186,23 @@ def test_convert_cli_then_codec_loads_it(tmp_path):
 
 def _save_codec(folder, params, mean, std) -> MMAudioCodec:
     """A tiny-variant codec reading `params` and a random vocoder from orbax under `folder`."""
-    store.save_tree({"params": params, "data_mean": np.asarray(mean, np.float32),
-                     "data_std": np.asarray(std, np.float32)}, folder / "vae")
+    store.save_tree(
+        {
+            "params": params,
+            "data_mean": np.asarray(mean, np.float32),
+            "data_std": np.asarray(std, np.float32),
+        },
+        folder / "vae",
+    )
     rng = np.random.default_rng(2)
-    vocoder = {k: (rng.standard_normal(v.shape) / np.sqrt(np.prod(v.shape[:-1]))).astype(
-        np.float32) for k, v in convert_bigvgan.bigvgan_spec(TINY_VOCODER).items()}
+    vocoder = {
+        k: (rng.standard_normal(v.shape) / np.sqrt(np.prod(v.shape[:-1]))).astype(np.float32)
+        for k, v in convert_bigvgan.bigvgan_spec(TINY_VOCODER).items()
+    }
     store.save_tree({"params": traverse_util.unflatten_dict(vocoder, sep="/")}, folder / "vocoder")
-    return MMAudioCodec(path=str(folder / "vae"), vocoder_path=str(folder / "vocoder"),
-                        variant=TINY)
+    return MMAudioCodec(
+        path=str(folder / "vae"), vocoder_path=str(folder / "vocoder"), variant=TINY
+    )
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +219,11 @@ def untrained(clips, tmp_path_factory):
     its remove_weight_norm does) through the importer, and the clips' mel statistics."""
     _, _, mean, std = clips
     state = _random_state(mmaudio_keys(80, 20, 16))
-    state.update(dict.fromkeys(("encoder.learnable_gain", "decoder.learnable_gain"),
-                               np.zeros((), np.float32)))
+    state.update(
+        dict.fromkeys(
+            ("encoder.learnable_gain", "decoder.learnable_gain"), np.zeros((), np.float32)
+        )
+    )
     params, _, _ = convert_vae.read_vae(state, TINY_VAE)
     params = traverse_util.unflatten_dict(params, sep="/")
     return params, _save_codec(tmp_path_factory.mktemp("untrained"), params, mean, std)
@@ -198,12 +236,13 @@ STEPS = 100
 @jax.jit
 def _fit_step(params, opt_state, mel_norm):
     """Adam on the reconstruction of normalised mel through the posterior mean."""
+
     def loss(p):
         return jnp.mean(jnp.square(MMAudioVAE(TINY_VAE).apply({"params": p}, mel_norm) - mel_norm))
+
     grads = jax.grad(loss)(params)
     updates, opt_state = _OPTIMIZER.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state
-
 
 
 def test_round_trip_after_a_short_fit(clips, untrained, tmp_path):
@@ -222,8 +261,9 @@ def test_round_trip_after_a_short_fit(clips, untrained, tmp_path):
         params, opt_state = _fit_step(params, opt_state, (mel - mean) / std)
     codec = _save_codec(tmp_path, params, mean, std)
     after = round_trip_error(codec)
-    print(f"normalised-mel RMS error (tone, noise): untrained {before}, "
-          f"after {STEPS} steps {after}")
+    print(
+        f"normalised-mel RMS error (tone, noise): untrained {before}, after {STEPS} steps {after}"
+    )
     assert np.all(after < 0.25 * before)
 
     audio = codec.decode(codec.encode(wave))  # through the (random) vocoder
@@ -257,16 +297,24 @@ def test_mel_front_end_matches_mmaudios_recipe():
         # mmaudio/ext/mel_converter.py, MelConverter.forward (center=False)
         x = torch.from_numpy(wave).clamp(-1, 1)
         x = torch.nn.functional.pad(x.unsqueeze(1), [(n_fft - hop) // 2] * 2, mode="reflect")[:, 0]
-        spec = torch.stft(x, n_fft, hop_length=hop, win_length=n_fft,
-                          window=torch.hann_window(n_fft), center=False, return_complex=True)
+        spec = torch.stft(
+            x,
+            n_fft,
+            hop_length=hop,
+            win_length=n_fft,
+            window=torch.hann_window(n_fft),
+            center=False,
+            return_complex=True,
+        )
         spec = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + 1e-9)
-        basis = torch.from_numpy(librosa.filters.mel(sr=variant.sample_rate, n_fft=n_fft,
-                                                     n_mels=variant.vae.n_mels))
+        basis = torch.from_numpy(
+            librosa.filters.mel(sr=variant.sample_rate, n_fft=n_fft, n_mels=variant.vae.n_mels)
+        )
         spec = torch.clamp(basis @ spec, min=1e-5)
         want = (torch.log10(spec) if variant.log_base == 10.0 else torch.log(spec)).numpy()
         got = np.asarray(log_mel(jnp.asarray(wave), variant)).transpose(0, 2, 1)
         assert got.shape == want.shape
         # float32 FFTs differ by rounding far below the loudest bin: compare mel magnitudes.
-        linear_got, linear_want = variant.log_base ** got, variant.log_base ** want
+        linear_got, linear_want = variant.log_base**got, variant.log_base**want
         err = np.max(np.abs(linear_got - linear_want)) / np.max(linear_want)
         assert err < 1e-5, err

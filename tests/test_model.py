@@ -2,20 +2,16 @@
 
 import dataclasses
 import fractions
-import os
-import sys
 
 import flax.linen as nn
+import harmony_5b  # noqa: E402
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import harmony_5b  # noqa: E402
-import tiny  # noqa: E402
-
+from configs import tiny  # noqa: E402
 from harmony_jax.model import HarmonyDiT, ModelConfig  # noqa: E402
 from harmony_jax.model.dit import num_params  # noqa: E402
 from harmony_jax.model.inputs import example_inputs  # noqa: E402
@@ -51,7 +47,8 @@ def test_shapes_and_dtypes(tiny_setup):
     # every parameter carries logical axis names
     boxed = jax.eval_shape(model.init, jax.random.key(1), *inputs)
     for path, leaf in jax.tree_util.tree_leaves_with_path(
-            boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)):
+        boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    ):
         assert isinstance(leaf, nn.LogicallyPartitioned), jax.tree_util.keystr(path)
 
 
@@ -68,14 +65,24 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_paper_video_tower_matches_wan22_ti2v_5b_parameter_count():
     """Same count as diffusers' WanTransformer3DModel for the Wan2.2-TI2V-5B config."""
     cfg = ModelConfig.from_config(harmony_5b.get_config().model, video_latent_rate=6.0)
-    inputs = example_inputs(cfg, batch=1, video_frames=2, height=4, width=4, audio_frames=8,
-                            audio_rate=31.25, abstract=True)
+    inputs = example_inputs(
+        cfg,
+        batch=1,
+        video_frames=2,
+        height=4,
+        width=4,
+        audio_frames=8,
+        audio_rate=31.25,
+        abstract=True,
+    )
     params = jax.eval_shape(HarmonyDiT(cfg).init, jax.random.key(0), *inputs)
     params = nn.meta.unbox(params)["params"]
     video = num_params({k: v for k, v in params.items() if k.startswith("video")})
     video += num_params(params["layers"]["video_block"])
     assert video == 4_999_787_712
-    assert num_params(params["layers"]["audio_block"]) == num_params(params["layers"]["video_block"])
+    assert num_params(params["layers"]["audio_block"]) == num_params(
+        params["layers"]["video_block"]
+    )
 
 
 def _perturb(x, seed):
@@ -91,8 +98,10 @@ def test_zero_init_interaction_decouples_towers_until_trained(tiny_setup):
         base_v, base_a = apply(p, video, audio, t_v, t_a, cond)
         v_from_audio, _ = apply(p, video, _perturb(audio, 7), t_v, t_a, cond)
         _, a_from_video = apply(p, _perturb(video, 8), audio, t_v, t_a, cond)
-        return (float(jnp.abs(v_from_audio - base_v).max()),
-                float(jnp.abs(a_from_video - base_a).max()))
+        return (
+            float(jnp.abs(v_from_audio - base_v).max()),
+            float(jnp.abs(a_from_video - base_a).max()),
+        )
 
     assert cross_effects(params) == (0.0, 0.0)
 
@@ -112,18 +121,24 @@ def _brute_force_band(v_times, a_times, window_seconds):
     return np.array([[abs(tv - ta) <= window_seconds for ta in a_times] for tv in v_times])
 
 
-@pytest.mark.parametrize("fps,audio_rate,num_v,num_a,window_frames", [
-    (8, fractions.Fraction(125, 2), 16, 125, 2),  # non-integer rate ratio (62.5 / 8)
-    (8, 16, 16, 32, 2),  # exact edges: many pairs exactly `window` apart
-    (24, fractions.Fraction(125, 4), 31, 157, 1),  # Wan-like 24 fps vs MMAudio 31.25 Hz
-])
+@pytest.mark.parametrize(
+    "fps,audio_rate,num_v,num_a,window_frames",
+    [
+        (8, fractions.Fraction(125, 2), 16, 125, 2),  # non-integer rate ratio (62.5 / 8)
+        (8, 16, 16, 32, 2),  # exact edges: many pairs exactly `window` apart
+        (24, fractions.Fraction(125, 4), 31, 157, 1),  # Wan-like 24 fps vs MMAudio 31.25 Hz
+    ],
+)
 def test_band_mask_matches_brute_force(fps, audio_rate, num_v, num_a, window_frames):
     v_exact = [fractions.Fraction(2 * i + 1, 2) / fps for i in range(num_v)]
     a_exact = [fractions.Fraction(2 * j + 1, 2) / audio_rate for j in range(num_a)]
     window = fractions.Fraction(window_frames) / fps
     expected = _brute_force_band(v_exact, a_exact, window)
-    got = band_mask(jnp.asarray([[float(t) for t in v_exact]]),
-                    jnp.asarray([[float(t) for t in a_exact]]), float(window))[0]
+    got = band_mask(
+        jnp.asarray([[float(t) for t in v_exact]]),
+        jnp.asarray([[float(t) for t in a_exact]]),
+        float(window),
+    )[0]
     np.testing.assert_array_equal(np.asarray(got), expected)
     # boundary pairs exist in the exact-edge case and are inside the band
     on_edge = np.array([[abs(tv - ta) == window for ta in a_exact] for tv in v_exact])
@@ -133,10 +148,18 @@ def test_band_mask_matches_brute_force(fps, audio_rate, num_v, num_a, window_fra
 def _cross_logits(cfg, shift_seconds):
     """Video->audio logits of constant q, k through the model's cross-modal RoPE geometry."""
     num_v, num_a = 16, 250  # 4 s at 4 fps / 62.5 Hz
-    _, _, _, _, cond = example_inputs(cfg, batch=1, video_frames=num_v, height=2, width=2,
-                                      audio_frames=num_a, audio_rate=AUDIO_RATE)
-    cond = cond.replace(video_time=cond.video_time + shift_seconds,
-                        audio_time=cond.audio_time + shift_seconds)
+    _, _, _, _, cond = example_inputs(
+        cfg,
+        batch=1,
+        video_frames=num_v,
+        height=2,
+        width=2,
+        audio_frames=num_a,
+        audio_rate=AUDIO_RATE,
+    )
+    cond = cond.replace(
+        video_time=cond.video_time + shift_seconds, audio_time=cond.audio_time + shift_seconds
+    )
     geo = cross_modal_geometry(cfg, cond, num_v, 1, num_a)
     hd = cfg.video.head_dim
     q = jnp.broadcast_to(jax.random.normal(jax.random.key(0), (hd,)), (1, num_v, 1, hd))
@@ -148,8 +171,9 @@ def _cross_logits(cfg, shift_seconds):
 def test_rope_alignment_makes_cross_modal_logits_depend_on_time_difference_only():
     # Same clip content 2 s later: video frame i+8 and audio frame j+125 are the pair (i, j).
     for rope_align, invariant in ((True, True), (False, False)):
-        cfg = tiny_model_config(interaction=dataclasses.replace(
-            tiny_model_config().interaction, rope_align=rope_align))
+        cfg = tiny_model_config(
+            interaction=dataclasses.replace(tiny_model_config().interaction, rope_align=rope_align)
+        )
         logits = _cross_logits(cfg, 0.0)
         early, late = logits[:8, :125], logits[8:16, 125:250]
         assert np.allclose(early, late, atol=1e-3) == invariant, rope_align
@@ -160,9 +184,10 @@ def test_rope_alignment_makes_cross_modal_logits_depend_on_time_difference_only(
 
 def test_global_interaction_baseline_and_unrolled_layers_run():
     base = tiny_model_config()
-    for cfg in (dataclasses.replace(base, interaction=dataclasses.replace(base.interaction,
-                                                                          mode="global")),
-                dataclasses.replace(base, scan_layers=False, remat="dots")):
+    for cfg in (
+        dataclasses.replace(base, interaction=dataclasses.replace(base.interaction, mode="global")),
+        dataclasses.replace(base, scan_layers=False, remat="dots"),
+    ):
         inputs = example_inputs(cfg, **GEOMETRY, ref_frames=2)
         model = HarmonyDiT(cfg)
         params = jax.jit(model.init)(jax.random.key(0), *inputs)

@@ -21,30 +21,42 @@ import orbax.checkpoint as ocp
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import tiny  # noqa: E402
-
+from configs import tiny  # noqa: E402
 from harmony_jax.parallel.local_cluster import LocalCluster  # noqa: E402
 from harmony_jax.training import loop  # noqa: E402
 from harmony_jax.training.checkpoint import Checkpointer, CheckpointMismatchError  # noqa: E402
 
 STEPS = 4
 TIMEOUT = 600  # per cluster: a bound, never reached by a healthy run
-FAST_FAILURE = ["--config.distributed.heartbeat_timeout_s=10",
-                "--config.distributed.barrier_timeout_s=120"]
+FAST_FAILURE = [
+    "--config.distributed.heartbeat_timeout_s=10",
+    "--config.distributed.barrier_timeout_s=120",
+]
 
 
 def _train(workdir, *overrides):
-    return [sys.executable, "-m", "harmony_jax.train", "--config", "configs/tiny.py",
-            "--workdir", str(workdir), f"--config.total_steps={STEPS}", *FAST_FAILURE,
-            *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "harmony_jax.train",
+        "--config",
+        "configs/tiny.py",
+        "--workdir",
+        str(workdir),
+        f"--config.total_steps={STEPS}",
+        *FAST_FAILURE,
+        *overrides,
+    ]
 
 
 def _env():
     """The test session's compile cache and XLA flags (`conftest.py`: 8 devices, which a cluster
     replaces by its own count per process)."""
-    return dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".jax_cache"),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+    return dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+    )
 
 
 def _saved_state(workdir, step):
@@ -52,8 +64,10 @@ def _saved_state(workdir, step):
     path = os.path.join(workdir, "checkpoints", str(step), "state")
     with ocp.PyTreeCheckpointer() as checkpointer:
         tree = checkpointer.metadata(path).item_metadata.tree
-        return checkpointer.restore(path, restore_args=jax.tree.map(
-            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
+        return checkpointer.restore(
+            path,
+            restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree),
+        )
 
 
 def _cluster(command, log_dir):
@@ -80,8 +94,11 @@ def _wait_for(path, cluster, timeout=TIMEOUT):
 
 
 def _max_difference(a, b) -> float:
-    diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64)
-                                                          - np.asarray(y, np.float64)))), a, b)
+    diffs = jax.tree.map(
+        lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))),
+        a,
+        b,
+    )
     return max(jax.tree.leaves(diffs))
 
 
@@ -94,8 +111,9 @@ def test_two_processes_train_like_one_and_come_back_after_a_kill(tmp_path):
     too); the same run on one process of 8 devices is the reference."""
     workdir = tmp_path / "pod"
     # 1. Kill process 1 once step 2 is saved: process 0 stops at once, naming what happened.
-    cluster = _cluster(_train(workdir, "--config.checkpoint_every=1", *FSDP_OVER_HOSTS),
-                       tmp_path / "killed")
+    cluster = _cluster(
+        _train(workdir, "--config.checkpoint_every=1", *FSDP_OVER_HOSTS), tmp_path / "killed"
+    )
     try:
         _wait_for(workdir / "checkpoints" / "2", cluster)
         os.kill(cluster.pids[1], signal.SIGKILL)
@@ -106,13 +124,22 @@ def test_two_processes_train_like_one_and_come_back_after_a_kill(tmp_path):
         cluster.kill()
     assert codes[1] == -signal.SIGKILL and codes[0] == 1, cluster.logs
     assert stopped_after < 60, f"the survivor took {stopped_after:.0f} s to stop"
-    assert re.match(r"error: process 0 of 2: another process stopped during step \d+ .*the last "
-                    r"complete checkpoint is step \d+: restart every process",
-                    _last_line(cluster.logs[0])), _last_line(cluster.logs[0])
+    assert re.match(
+        r"error: process 0 of 2: another process stopped during step \d+ .*the last "
+        r"complete checkpoint is step \d+: restart every process",
+        _last_line(cluster.logs[0]),
+    ), _last_line(cluster.logs[0])
 
     # 2. Restart both with the same command: the run resumes and ends, sampling once.
-    cluster = _cluster(_train(workdir, "--config.checkpoint_every=1", *FSDP_OVER_HOSTS,
-                              f"--config.sample_every={STEPS}"), tmp_path / "resumed")
+    cluster = _cluster(
+        _train(
+            workdir,
+            "--config.checkpoint_every=1",
+            *FSDP_OVER_HOSTS,
+            f"--config.sample_every={STEPS}",
+        ),
+        tmp_path / "resumed",
+    )
     codes = cluster.wait(timeout=TIMEOUT, grace=60)
     assert codes == [0, 0], cluster.logs
     for i, log in enumerate(cluster.logs):
@@ -123,9 +150,15 @@ def test_two_processes_train_like_one_and_come_back_after_a_kill(tmp_path):
     assert len(glob.glob(str(workdir / "tb" / "events.*"))) == 2  # process 0's, one per start
 
     # 3. One process of 8 devices, uninterrupted, reaches the same parameters.
-    subprocess.run(_train(tmp_path / "alone", *FSDP_OVER_HOSTS), cwd=ROOT, env=_env(),
-                   check=True, timeout=TIMEOUT, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        _train(tmp_path / "alone", *FSDP_OVER_HOSTS),
+        cwd=ROOT,
+        env=_env(),
+        check=True,
+        timeout=TIMEOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     alone, pod = _saved_state(tmp_path / "alone", STEPS), _saved_state(workdir, STEPS)
     assert _max_difference(alone["params"], pod["params"]) < 1e-6
     assert _max_difference(alone["opt_state"], pod["opt_state"]) < 1e-6
@@ -134,7 +167,7 @@ def test_two_processes_train_like_one_and_come_back_after_a_kill(tmp_path):
     config = tiny.get_config()
     config.mesh.update(data=1, fsdp=-1)
     with pytest.raises(CheckpointMismatchError, match="a run of 2 processes; this one has 1"):
-        loop.train_and_evaluate(config, str(workdir))
+        loop.train(config, str(workdir))
 
 
 @pytest.mark.slow
@@ -143,18 +176,38 @@ def test_sigterm_to_every_process_saves_one_checkpoint(tmp_path):
     forwards its SIGTERM to every process. The mesh's sequence axis crosses the two processes
     (Ulysses over hosts), so both load the whole batch."""
     workdir, logs = tmp_path / "pod", tmp_path / "logs"
-    mesh = ["--config.mesh.data=1", "--config.mesh.sequence=2", "--config.mesh.tensor=4",
-            "--config.model.video.heads=8", "--config.model.audio.heads=8"]
+    mesh = [
+        "--config.mesh.data=1",
+        "--config.mesh.sequence=2",
+        "--config.mesh.tensor=4",
+        "--config.model.video.heads=8",
+        "--config.model.audio.heads=8",
+    ]
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "harmony_jax.parallel.local_cluster", "--processes", "2",
-         "--devices", "4", "--log-dir", str(logs), "--timeout", str(TIMEOUT), "--",
-         *_train(workdir, "--config.total_steps=50", "--config.checkpoint_every=1", *mesh)],
-        cwd=ROOT, env=_env())
+        [
+            sys.executable,
+            "-m",
+            "harmony_jax.parallel.local_cluster",
+            "--processes",
+            "2",
+            "--devices",
+            "4",
+            "--log-dir",
+            str(logs),
+            "--timeout",
+            str(TIMEOUT),
+            "--",
+            *_train(workdir, "--config.total_steps=50", "--config.checkpoint_every=1", *mesh),
+        ],
+        cwd=ROOT,
+        env=_env(),
+    )
     try:
         deadline = time.monotonic() + TIMEOUT
         while not os.path.isdir(workdir / "checkpoints" / "2"):
-            assert launcher.poll() is None and time.monotonic() < deadline, \
+            assert launcher.poll() is None and time.monotonic() < deadline, (
                 f"no checkpoint 2; see {logs}"
+            )
             time.sleep(0.1)
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(timeout=120) == 0
@@ -162,8 +215,14 @@ def test_sigterm_to_every_process_saves_one_checkpoint(tmp_path):
         if launcher.poll() is None:
             launcher.kill()  # its own `finally` kills the processes by PID
             launcher.wait()
-    saved = [int(re.search(r"preemption notice: saved step (\d+)", _text(logs / f"process_{i}.log"))
-                 .group(1)) for i in range(2)]
+    saved = [
+        int(
+            re.search(
+                r"preemption notice: saved step (\d+)", _text(logs / f"process_{i}.log")
+            ).group(1)
+        )
+        for i in range(2)
+    ]
     assert saved[0] == saved[1] == Checkpointer(str(workdir)).latest_step() < 50
     loss = lambda i: re.findall(r"step 2 .*loss=(\S+)", _text(logs / f"process_{i}.log"))
     assert loss(0) == loss(1) != []  # one computation, reported by both
@@ -178,5 +237,6 @@ def test_processes_started_with_different_configs_are_refused(tmp_path):
         assert _last_line(log) == (
             "error: process 1 was started with another config than process 0: "
             "config.optim.lr=0.002 there, 0.0001 on process 0; start every process with the "
-            "same command")
+            "same command"
+        )
     assert not os.path.exists(tmp_path / "pod" / "checkpoints")  # nothing was started

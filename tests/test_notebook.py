@@ -28,10 +28,19 @@ def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".jax_cache"))
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     out = tmp_path / "samples"
-    nb = _with_parameters(nbformat.read(NOTEBOOK, as_version=4), CONFIG="configs/tiny.py",
-                          WORKDIR=str(tmp_path / "run"), TRAIN_STEPS=1, OUT=str(out))
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}}).execute()
+    nb = _with_parameters(
+        nbformat.read(NOTEBOOK, as_version=4),
+        CONFIG="configs/tiny.py",
+        WORKDIR=str(tmp_path / "run"),
+        TRAIN_STEPS=1,
+        OUT=str(out),
+    )
+    NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}},
+    ).execute()
 
     for name in ("t2av", "a2v", "v2a"):
         assert (out / f"{name}.mp4").exists() and (out / f"{name}.wav").exists()
@@ -41,5 +50,7 @@ def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
     assert sum("<video" in h and "base64" in h for h in html) == 4  # given + three modes
     assert sum("<audio" in h for h in html) == 4
     assert any("image/png" in o.get("data", {}) for o in outputs)
-    assert any(re.search(r"mean \((4|\d of 4: \d without evidence excluded)\)", o.get("text", ""))
-               for o in outputs)  # the folder table's mean row
+    assert any(
+        re.search(r"mean \((4|\d of 4: \d without evidence excluded)\)", o.get("text", ""))
+        for o in outputs
+    )  # the folder table's mean row

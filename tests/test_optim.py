@@ -43,4 +43,3 @@ def test_freeze_mask_keeps_matching_parameters():
     updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
     assert np.all(np.asarray(updates["dit"]["video"]["w"]) == 0.0)
     assert np.all(np.asarray(updates["dit"]["audio"]["w"]) != 0.0)
-

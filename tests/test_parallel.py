@@ -5,8 +5,6 @@ sequence axis, and DCN slices)."""
 
 import dataclasses
 import functools
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -14,14 +12,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import tiny  # noqa: E402
-
+from configs import tiny  # noqa: E402
 from harmony_jax import plan  # noqa: E402
-from harmony_jax.model.attention import (Attention, blockwise_attention,  # noqa: E402
-                                         dot_product_attention)
+from harmony_jax.model.attention import Attention, blockwise_attention, dot_product_attention  # noqa: E402
 from harmony_jax.parallel import ulysses  # noqa: E402
 from harmony_jax.parallel.mesh import device_grid, make_mesh, resolve_mesh_shape  # noqa: E402
 from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated  # noqa: E402
@@ -59,8 +55,9 @@ def _batches(system, seed: int = 0) -> list[dict[str, np.ndarray]]:
             if spec.dtype == jnp.bool_:
                 batch[key] = np.ones(spec.shape, bool)
             elif spec.dtype == jnp.int32:
-                batch[key] = rng.integers(1, system.model_config.transcript.vocab_size, spec.shape,
-                                          dtype=np.int32)
+                batch[key] = rng.integers(
+                    1, system.model_config.transcript.vocab_size, spec.shape, dtype=np.int32
+                )
             else:
                 batch[key] = rng.normal(size=spec.shape).astype(np.float32)
         batches.append(batch)
@@ -76,9 +73,13 @@ def _train(config, devices):
     tx, state = make_train_state(system, config, mesh, rules)
     shardings = jax.tree.map(lambda x: x.sharding, state)
     data = batch_sharding(mesh)
-    step = jax.jit(make_train_step(system, tx, config), in_shardings=(shardings, data),
-                   out_shardings=(shardings, replicated(mesh)), donate_argnums=0,
-                   compiler_options=_FAST_COMPILE)
+    step = jax.jit(
+        make_train_step(system, tx, config),
+        in_shardings=(shardings, data),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=0,
+        compiler_options=_FAST_COMPILE,
+    )
     losses = []
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         for batch in _batches(system):
@@ -103,46 +104,66 @@ def test_same_losses_on_every_mesh(runs):
     reference = runs["1x1x1"][0]
     assert np.all(np.isfinite(reference)) and reference[-1] != reference[0]
     for name in MESHES:
-        np.testing.assert_allclose(runs[name][0], reference, rtol=2e-4, atol=1e-5,
-                                   err_msg=f"mesh {name}")
+        np.testing.assert_allclose(
+            runs[name][0], reference, rtol=2e-4, atol=1e-5, err_msg=f"mesh {name}"
+        )
 
 
 @needs_8
 @pytest.mark.slow
-@pytest.mark.parametrize("name, embed", [("2x2x2", "fsdp"),
-                                         ("2x1x2x2 (data, fsdp, sequence, tensor)",
-                                          ("fsdp", "sequence"))])
+@pytest.mark.parametrize(
+    "name, embed",
+    [("2x2x2", "fsdp"), ("2x1x2x2 (data, fsdp, sequence, tensor)", ("fsdp", "sequence"))],
+)
 def test_parameters_land_as_the_rules_say(runs, name, embed):
     _, state, mesh = runs[name]
     params = state.params
     layers = params["dit"]["layers"]
     attention = layers["video_block"]["self_attn"]
     expected = {  # [layers, ...] for scanned layers
-        "attention q/k/v kernels": ([attention[n]["kernel"] for n in "qkv"],
-                                    P(None, embed, "tensor")),
+        "attention q/k/v kernels": (
+            [attention[n]["kernel"] for n in "qkv"],
+            P(None, embed, "tensor"),
+        ),
         "attention out kernel": ([attention["out"]["kernel"]], P(None, "tensor", embed)),
         "ffn in": ([layers["audio_block"]["ffn"]["fc1"]["kernel"]], P(None, embed, "tensor")),
         "ffn out": ([layers["audio_block"]["ffn"]["fc2"]["kernel"]], P(None, "tensor", embed)),
         "qk norms": ([attention["norm_q"]["scale"]], P(None, "tensor")),
         "layer norms": ([layers["video_block"]["norm2"]["ln"]["scale"]], P(None, embed)),
-        "modulation tables": ([layers["video_block"]["scale_shift_table"]],
-                              P(None, None, None, embed)),
-        "embeddings": ([params["dit"]["video_patch_embed"]["kernel"],
-                        params["dit"]["transcript"]["char_embed"]["embedding"]], P(None, embed)),
+        "modulation tables": (
+            [layers["video_block"]["scale_shift_table"]],
+            P(None, None, None, embed),
+        ),
+        "embeddings": (
+            [
+                params["dit"]["video_patch_embed"]["kernel"],
+                params["dit"]["transcript"]["char_embed"]["embedding"],
+            ],
+            P(None, embed),
+        ),
     }
     for kind, (leaves, spec) in expected.items():
         for leaf in leaves:
-            assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, spec), leaf.ndim), \
-                (kind, leaf.sharding.spec, spec)
+            assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, spec), leaf.ndim), (
+                kind,
+                leaf.sharding.spec,
+                spec,
+            )
             shard = leaf.addressable_shards[0].data.shape
-            want = tuple(n // int(np.prod([mesh.shape[a] for a in
-                                            ((ax,) if isinstance(ax, str) else ax or ())]))
-                         for n, ax in zip(leaf.shape, list(spec) + [None] * leaf.ndim))
+            want = tuple(
+                n
+                // int(
+                    np.prod([mesh.shape[a] for a in ((ax,) if isinstance(ax, str) else ax or ())])
+                )
+                for n, ax in zip(leaf.shape, list(spec) + [None] * leaf.ndim)
+            )
             assert shard == want, (kind, leaf.shape, shard, want)
     # the optimizer's moments follow their parameters
-    moments = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state)
-               if jax.tree_util.keystr(path).endswith(
-                   "['video_block']['self_attn']['q']['kernel']")]
+    moments = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state)
+        if jax.tree_util.keystr(path).endswith("['video_block']['self_attn']['q']['kernel']")
+    ]
     assert len(moments) == 2  # mu, nu
     for leaf in moments:
         assert leaf.sharding.is_equivalent_to(attention["q"]["kernel"].sharding, 3)
@@ -156,8 +177,10 @@ def test_state_layout_with_a_frozen_tower():
     config.optim.freeze = "^dit/layers/video_block"
     mesh, rules = make_mesh(config.mesh), axis_rules(config)
     tx, state = plan.abstract_state(plan.latent_system(config), config, mesh, rules)
-    shardings = {jax.tree_util.keystr(p): x.sharding
-                 for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
+    shardings = {
+        jax.tree_util.keystr(p): x.sharding
+        for p, x in jax.tree_util.tree_leaves_with_path(state.params)
+    }
     moments = jax.tree_util.tree_leaves_with_path(state.opt_state)
     assert not any("video_block" in jax.tree_util.keystr(p) and x.ndim for p, x in moments)
     checked = 0
@@ -175,8 +198,9 @@ def test_state_layout_with_a_frozen_tower():
 @needs_8
 def test_ulysses_attention_equals_plain_attention():
     """Self-attention (values and gradients) with tokens split 4 ways over 'sequence'."""
-    config = ml_collections.ConfigDict(dict(
-        mesh=dict(data=2, sequence=4, tensor=1), axis_rules=tiny.get_config().axis_rules))
+    config = ml_collections.ConfigDict(
+        dict(mesh=dict(data=2, sequence=4, tensor=1), axis_rules=tiny.get_config().axis_rules)
+    )
     mesh, rules = make_mesh(config.mesh), axis_rules(config)
     layer = Attention(dim=32, heads=4)
     x = jax.random.normal(jax.random.key(0), (2, 16, 32))  # [B, L, D]
@@ -196,19 +220,26 @@ def test_ulysses_attention_equals_plain_attention():
         (_, split), split_grads = grad(params, x)
     assert "all_to_all" in hlo or "all-to-all" in hlo
     np.testing.assert_allclose(split, plain, rtol=1e-5, atol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                 split_grads, plain_grads)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        split_grads,
+        plain_grads,
+    )
 
 
 @pytest.mark.parametrize("mask", ["band", "keys", "empty rows"])
 def test_blockwise_attention_equals_plain_attention(mask):
     """The long-sequence kernel ('auto' off GPU): lengths that do not divide the block, masks of
     every shape the model uses, rows with nothing to attend to (no mask: the Ulysses test)."""
-    q, k, v = (jax.random.normal(key, (2, n, 3, 8)) for key, n in
-               zip(jax.random.split(jax.random.key(4), 3), (37, 45, 45)))
-    masks = {"band": jax.random.bernoulli(jax.random.key(5), 0.7, (2, 1, 37, 45)),
-             "keys": jax.random.bernoulli(jax.random.key(6), 0.6, (2, 1, 1, 45)),
-             "empty rows": jnp.zeros((2, 1, 37, 45), bool).at[:, :, :20].set(True)}
+    q, k, v = (
+        jax.random.normal(key, (2, n, 3, 8))
+        for key, n in zip(jax.random.split(jax.random.key(4), 3), (37, 45, 45))
+    )
+    masks = {
+        "band": jax.random.bernoulli(jax.random.key(5), 0.7, (2, 1, 37, 45)),
+        "keys": jax.random.bernoulli(jax.random.key(6), 0.6, (2, 1, 1, 45)),
+        "empty rows": jnp.zeros((2, 1, 37, 45), bool).at[:, :, :20].set(True),
+    }
     m = masks[mask]
     loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, mask=m)))
     grad = lambda fn: jax.jit(jax.value_and_grad(loss(fn), argnums=(0, 1, 2)))
@@ -221,8 +252,7 @@ def test_auto_attention_goes_blockwise_for_long_sequences_off_gpu():
     q = jax.random.normal(jax.random.key(7), (1, 1100, 1, 8))  # 1100^2 > 4 blocks of 512^2
     auto = functools.partial(dot_product_attention, implementation="auto")
     assert "scan" in str(jax.make_jaxpr(auto)(q, q, q))
-    np.testing.assert_allclose(auto(q, q, q), dot_product_attention(q, q, q), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(auto(q, q, q), dot_product_attention(q, q, q), rtol=1e-4, atol=1e-5)
 
 
 @needs_8
@@ -241,20 +271,31 @@ def test_ulysses_runs_the_blockwise_kernel():
 
 def test_mesh_from_config_sizes_and_errors():
     cfg = lambda **kw: ml_collections.ConfigDict(kw)
-    assert resolve_mesh_shape(cfg(data=-1, fsdp=2, tensor=1), 8) == \
-        {"data": 4, "fsdp": 2, "tensor": 1}
-    assert resolve_mesh_shape(cfg(data=1, fsdp=-1, sequence=2, tensor=2), 16) == \
-        {"data": 1, "fsdp": 4, "sequence": 2, "tensor": 2}
+    assert resolve_mesh_shape(cfg(data=-1, fsdp=2, tensor=1), 8) == {
+        "data": 4,
+        "fsdp": 2,
+        "tensor": 1,
+    }
+    assert resolve_mesh_shape(cfg(data=1, fsdp=-1, sequence=2, tensor=2), 16) == {
+        "data": 1,
+        "fsdp": 4,
+        "sequence": 2,
+        "tensor": 2,
+    }
     # per-slice sizes: 2 slices of 8 devices, -1 resolved within a slice
-    assert resolve_mesh_shape(cfg(data=1, fsdp=-1, tensor=2, dcn_data=2), 16) == \
-        {"data": 1, "fsdp": 4, "tensor": 2}
+    assert resolve_mesh_shape(cfg(data=1, fsdp=-1, tensor=2, dcn_data=2), 16) == {
+        "data": 1,
+        "fsdp": 4,
+        "tensor": 2,
+    }
     with pytest.raises(ValueError, match="3 equal slices"):
         resolve_mesh_shape(cfg(data=-1, dcn_data=3), 8)
     with pytest.raises(ValueError, match="sizes must be >= 1"):
         resolve_mesh_shape(cfg(data=-1, fsdp=0), 8)
     with pytest.raises(ValueError, match="names no mesh axis"):
-        axis_rules(ml_collections.ConfigDict(dict(mesh=dict(data=-1),
-                                                  axis_rules=(("embed", "fsdpp"),))))
+        axis_rules(
+            ml_collections.ConfigDict(dict(mesh=dict(data=-1), axis_rules=(("embed", "fsdpp"),)))
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,9 +21,13 @@ class IndexSource:
         return self.size
 
     def __getitem__(self, index):
-        return dict(video=np.full((2, 2, 2, 3), index, np.float32),
-                    audio=np.full(8, index, np.float32), video_caption=f"clip {index}",
-                    audio_caption="a tone", transcript="")
+        return dict(
+            video=np.full((2, 2, 2, 3), index, np.float32),
+            audio=np.full(8, index, np.float32),
+            video_caption=f"clip {index}",
+            audio_caption="a tone",
+            transcript="",
+        )
 
 
 def _config(batch_size=4):
@@ -32,26 +36,34 @@ def _config(batch_size=4):
     return config
 
 
-def _indices(source_size, steps, *, seed=0, start_step=0, block=0, blocks=1,
-             batch_size=4):
+def _indices(source_size, steps, *, seed=0, start_step=0, block=0, blocks=1, batch_size=4):
     config = _config(batch_size)
-    ds = make_train_dataset(IndexSource(source_size), config, make_text_encoder(config),
-                            seed=seed, start_step=start_step, block=block, blocks=blocks)
+    ds = make_train_dataset(
+        IndexSource(source_size),
+        config,
+        make_text_encoder(config),
+        seed=seed,
+        start_step=start_step,
+        block=block,
+        blocks=blocks,
+    )
     it = iter(ds)
     return [next(it)["video"][:, 0, 0, 0, 0].astype(int).tolist() for _ in range(steps)]
 
 
 def test_batch_layout():
     config = tiny.get_config()
-    batch = next(make_train_iterator(config, make_text_encoder(config), seed=0,
-                                     block=0, blocks=1))
+    batch = next(make_train_iterator(config, make_text_encoder(config), seed=0, block=0, blocks=1))
     d, b, length = config.data, config.batch_size, config.codecs.text.max_len
     expected = dict(
         video=((b, d.num_frames, d.height, d.width, 3), np.float32),
         audio=((b, round(d.num_frames / d.fps * d.sample_rate)), np.float32),
-        video_text_ids=((b, length), np.int32), video_text_mask=((b, length), np.bool_),
-        audio_text_ids=((b, length), np.int32), audio_text_mask=((b, length), np.bool_),
-        transcript_ids=((b, config.model.transcript.max_len), np.int32))
+        video_text_ids=((b, length), np.int32),
+        video_text_mask=((b, length), np.bool_),
+        audio_text_ids=((b, length), np.int32),
+        audio_text_mask=((b, length), np.bool_),
+        transcript_ids=((b, config.model.transcript.max_len), np.int32),
+    )
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
     assert batch["video_text_mask"].any(axis=1).all()
 
@@ -103,11 +115,12 @@ def test_clip_folder_source_from_config(tmp_path):
     num_samples = round(d.num_frames / d.fps * d.sample_rate)
     video = np.zeros((d.num_frames, d.height, d.width, 3), np.float32)
     write_av(tmp_path / "a.mp4", video, d.fps, np.zeros(num_samples, np.float32), d.sample_rate)
-    (tmp_path / "captions.jsonl").write_text(json.dumps(
-        dict(path="a.mp4", video_caption="dark", audio_caption="quiet", transcript="hi")) + "\n")
+    (tmp_path / "captions.jsonl").write_text(
+        json.dumps(dict(path="a.mp4", video_caption="dark", audio_caption="quiet", transcript="hi"))
+        + "\n"
+    )
     d.source, d.root = "clip_folder", str(tmp_path)
-    batch = next(make_train_iterator(config, make_text_encoder(config), seed=0,
-                                     block=0, blocks=1))
+    batch = next(make_train_iterator(config, make_text_encoder(config), seed=0, block=0, blocks=1))
     assert batch["video"].shape == (2, d.num_frames, d.height, d.width, 3)
     assert batch["transcript_ids"][:, :2].tolist() == [[ord("h") + 1, ord("i") + 1]] * 2
 
@@ -115,11 +128,9 @@ def test_clip_folder_source_from_config(tmp_path):
 def test_worker_processes_give_the_same_batches():
     config = tiny.get_config()
     encoder = make_text_encoder(config)
-    serial = make_train_iterator(config, encoder, seed=3, start_step=1, block=0,
-                                 blocks=1)
+    serial = make_train_iterator(config, encoder, seed=3, start_step=1, block=0, blocks=1)
     config.data.num_workers = 2
-    parallel = make_train_iterator(config, encoder, seed=3, start_step=1, block=0,
-                                   blocks=1)
+    parallel = make_train_iterator(config, encoder, seed=3, start_step=1, block=0, blocks=1)
     try:
         for _ in range(3):
             a, b = next(serial), next(parallel)

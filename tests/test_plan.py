@@ -2,25 +2,20 @@
 the tiny config on 8 simulated devices."""
 
 import dataclasses
-import os
-import sys
 
 import flax.linen as nn
+import harmony_5b  # noqa: E402
 import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import harmony_5b  # noqa: E402
-import tiny  # noqa: E402
-
+from configs import tiny  # noqa: E402
 from harmony_jax import plan  # noqa: E402
 from harmony_jax.codecs.mmaudio import MMAudioCodec  # noqa: E402
 from harmony_jax.codecs.precomputed import PrecomputedVideo  # noqa: E402
 from harmony_jax.codecs.wan_vae import WanVAECodec  # noqa: E402
 from harmony_jax.training.optim import make_optimizer  # noqa: E402
-from harmony_jax.training.step import (create_train_state, make_train_step,  # noqa: E402
-                                       reference_frames)
+from harmony_jax.training.step import create_train_state, make_train_step, reference_frames  # noqa: E402
 
 
 def test_paper_geometry_from_the_real_codecs():
@@ -62,8 +57,9 @@ def test_flops_are_linear_in_depth():
     config.batch_size = 2
     system = plan.latent_system(config)
     batch = plan.abstract_batch(system, 2)
-    unrolled = dataclasses.replace(system, model_config=dataclasses.replace(
-        system.model_config, scan_layers=False))
+    unrolled = dataclasses.replace(
+        system, model_config=dataclasses.replace(system.model_config, scan_layers=False)
+    )
     example = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in batch.items()}
     params = nn.meta.unbox(jax.eval_shape(unrolled.init, jax.random.key(0), example))
     tx = make_optimizer(config.optim, params, config.total_steps)
@@ -92,8 +88,10 @@ def test_tiny_plan_on_8_devices():
     result = plan.plan_train_step(config, devices=jax.devices()[:8])
     system = plan.latent_system(config)
     example = plan.abstract_batch(system, 1)
-    whole = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
-        jax.eval_shape(system.init, jax.random.key(0), example)))
+    whole = sum(
+        x.size * x.dtype.itemsize
+        for x in jax.tree.leaves(jax.eval_shape(system.init, jax.random.key(0), example))
+    )
     assert whole / 4 <= result.params < whole / 2  # most bytes split over fsdp x tensor
     assert result.ema == result.params
     assert 2 * result.params <= result.opt_state <= 2 * result.params + 1024
@@ -126,6 +124,7 @@ def test_splash_plan_prints_beside_the_blockwise_plan():
     lines = plan.format_plans(plans, hbm_gib=1.0).splitlines()
     assert lines[1].split() == ["per", "device", "GiB", "splash", "blockwise"]
     total = next(line for line in lines if line.strip().startswith("total")).split()
-    assert [float(x) for x in total[1:]] == [round(p.total / plan.GiB, 2) for p in
-                                             (splash, blockwise)]
+    assert [float(x) for x in total[1:]] == [
+        round(p.total / plan.GiB, 2) for p in (splash, blockwise)
+    ]
     assert lines[-1] == plan.SPLASH_NOTE

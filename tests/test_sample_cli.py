@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
-
 from clips import read_all
+
 from harmony_jax import generation, media
 from harmony_jax import sample as sample_cli
 from harmony_jax.data.sounding_shapes import SoundingShapes
@@ -21,11 +21,10 @@ from harmony_jax.inference import inference_mesh, load_for_inference, read_audio
 from harmony_jax.media import MediaError, write_av, write_wav
 from harmony_jax.parallel import ulysses
 from harmony_jax.sample import sample_to_files
-from harmony_jax.training.loop import train_and_evaluate
+from harmony_jax.training.loop import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import tiny  # noqa: E402
+from configs import tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +35,7 @@ def run(tmp_path_factory):
     config.total_steps = config.checkpoint_every = 2
     config.optim.ema_decay = 0.5
     workdir = str(tmp_path_factory.mktemp("run"))
-    return workdir, train_and_evaluate(config, workdir)
+    return workdir, train(config, workdir)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +49,15 @@ def model(run):
 def clip(model):
     """A sounding-shapes clip in the tiny config's geometry."""
     d = model[0].config.data
-    world = SoundingShapes(num_clips=4, fps=d.fps, num_frames=d.num_frames, height=d.height,
-                           width=d.width, sample_rate=d.sample_rate, seed=7)
+    world = SoundingShapes(
+        num_clips=4,
+        fps=d.fps,
+        num_frames=d.num_frames,
+        height=d.height,
+        width=d.width,
+        sample_rate=d.sample_rate,
+        seed=7,
+    )
     return world[0]
 
 
@@ -77,17 +83,18 @@ def test_loader_prefers_ema_params(run, model):
     _, state = run
     _, params = model
     jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(state.ema_params))
-    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params),
-                                                        jax.tree.leaves(state.params)))
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params))
+    )
     step_dir = os.path.join(run[0], "checkpoints", "2")
-    jax.tree.map(np.testing.assert_array_equal, params,
-                 load_for_inference(step_dir, dtype="float32")[1])
+    jax.tree.map(
+        np.testing.assert_array_equal, params, load_for_inference(step_dir, dtype="float32")[1]
+    )
 
 
 def test_t2av_writes_every_clip(model, tmp_path):
     system, params = model
-    paths = sample_to_files(system, params, str(tmp_path / "t.mp4"), prompt="a red ball",
-                            num=2)
+    paths = sample_to_files(system, params, str(tmp_path / "t.mp4"), prompt="a red ball", num=2)
     assert paths == [str(tmp_path / "t.mp4"), str(tmp_path / "t_1.mp4")]
     first, second = (_check_clip(system, p)[0] for p in paths)
     assert not np.array_equal(first, second)  # clip i has its own noise
@@ -98,8 +105,14 @@ def test_a2v_keeps_the_audio(model, clip, tmp_path):
     d = system.config.data
     given = tmp_path / "given.wav"
     write_wav(given, clip["audio"], d.sample_rate)
-    (mp4,) = sample_to_files(system, params, str(tmp_path / "a.mp4"), mode="a2v",
-                             audio=str(given), prompt=clip["video_caption"])
+    (mp4,) = sample_to_files(
+        system,
+        params,
+        str(tmp_path / "a.mp4"),
+        mode="a2v",
+        audio=str(given),
+        prompt=clip["video_caption"],
+    )
     _, audio = _check_clip(system, mp4)
     np.testing.assert_array_equal(_wav_pcm(tmp_path / "a.wav")[1], _wav_pcm(given)[1])
     np.testing.assert_allclose(audio, clip["audio"], atol=0.01)  # AAC
@@ -110,8 +123,14 @@ def test_v2a_keeps_the_frames(model, clip, tmp_path):
     d = system.config.data
     given = tmp_path / "given.mp4"
     write_av(given, clip["video"], d.fps)  # no audio: v2a needs none
-    (mp4,) = sample_to_files(system, params, str(tmp_path / "v.mp4"), mode="v2a",
-                             video=str(given), prompt=clip["video_caption"])
+    (mp4,) = sample_to_files(
+        system,
+        params,
+        str(tmp_path / "v.mp4"),
+        mode="v2a",
+        video=str(given),
+        prompt=clip["video_caption"],
+    )
     frames, _ = _check_clip(system, mp4)
     # The kept frames, H.264-coded once more: exactly what writing them again gives.
     write_av(tmp_path / "again.mp4", read_all(given)[0], d.fps)
@@ -124,8 +143,15 @@ def test_reference_image_and_voice(model, clip, tmp_path):
     image, voice = tmp_path / "ref.png", tmp_path / "voice.wav"
     matplotlib.image.imsave(image, (clip["video"][0] + 1.0) / 2.0)
     write_wav(voice, np.tile(clip["audio"], 3)[: 5 * d.sample_rate], d.sample_rate)
-    (mp4,) = sample_to_files(system, params, str(tmp_path / "r.mp4"), image=str(image),
-                             ref_audio=str(voice), guidance="cfg", prompt="a ball")
+    (mp4,) = sample_to_files(
+        system,
+        params,
+        str(tmp_path / "r.mp4"),
+        image=str(image),
+        ref_audio=str(voice),
+        guidance="cfg",
+        prompt="a ball",
+    )
     frames, _ = _check_clip(system, mp4)
     ref = read_all(image)[0][0].astype(float)
     assert np.abs(frames[0] - ref).mean() < 8  # the clean first frame, H.264-coded
@@ -136,8 +162,9 @@ def test_inputs_are_fitted_with_a_notice(model, clip, tmp_path, caplog):
     stereo = np.stack([clip["audio"], -clip["audio"]], axis=1)[:20000]
     write_wav(tmp_path / "in.wav", stereo, 22050)
     big = np.repeat(np.repeat(clip["video"], 3, axis=1), 2, axis=2)  # [F, 3H, 2W, 3]
-    write_av(tmp_path / "in.mp4", np.repeat(big, 2, axis=0), 2 * d.fps, clip["audio"],
-             d.sample_rate)
+    write_av(
+        tmp_path / "in.mp4", np.repeat(big, 2, axis=0), 2 * d.fps, clip["audio"], d.sample_rate
+    )
     with caplog.at_level(logging.WARNING):
         audio = read_audio(tmp_path / "in.wav", d.sample_rate, model[0].num_samples)
         video = read_video(tmp_path / "in.mp4", d.fps, d.num_frames, d.height, d.width)
@@ -147,8 +174,13 @@ def test_inputs_are_fitted_with_a_notice(model, clip, tmp_path, caplog):
     soundtrack = read_audio(tmp_path / "in.mp4", d.sample_rate, model[0].num_samples)
     np.testing.assert_allclose(soundtrack, clip["audio"], atol=0.01)  # AAC
     log = caplog.text
-    for notice in ("downmixed", "resampled from 22050 Hz", "zero-padded", "fps resampled",
-                   "centre-cropped"):
+    for notice in (
+        "downmixed",
+        "resampled from 22050 Hz",
+        "zero-padded",
+        "fps resampled",
+        "centre-cropped",
+    ):
         assert notice in log
 
 
@@ -164,8 +196,9 @@ def test_impossible_inputs_name_the_file(model, clip, tmp_path):
     with pytest.raises(MediaError, match=f"{garbage}: cannot decode"):
         sample_to_files(system, params, out, image=str(garbage), prompt=prompt)
     with pytest.raises(MediaError, match="missing.wav: no such file"):
-        sample_to_files(system, params, out, mode="a2v", audio=str(tmp_path / "missing.wav"),
-                        prompt=prompt)
+        sample_to_files(
+            system, params, out, mode="a2v", audio=str(tmp_path / "missing.wav"), prompt=prompt
+        )
     with pytest.raises(ValueError, match="needs --video"):
         sample_to_files(system, params, out, mode="v2a", prompt=prompt)
     assert not os.path.exists(out)
@@ -173,9 +206,17 @@ def test_impossible_inputs_name_the_file(model, clip, tmp_path):
 
 def test_cli_keeps_existing_outputs(run, tmp_path):
     out = tmp_path / "cli.mp4"
-    cmd = [sys.executable, "-m", "harmony_jax.sample", "--checkpoint",
-           os.path.join(run[0], "checkpoints", "2"), "--prompt", "a green ball", "--out",
-           str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harmony_jax.sample",
+        "--checkpoint",
+        os.path.join(run[0], "checkpoints", "2"),
+        "--prompt",
+        "a green ball",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".jax_cache"))
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -203,8 +244,7 @@ def test_empty_prompt_is_refused(model, tmp_path, capsys):
         assert "--prompt" in capsys.readouterr().err
 
 
-def test_cli_interrupted_write_keeps_the_old_file_and_leaves_no_other(run, tmp_path,
-                                                                       monkeypatch):
+def test_cli_interrupted_write_keeps_the_old_file_and_leaves_no_other(run, tmp_path, monkeypatch):
     out = tmp_path / "i.mp4"
     out.write_bytes(b"the clip of an earlier run")
     calls, real_mux = [], media._mux_audio
@@ -214,10 +254,19 @@ def test_cli_interrupted_write_keeps_the_old_file_and_leaves_no_other(run, tmp_p
         if len(calls) == 2:
             raise KeyboardInterrupt
         real_mux(*args)
+
     monkeypatch.setattr(media, "_mux_audio", interrupted_mux)
     args = sample_cli._parser().parse_args(
-        ["--checkpoint", os.path.join(run[0], "checkpoints", "2"), "--prompt", "a ball",
-         "--out", str(out), "--overwrite"])
+        [
+            "--checkpoint",
+            os.path.join(run[0], "checkpoints", "2"),
+            "--prompt",
+            "a ball",
+            "--out",
+            str(out),
+            "--overwrite",
+        ]
+    )
     with pytest.raises(KeyboardInterrupt):
         sample_cli.main(args)
     assert len(calls) == 2
@@ -228,14 +277,17 @@ def test_cli_interrupted_write_keeps_the_old_file_and_leaves_no_other(run, tmp_p
 def test_heldout_sync_evaluation_rows(model, tmp_path):
     """The demo's and bench's scorer: every mode beside its shuffled baseline and the truth."""
     from harmony_jax.eval.heldout import evaluate_sync
+
     system, params = model
     rows = evaluate_sync(system, params, 2, out_dir=str(tmp_path), guidance="none")
     assert set(rows) == {"ground truth", "ground truth, shuffled"} | {
-        f"{m} {kind}" for m in ("t2av", "a2v", "v2a") for kind in ("generated", "shuffled")}
+        f"{m} {kind}" for m in ("t2av", "a2v", "v2a") for kind in ("generated", "shuffled")
+    }
     assert all(len(clips) == 2 for clips in rows.values())
     assert np.mean([c["event_f1"] for c in rows["ground truth"]]) > 0.9
     assert sorted(os.listdir(tmp_path)) == sorted(
-        f"{m}_{i}.mp4" for m in ("t2av", "a2v", "v2a") for i in range(2))
+        f"{m}_{i}.mp4" for m in ("t2av", "a2v", "v2a") for i in range(2)
+    )
 
 
 def _latents(system, params):
@@ -251,14 +303,18 @@ def reference(model):
     return _latents(*model)
 
 
-@pytest.mark.parametrize("mesh,shape", [
-    ("fsdp=4,tensor=2", dict(data=1, fsdp=4, tensor=2)),
-    ("sequence=2", dict(data=1, fsdp=4, sequence=2, tensor=1)),  # Ulysses over 'sequence'
-])
+@pytest.mark.parametrize(
+    "mesh,shape",
+    [
+        ("fsdp=4,tensor=2", dict(data=1, fsdp=4, tensor=2)),
+        ("sequence=2", dict(data=1, fsdp=4, sequence=2, tensor=1)),  # Ulysses over 'sequence'
+    ],
+)
 def test_sharded_sampling_matches_one_device(run, reference, mesh, shape, monkeypatch):
     calls, real = [], ulysses.ulysses_attention
-    monkeypatch.setattr(ulysses, "ulysses_attention",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        ulysses, "ulysses_attention", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     system, params = load_for_inference(run[0], mesh=mesh, dtype="float32")
     leaves = jax.tree.leaves(params)
     assert {dict(leaf.sharding.mesh.shape) == shape for leaf in leaves} == {True}
@@ -267,8 +323,10 @@ def test_sharded_sampling_matches_one_device(run, reference, mesh, shape, monkey
     video, audio, frames = _latents(system, params)
     assert bool(calls) == ("sequence" in shape)  # the video's self-attention ran Ulysses
     ref_video, ref_audio, ref_frames = reference
-    print(f"{mesh} vs one device: frames max {np.abs(frames - ref_frames).max():.2g}, audio "
-          f"latents max {np.abs(audio - ref_audio).max():.2g}")
+    print(
+        f"{mesh} vs one device: frames max {np.abs(frames - ref_frames).max():.2g}, audio "
+        f"latents max {np.abs(audio - ref_audio).max():.2g}"
+    )
     # Measured: frames differ by at most 3.7e-6 (of [-1, 1]), audio latents by 2.6e-6 (the
     # sums run in another order); the waveform is Griffin-Lim of these latents.
     assert np.abs(frames - ref_frames).max() < 1e-4
@@ -283,20 +341,25 @@ def test_bfloat16_weights_against_float32(run, model, reference):
     assert video.dtype == audio.dtype == np.float32  # the sampler's state stays float32
     ref_video, ref_audio, ref_frames = reference
     err = np.abs(frames - ref_frames)
-    print(f"bf16 vs f32: frames max {err.max():.4f} mean {err.mean():.5f}, audio latents max "
-          f"{np.abs(audio - ref_audio).max():.4f}")
+    print(
+        f"bf16 vs f32: frames max {err.max():.4f} mean {err.mean():.5f}, audio latents max "
+        f"{np.abs(audio - ref_audio).max():.4f}"
+    )
     assert err.max() < 0.1 and err.mean() < 0.01  # measured: max 0.031, mean 0.0024
     assert np.abs(audio - ref_audio).max() < 0.1  # measured: 0.027
 
 
 def test_mesh_flag_errors_name_it():
     devices = jax.devices()
-    assert inference_mesh(None, devices) == dict(data=1, fsdp=8, sequence=1, tensor=1,
-                                                 dcn_data=1, dcn_fsdp=1)
+    assert inference_mesh(None, devices) == dict(
+        data=1, fsdp=8, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1
+    )
     assert inference_mesh("data=-1,fsdp=2", devices)["data"] == 4
-    for spec, message in (("fsdp=3", "--mesh 'fsdp=3' over 8 devices"),
-                          ("pipeline=2", "'pipeline' is not one of"),
-                          ("tensor=two", "tensor='two' is not an integer")):
+    for spec, message in (
+        ("fsdp=3", "--mesh 'fsdp=3' over 8 devices"),
+        ("pipeline=2", "'pipeline' is not one of"),
+        ("tensor=two", "tensor='two' is not an integer"),
+    ):
         with pytest.raises(ValueError, match=message):
             inference_mesh(spec, devices)
     with pytest.raises(ValueError, match="--dtype 'float16'"):
@@ -305,16 +368,20 @@ def test_mesh_flag_errors_name_it():
 
 def test_cli_mesh_and_dtype_errors_are_one_line(run, tmp_path, capsys):
     step = os.path.join(run[0], "checkpoints", "2")
-    for flags, message in ((["--mesh", "fsdp=3"], "error: --mesh 'fsdp=3' over 8 devices"),
-                           (["--mesh", "pipe=2"], "error: --mesh 'pipe=2': 'pipe' is not one")):
-        args = sample_cli._parser().parse_args(["--checkpoint", step, "--prompt", "a ball",
-                                                "--out", str(tmp_path / "m.mp4"), *flags])
+    for flags, message in (
+        (["--mesh", "fsdp=3"], "error: --mesh 'fsdp=3' over 8 devices"),
+        (["--mesh", "pipe=2"], "error: --mesh 'pipe=2': 'pipe' is not one"),
+    ):
+        args = sample_cli._parser().parse_args(
+            ["--checkpoint", step, "--prompt", "a ball", "--out", str(tmp_path / "m.mp4"), *flags]
+        )
         with pytest.raises(SystemExit) as exit_info:
             sample_cli.main(args)
         assert exit_info.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(message), lines
     with pytest.raises(SystemExit):
-        sample_cli._parser().parse_args(["--workdir", "w", "--prompt", "a", "--out", "o.mp4",
-                                         "--dtype", "float16"])
+        sample_cli._parser().parse_args(
+            ["--workdir", "w", "--prompt", "a", "--out", "o.mp4", "--dtype", "float16"]
+        )
     assert not os.listdir(tmp_path)

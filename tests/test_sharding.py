@@ -1,17 +1,13 @@
 """Sharded init and a jitted forward on 8 simulated CPU devices (see conftest.py)."""
 
-import os
-import sys
-
 import flax.linen as nn
 import jax
 import ml_collections
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import tiny  # noqa: E402
-
+from configs import tiny  # noqa: E402
 from harmony_jax.model import HarmonyDiT, ModelConfig  # noqa: E402
 from harmony_jax.model.inputs import example_inputs  # noqa: E402
 from harmony_jax.parallel.mesh import make_mesh, resolve_mesh_shape  # noqa: E402
@@ -37,8 +33,9 @@ def test_sharded_init_and_forward_on_2x2x2_mesh():
     rules = axis_rules(config)
     cfg = ModelConfig.from_config(config.model, video_latent_rate=4.0)
     model = HarmonyDiT(cfg)
-    inputs = example_inputs(cfg, batch=4, video_frames=4, height=8, width=8, audio_frames=16,
-                            audio_rate=62.5)
+    inputs = example_inputs(
+        cfg, batch=4, video_frames=4, height=8, width=8, audio_frames=16, audio_rate=62.5
+    )
     params, shardings = sharded_init(model.init, mesh, rules, jax.random.key(0), *inputs)
 
     layers = params["params"]["layers"]

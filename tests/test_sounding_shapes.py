@@ -13,8 +13,9 @@ FPS, FRAMES, SIZE, SR = 8.0, 16, 32, 16000
 
 @pytest.fixture(scope="module")
 def source():
-    return ss.SoundingShapes(num_clips=64, fps=FPS, num_frames=FRAMES, height=SIZE, width=SIZE,
-                             sample_rate=SR, seed=0)
+    return ss.SoundingShapes(
+        num_clips=64, fps=FPS, num_frames=FRAMES, height=SIZE, width=SIZE, sample_rate=SR, seed=0
+    )
 
 
 def _equal(a: dict, b: dict) -> bool:
@@ -59,8 +60,9 @@ def test_balls_touch_a_wall_exactly_at_bounce_times(source):
     for index in range(20):
         scene = source.scene(index)
         for t, ball in zip(scene.bounce_times, scene.bounce_balls):
-            before, at, after = ss.ball_centres(scene, np.array([t - 1e-3, t, t + 1e-3]),
-                                                SIZE, SIZE)[:, ball]
+            before, at, after = ss.ball_centres(
+                scene, np.array([t - 1e-3, t, t + 1e-3]), SIZE, SIZE
+            )[:, ball]
             gap = np.minimum(at - scene.radius, SIZE - scene.radius - at)  # ball edge to wall
             axis = int(np.argmin(gap))
             assert gap[axis] == pytest.approx(0.0, abs=1e-6)
@@ -87,10 +89,10 @@ def test_audio_sounds_at_bounces_and_is_silent_elsewhere(source):
     for index in range(10):
         clip = source[index]
         audio = clip["audio"]
-        times = clip["bounce_times"][:clip["num_bounces"]]
+        times = clip["bounce_times"][: clip["num_bounces"]]
         for t in times:
             n = int(t * SR)
-            assert np.sqrt(np.mean(audio[n:n + int(0.02 * SR)] ** 2)) > 0.1
+            assert np.sqrt(np.mean(audio[n : n + int(0.02 * SR)] ** 2)) > 0.1
         since = np.arange(len(audio)) / SR - times[:, None]  # [E, S]
         since = np.where(since >= 0, since, np.inf).min(0)
         assert np.abs(audio[since > ss.TONE_LENGTH]).max() == 0.0

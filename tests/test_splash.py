@@ -3,8 +3,6 @@ kernel for every attention the model makes, skips the band's empty blocks, runs 
 and a whole train step with it equals the 'xla' step."""
 
 import functools
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -13,17 +11,20 @@ import ml_collections
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import tiny  # noqa: E402
-
+from configs import tiny  # noqa: E402
 from harmony_jax import plan  # noqa: E402
 from harmony_jax.codecs import interval_centres  # noqa: E402
 from harmony_jax.codecs.wan_vae import WanVAECodec  # noqa: E402
 from harmony_jax.model import attention as attention_lib  # noqa: E402
 from harmony_jax.model.attention import Attention, dot_product_attention  # noqa: E402
 from harmony_jax.model.interaction import band_mask  # noqa: E402
-from harmony_jax.model.splash import (SplashBlocks, band_kernel, block_sizes,  # noqa: E402
-                                      computed_blocks, splash_attention)
+from harmony_jax.model.splash import (  # noqa: E402
+    SplashBlocks,
+    band_kernel,
+    block_sizes,
+    computed_blocks,
+    splash_attention,
+)
 from harmony_jax.parallel.mesh import make_mesh  # noqa: E402
 from harmony_jax.parallel.sharding import axis_rules  # noqa: E402
 from harmony_jax.perf.train_step import random_batch  # noqa: E402
@@ -44,8 +45,13 @@ def _video_times(fps: float, frames: int) -> np.ndarray:
     return WanVAECodec(path="", fps=fps).frame_times(frames)  # geometry only: no weights read
 
 
-def _band(fps: float, latent_frames: int, tokens_per_frame: int, audio_frames: int,
-          window_frames: float = 2.0) -> np.ndarray:
+def _band(
+    fps: float,
+    latent_frames: int,
+    tokens_per_frame: int,
+    audio_frames: int,
+    window_frames: float = 2.0,
+) -> np.ndarray:
     """The model's A2V band [Lv, Ta] (video tokens x audio latents), as `cross_modal_geometry`
     builds it, from the codecs' frame times."""
     v = jnp.asarray(_video_times(fps, latent_frames), jnp.float32)[None]
@@ -57,8 +63,10 @@ def _band(fps: float, latent_frames: int, tokens_per_frame: int, audio_frames: i
 def _grad_check(lq, lk, mask, *, heads=2, head_dim=16, dtype=jnp.float32):
     """The loss value and (q, k, v) gradients of splash against 'xla'."""
     keys = jax.random.split(jax.random.key(lq * 1000 + lk), 3)
-    q, k, v = (jax.random.normal(key, (2, n, heads, head_dim)).astype(dtype)
-               for key, n in zip(keys, (lq, lk, lk)))
+    q, k, v = (
+        jax.random.normal(key, (2, n, heads, head_dim)).astype(dtype)
+        for key, n in zip(keys, (lq, lk, lk))
+    )
     loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v).astype(jnp.float32)))
     grad = lambda fn: jit(jax.value_and_grad(loss(fn), argnums=(0, 1, 2)))
     xla = grad(functools.partial(dot_product_attention, mask=mask))(q, k, v)
@@ -67,19 +75,22 @@ def _grad_check(lq, lk, mask, *, heads=2, head_dim=16, dtype=jnp.float32):
     (xla_loss, xla_grads), (loss_s, grads_s) = xla, splash
     np.testing.assert_allclose(loss_s, xla_loss, rtol=tol)
     for ours, theirs in zip(grads_s, xla_grads):
-        np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(theirs, np.float32),
-                                   atol=tol, rtol=tol)
+        np.testing.assert_allclose(
+            np.asarray(ours, np.float32), np.asarray(theirs, np.float32), atol=tol, rtol=tol
+        )
 
 
 def _outputs_check(lq, lk, mask, dtype=jnp.float32):
     keys = jax.random.split(jax.random.key(7), 3)
-    q, k, v = (jax.random.normal(key, (2, n, 2, 16)).astype(dtype)
-               for key, n in zip(keys, (lq, lk, lk)))
+    q, k, v = (
+        jax.random.normal(key, (2, n, 2, 16)).astype(dtype) for key, n in zip(keys, (lq, lk, lk))
+    )
     ours = jit(lambda q, k, v: splash_attention(q, k, v, mask=mask, blocks=SMALL))(q, k, v)
     theirs = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask))(q, k, v)
     tol = F32_TOL if dtype == jnp.float32 else BF16_TOL
-    np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(theirs, np.float32),
-                               atol=tol, rtol=tol)
+    np.testing.assert_allclose(
+        np.asarray(ours, np.float32), np.asarray(theirs, np.float32), atol=tol, rtol=tol
+    )
 
 
 def test_self_attention_of_lengths_not_block_multiples():
@@ -112,8 +123,10 @@ def test_skipped_blocks_are_never_read():
     blocks = computed_blocks(jnp.asarray(v2a), block_sizes(SMALL, 250, 136))
     assert blocks.tolist() == [[True, False], [True, True]]
     mask = jnp.asarray(np.broadcast_to(v2a, (2, 1) + v2a.shape))
-    q, k, v = (jax.random.normal(key, (2, n, 2, 16)) for key, n in
-               zip(jax.random.split(jax.random.key(3), 3), (250, 136, 136)))
+    q, k, v = (
+        jax.random.normal(key, (2, n, 2, 16))
+        for key, n in zip(jax.random.split(jax.random.key(3), 3), (250, 136, 136))
+    )
     v_nan = v.at[:, 128:].set(jnp.nan)
     ours = splash_attention(q[:, :128], k, v_nan, mask=mask[:, :, :128], blocks=SMALL)
     theirs = jax.nn.dot_product_attention(q[:, :128], k, v, mask=mask[:, :, :128])
@@ -139,18 +152,22 @@ def _analytic_band_blocks(q_times, k_times, window, bq, bk):
     return total
 
 
-@pytest.mark.parametrize("fps,latent_frames,tokens,audio", [
-    (24.0, 31, 16, 157),  # the paper's 121 frames, 24 fps, 5 s of 31.25 Hz audio (4x4 tokens)
-    (8.0, 33, 8, 500),  # 16 s at 8 fps
-])
+@pytest.mark.parametrize(
+    "fps,latent_frames,tokens,audio",
+    [
+        (24.0, 31, 16, 157),  # the paper's 121 frames, 24 fps, 5 s of 31.25 Hz audio (4x4 tokens)
+        (8.0, 33, 8, 500),  # 16 s at 8 fps
+    ],
+)
 def test_band_mask_skips_the_blocks_it_should(fps, latent_frames, tokens, audio):
     band = _band(fps, latent_frames, tokens, audio)
     window = 2.0 / (fps / 4)
     v_times = np.repeat(_video_times(fps, latent_frames), tokens)  # per video token
     a_times = interval_centres(audio, AUDIO_RATE)
     for q_times, k_times, mask in ((v_times, a_times, band), (a_times, v_times, band.T)):
-        blocks = computed_blocks(jnp.asarray(np.ascontiguousarray(mask)),
-                                 block_sizes(SMALL, *mask.shape))
+        blocks = computed_blocks(
+            jnp.asarray(np.ascontiguousarray(mask)), block_sizes(SMALL, *mask.shape)
+        )
         expected = _analytic_band_blocks(q_times, k_times, window, 128, 128)
         assert blocks.sum() == expected < blocks.size  # A2V, then V2A: some blocks skipped
 
@@ -160,8 +177,9 @@ def test_auto_picks_splash_on_tpu(monkeypatch):
     auto = functools.partial(dot_product_attention, implementation="auto")
     assert "pallas_call" not in str(jax.make_jaxpr(auto)(q, q, q))
     monkeypatch.setattr(attention_lib.jax, "default_backend", lambda: "tpu")
-    assert "pallas_call" in str(jax.make_jaxpr(
-        functools.partial(auto, splash_blocks=SMALL))(q, q, q))
+    assert "pallas_call" in str(
+        jax.make_jaxpr(functools.partial(auto, splash_blocks=SMALL))(q, q, q)
+    )
 
 
 def test_block_config_is_checked_and_fitted():
@@ -185,13 +203,16 @@ def test_default_band_tiles_skip_at_the_papers_geometry():
     band = _band(24.0, 31, 880, 157)
     v_times = np.repeat(_video_times(24.0, 31), 880)
     a_times = interval_centres(157, AUDIO_RATE)
-    for q_times, k_times, mask, axis in ((v_times, a_times, band, "kv"),
-                                         (a_times, v_times, band.T, "q")):
+    for q_times, k_times, mask, axis in (
+        (v_times, a_times, band, "kv"),
+        (a_times, v_times, band.T, "q"),
+    ):
         mask = jnp.asarray(np.ascontiguousarray(mask))
         sizes = block_sizes(SplashBlocks(), *mask.shape, band_axis=axis)
         blocks = computed_blocks(mask, sizes)
-        assert blocks.sum() == _analytic_band_blocks(q_times, k_times, 2.0 / 6.0, sizes.block_q,
-                                                     sizes.block_kv)
+        assert blocks.sum() == _analytic_band_blocks(
+            q_times, k_times, 2.0 / 6.0, sizes.block_q, sizes.block_kv
+        )
         assert 0.4 < 1 - blocks.mean() < 0.5
         assert computed_blocks(mask, block_sizes(SplashBlocks(), *mask.shape)).all()
 
@@ -200,19 +221,23 @@ def test_default_band_tiles_skip_at_the_papers_geometry():
 def test_ulysses_runs_the_splash_kernel_on_local_heads():
     """Self-attention with tokens split 4 ways over 'sequence' and the batch 2 ways over 'data':
     splash on each device's heads equals plain 'xla' attention, values and gradients."""
-    config = ml_collections.ConfigDict(dict(
-        mesh=dict(data=2, sequence=4, tensor=1), axis_rules=tiny.get_config().axis_rules))
+    config = ml_collections.ConfigDict(
+        dict(mesh=dict(data=2, sequence=4, tensor=1), axis_rules=tiny.get_config().axis_rules)
+    )
     mesh, rules = make_mesh(config.mesh), axis_rules(config)
     x = jax.random.normal(jax.random.key(0), (2, 24, 32))  # [B, L, D]: 24 pads to 128
     angles = jax.random.uniform(jax.random.key(1), (24, 4), maxval=3.0)
-    layers = {impl: Attention(dim=32, heads=4, implementation=impl, splash_blocks=SMALL)
-              for impl in ("xla", "splash")}
+    layers = {
+        impl: Attention(dim=32, heads=4, implementation=impl, splash_blocks=SMALL)
+        for impl in ("xla", "splash")
+    }
     params = layers["xla"].init(jax.random.key(2), x)
 
     def loss(impl):
         def fn(params, x):
             y = layers[impl].apply(params, x, q_angles=angles, k_angles=angles)
             return jnp.sum(y * jnp.cos(y))
+
         return jit(jax.value_and_grad(fn, argnums=(0, 1)))
 
     plain = loss("xla")(params, x)
@@ -220,8 +245,9 @@ def test_ulysses_runs_the_splash_kernel_on_local_heads():
         split = loss("splash")(params, x)
         hlo = loss("splash").lower(params, x).as_text()
     assert "all_to_all" in hlo or "all-to-all" in hlo
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=F32_TOL),
-                 split, plain)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=F32_TOL), split, plain
+    )
 
 
 def _train_step(attention: str, remat: str):
@@ -257,13 +283,23 @@ def test_whole_train_step_with_splash_equals_xla():
 def test_every_remat_policy_traces_with_splash():
     """Scanned layers under each remat policy ('full' runs in the train step above): the
     kernel's custom gradient goes through every policy."""
+    from test_model import tiny_model_config
+
     from harmony_jax.model import HarmonyDiT
     from harmony_jax.model.inputs import example_inputs
-    from test_model import tiny_model_config
+
     for remat in ("none", "dots", "dots_no_batch"):
         cfg = tiny_model_config(attention="splash", remat=remat, splash=SMALL)
-        inputs = example_inputs(cfg, batch=1, video_frames=2, height=4, width=4,
-                                audio_frames=10, audio_rate=AUDIO_RATE, ref_frames=2)
+        inputs = example_inputs(
+            cfg,
+            batch=1,
+            video_frames=2,
+            height=4,
+            width=4,
+            audio_frames=10,
+            audio_rate=AUDIO_RATE,
+            ref_frames=2,
+        )
         model = HarmonyDiT(cfg)
         params = jax.eval_shape(model.init, jax.random.key(1), *inputs)
         loss = lambda p: sum(jnp.sum(jnp.sin(o)) for o in model.apply(p, *inputs))  # noqa: B023
@@ -274,24 +310,37 @@ def test_every_remat_policy_traces_with_splash():
 def test_band_block_maps_are_built_once_per_geometry(monkeypatch):
     """Two unscanned joint layers make four band attentions (A2V, V2A each); the bands' block
     maps are built twice, in `cross_modal_geometry`, and no attention builds its own."""
+    from test_model import tiny_model_config
+
     from harmony_jax.model import HarmonyDiT, interaction, splash
     from harmony_jax.model.inputs import example_inputs
-    from test_model import tiny_model_config
+
     built = {"geometry": [], "per call": [], "attention": []}
 
     def counting(where, fn):
         def wrapped(mask, sizes, **kw):
             built[where].append((mask.shape, sizes.block_q, sizes.block_kv))
             return fn(mask, sizes, **kw)
+
         return wrapped
+
     monkeypatch.setattr(interaction, "band_kernel", counting("geometry", splash.band_kernel))
     monkeypatch.setattr(splash, "band_kernel", counting("per call", splash.band_kernel))
     attend = splash._band_attention
-    monkeypatch.setattr(splash, "_band_attention",
-                        lambda *a: built["attention"].append(a[0].shape) or attend(*a))
+    monkeypatch.setattr(
+        splash, "_band_attention", lambda *a: built["attention"].append(a[0].shape) or attend(*a)
+    )
     cfg = tiny_model_config(attention="splash", scan_layers=False, depth=2, splash=SMALL)
-    inputs = example_inputs(cfg, batch=1, video_frames=2, height=4, width=4, audio_frames=10,
-                            audio_rate=AUDIO_RATE, ref_frames=2)
+    inputs = example_inputs(
+        cfg,
+        batch=1,
+        video_frames=2,
+        height=4,
+        width=4,
+        audio_frames=10,
+        audio_rate=AUDIO_RATE,
+        ref_frames=2,
+    )
     model = HarmonyDiT(cfg)
     params = jax.eval_shape(model.init, jax.random.key(1), *inputs)
     built["geometry"].clear(), built["attention"].clear()  # init traced the model too
@@ -307,25 +356,31 @@ def test_band_split_over_the_batch_equals_xla():
     """A2V with the batch split 2 ways ('data') and heads 2 ways ('tensor'): each device runs
     its rows of the block map built once outside (`band_kernel`), values and gradients as
     'xla'."""
-    config = ml_collections.ConfigDict(dict(
-        mesh=dict(data=2, sequence=1, tensor=2), axis_rules=tiny.get_config().axis_rules))
+    config = ml_collections.ConfigDict(
+        dict(mesh=dict(data=2, sequence=1, tensor=2), axis_rules=tiny.get_config().axis_rules)
+    )
     mesh, rules = make_mesh(config.mesh, jax.devices()[:4]), axis_rules(config)
     band = _band(24.0, 6, tokens_per_frame=24, audio_frames=40)
     mask = jnp.asarray(np.broadcast_to(band, (2, 1) + band.shape))
     keys = jax.random.split(jax.random.key(5), 3)
-    q, k, v = (jax.random.normal(key, (2, n, 2, 16)) for key, n in
-               zip(keys, (band.shape[0], 40, 40)))
+    q, k, v = (
+        jax.random.normal(key, (2, n, 2, 16)) for key, n in zip(keys, (band.shape[0], 40, 40))
+    )
 
     def loss(attend):
-        return jit(jax.value_and_grad(
-            lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v))), argnums=(0, 1, 2)))
+        return jit(
+            jax.value_and_grad(lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v))), argnums=(0, 1, 2))
+        )
 
     plain = loss(functools.partial(dot_product_attention, mask=mask))(q, k, v)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+
         def splash(q, k, v):
             built = band_kernel(mask, block_sizes(SMALL, band.shape[0], 40))
             return splash_attention(q, k, v, mask=mask, band=built)
+
         split = loss(splash)(q, k, v)
         assert "shard_map" in str(jax.make_jaxpr(splash)(q, k, v))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=F32_TOL),
-                 split, plain)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=F32_TOL), split, plain
+    )

@@ -13,35 +13,43 @@ FRAME = 1.0 / FPS
 
 @pytest.fixture(scope="module")
 def clips():
-    source = SoundingShapes(num_clips=64, fps=FPS, num_frames=16, height=32, width=32,
-                            sample_rate=SR, seed=0)
+    source = SoundingShapes(
+        num_clips=64, fps=FPS, num_frames=16, height=32, width=32, sample_rate=SR, seed=0
+    )
     return [source[i] for i in range(12)]
 
 
 def _truth(clip) -> np.ndarray:
-    return clip["bounce_times"][:clip["num_bounces"]].astype(np.float64)
+    return clip["bounce_times"][: clip["num_bounces"]].astype(np.float64)
 
 
 def _shift(audio: np.ndarray, seconds: float) -> np.ndarray:
     """Audio delayed by `seconds` (advanced if negative), length kept."""
     n = int(round(abs(seconds) * SR))
     silence = np.zeros(n, audio.dtype)
-    return np.concatenate([silence, audio[:-n]]) if seconds > 0 else np.concatenate(
-        [audio[n:], silence])
+    return (
+        np.concatenate([silence, audio[:-n]])
+        if seconds > 0
+        else np.concatenate([audio[n:], silence])
+    )
 
 
 def test_event_f1_on_hand_made_lists():
-    f1, precision, recall = sync.event_f1(np.array([0.5, 1.0, 1.5]),
-                                          np.array([0.52, 1.1, 1.49, 1.8]), tolerance=0.05)
+    f1, precision, recall = sync.event_f1(
+        np.array([0.5, 1.0, 1.5]), np.array([0.52, 1.1, 1.49, 1.8]), tolerance=0.05
+    )
     assert (precision, recall) == pytest.approx((2 / 4, 2 / 3))
     assert f1 == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
-    assert sync.mean_abs_offset_ms(np.array([0.5, 1.0, 1.5]), np.array([0.52, 1.1, 1.49, 1.8]),
-                                   tolerance=0.05) == pytest.approx(15.0)
+    assert sync.mean_abs_offset_ms(
+        np.array([0.5, 1.0, 1.5]), np.array([0.52, 1.1, 1.49, 1.8]), tolerance=0.05
+    ) == pytest.approx(15.0)
     # One-to-one: two estimates near one reference count once, the closer one is kept.
     assert sync.event_f1(np.array([1.0]), np.array([0.98, 1.01]), 0.05) == pytest.approx(
-        (2 / 3, 0.5, 1.0))
+        (2 / 3, 0.5, 1.0)
+    )
     assert sync.mean_abs_offset_ms(np.array([1.0]), np.array([0.98, 1.01]), 0.05) == (
-        pytest.approx(10.0))
+        pytest.approx(10.0)
+    )
     # The matching maximises the number of pairs, not greedily the nearest.
     assert sync.event_f1(np.array([1.0, 1.08]), np.array([1.04, 1.12]), 0.05)[0] == 1.0
     assert sync.event_f1(np.array([1.0]), np.zeros(0), 0.05) == (0.0, 0.0, 0.0)
@@ -81,28 +89,39 @@ def test_metrics_are_perfect_on_ground_truth_clips(clips):
 
 
 def test_shifted_or_shuffled_audio_scores_near_chance(clips):
-    shifted = [sync.clip_sync_metrics(c["video"], FPS, _shift(c["audio"], 0.5), SR)["event_f1"]
-               for c in clips]
-    shuffled = [sync.clip_sync_metrics(c["video"], FPS, clips[(i + 1) % len(clips)]["audio"],
-                                       SR)["event_f1"] for i, c in enumerate(clips)]
+    shifted = [
+        sync.clip_sync_metrics(c["video"], FPS, _shift(c["audio"], 0.5), SR)["event_f1"]
+        for c in clips
+    ]
+    shuffled = [
+        sync.clip_sync_metrics(c["video"], FPS, clips[(i + 1) % len(clips)]["audio"], SR)[
+            "event_f1"
+        ]
+        for i, c in enumerate(clips)
+    ]
     # Chance F1 is about (events per clip) x (2 x tolerance) / duration ~ 0.2 in this world.
     assert np.mean(shifted) < 0.25
     assert np.mean(shuffled) < 0.3
 
 
 def test_av_offset_recovers_a_known_shift(clips):
-    errors = [sync.av_offset(c["video"], FPS, _shift(c["audio"], shift), SR) - shift
-              for c in clips for shift in (0.25, -0.25)]
+    errors = [
+        sync.av_offset(c["video"], FPS, _shift(c["audio"], shift), SR) - shift
+        for c in clips
+        for shift in (0.25, -0.25)
+    ]
     assert np.mean(np.abs(errors) <= FRAME) >= 0.9
     assert np.median(np.abs(errors)) <= 0.02
 
 
 def test_sync_table_averages_per_name():
     row = dict(event_f1=1.0, mean_abs_offset_ms=2.0, av_offset_ms=10.0)
-    table = sync.sync_table({
-        "ground truth": [row, dict(row, event_f1=0.5, mean_abs_offset_ms=float("nan"))],
-        "shuffled": [dict(row, mean_abs_offset_ms=float("nan"))],
-    })
+    table = sync.sync_table(
+        {
+            "ground truth": [row, dict(row, event_f1=0.5, mean_abs_offset_ms=float("nan"))],
+            "shuffled": [dict(row, mean_abs_offset_ms=float("nan"))],
+        }
+    )
     lines = table.splitlines()
     assert lines[2].split() == ["ground", "truth", "0.750", "2.0", "10.0", "2"]
     assert lines[3].split() == ["shuffled", "1.000", "nan", "10.0", "1"]

@@ -17,10 +17,14 @@ SHAPES = dict(video_shape=(B, TV, H, W, CV), audio_shape=(B, TA, CA))
 
 def make_cond(b=B, scale=1.0):
     return Conditioning(
-        video_text=scale * jnp.ones((b, 4, 8)), video_text_mask=jnp.ones((b, 4), bool),
-        audio_text=scale * jnp.ones((b, 4, 8)), audio_text_mask=jnp.ones((b, 4), bool),
-        transcript=jnp.ones((b, 6), jnp.int32), video_time=jnp.zeros((b, TV)),
-        audio_time=jnp.zeros((b, TA)))
+        video_text=scale * jnp.ones((b, 4, 8)),
+        video_text_mask=jnp.ones((b, 4), bool),
+        audio_text=scale * jnp.ones((b, 4, 8)),
+        audio_text_mask=jnp.ones((b, 4), bool),
+        transcript=jnp.ones((b, 6), jnp.int32),
+        video_time=jnp.zeros((b, TV)),
+        audio_time=jnp.zeros((b, TA)),
+    )
 
 
 def run(denoise, rng=0, cond=None, **kw):
@@ -31,7 +35,7 @@ def run(denoise, rng=0, cond=None, **kw):
     return f(jax.random.PRNGKey(rng), make_cond() if cond is None else cond, **traced)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(denoise, static):
     """One jitted sampler per static configuration, so repeated configs compile once."""
     return jax.jit(functools.partial(sample, denoise, **SHAPES, **dict(static)))
@@ -51,8 +55,12 @@ def per_sample(x, ndim):
 def linear_stub(video, audio, t_v, t_a, cond):
     """Each output depends on the other modality's latent and timesteps, so passes differ."""
     v_v = video + 0.5 * per_sample(audio, 5) - 0.25 * per_sample(t_a, 5) / 1000
-    v_a = (audio + 0.75 * per_sample(video, 3) + 0.125 * per_sample(t_v, 3) / 1000
-           + per_sample(cond.video_text, 3))
+    v_a = (
+        audio
+        + 0.75 * per_sample(video, 3)
+        + 0.125 * per_sample(t_v, 3) / 1000
+        + per_sample(cond.video_text, 3)
+    )
     return v_v, v_a
 
 
@@ -62,8 +70,10 @@ def zero_stub(video, audio, t_v, t_a, cond):
 
 def np_syncfg_velocity(z_v, z_a, sigma, anchor, silent, s_v, s_a):
     """Eq. 9-10 written out: three stub evaluations, then the guided combination."""
-    stub = lambda v, a, tv, ta: [np.asarray(x) for x in linear_stub(
-        v, a, np.full((B, TV), tv), np.full((B, TA), ta), make_cond())]
+    stub = lambda v, a, tv, ta: [
+        np.asarray(x)
+        for x in linear_stub(v, a, np.full((B, TV), tv), np.full((B, TA), ta), make_cond())
+    ]
     j_v, j_a = stub(z_v, z_a, 1000 * sigma, 1000 * sigma)
     d_v, _ = stub(z_v, silent, 1000 * sigma, 0.0)
     _, d_a = stub(np.broadcast_to(anchor, z_v.shape), z_a, 0.0, 1000 * sigma)
@@ -101,31 +111,49 @@ def test_text_cfg_combination():
     # uncond on audio only, so video equals the unguided result and audio moves by
     # -(cfg_scale - 1) * (c_a - u_a) = -4.
     plain = run(linear_stub, guidance="none", steps=1)
-    video, audio = run(linear_stub, guidance="cfg", steps=1, cfg_scale=jnp.float32(5.0),
-                       uncond=make_cond(scale=0.0))
+    video, audio = run(
+        linear_stub,
+        guidance="cfg",
+        steps=1,
+        cfg_scale=jnp.float32(5.0),
+        uncond=make_cond(scale=0.0),
+    )
     np.testing.assert_allclose(video, plain[0], atol=1e-5)
     np.testing.assert_allclose(audio, plain[1] - 4.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode,guidance,solver,calls", [
-    ("t2av", "syncfg", "euler", [3 * B]),
-    ("t2av", "syncfg", "heun", [3 * B] * 3),  # predictor, corrector, final Euler step
-    ("a2v", "syncfg", "euler", [2 * B]),  # no audio is generated: no video-driven pass
-    ("v2a", "cfg", "euler", [2 * B]),
-    ("t2av", "none", "euler", [B]),
-])
+@pytest.mark.parametrize(
+    "mode,guidance,solver,calls",
+    [
+        ("t2av", "syncfg", "euler", [3 * B]),
+        ("t2av", "syncfg", "heun", [3 * B] * 3),  # predictor, corrector, final Euler step
+        ("a2v", "syncfg", "euler", [2 * B]),  # no audio is generated: no video-driven pass
+        ("v2a", "cfg", "euler", [2 * B]),
+        ("t2av", "none", "euler", [B]),
+    ],
+)
 def test_passes_are_one_batched_call(mode, guidance, solver, calls):
     seen = []
 
     def counting_stub(video, audio, t_v, t_a, cond):
-        seen.append((video.shape[0], audio.shape[0], t_v.shape[0], t_a.shape[0],
-                     cond.batch_size))
+        seen.append((video.shape[0], audio.shape[0], t_v.shape[0], t_a.shape[0], cond.batch_size))
         return zero_stub(video, audio, t_v, t_a, cond)
 
-    given = dict(a2v=dict(given_audio=jnp.ones((B, TA, CA))),
-                 v2a=dict(given_video=jnp.ones((B, TV, H, W, CV)))).get(mode, {})
-    f = functools.partial(sample, counting_stub, **SHAPES, mode=mode, guidance=guidance,
-                          solver=solver, steps=5, uncond=make_cond(scale=0.0), **given)
+    given = dict(
+        a2v=dict(given_audio=jnp.ones((B, TA, CA))),
+        v2a=dict(given_video=jnp.ones((B, TV, H, W, CV))),
+    ).get(mode, {})
+    f = functools.partial(
+        sample,
+        counting_stub,
+        **SHAPES,
+        mode=mode,
+        guidance=guidance,
+        solver=solver,
+        steps=5,
+        uncond=make_cond(scale=0.0),
+        **given,
+    )
     jax.make_jaxpr(f)(jax.random.PRNGKey(0), make_cond())  # traces the loop body once
     assert seen == [(n,) * 5 for n in calls]
 
@@ -173,8 +201,11 @@ def test_solvers_converge_and_timestep_is_1000_sigma(noise):
             err[solver, n] = np.abs(video - exact).max()
             s = np.asarray(flow.sigma_schedule(n, 1.0), np.float64)
             dt = np.diff(s)
-            drift = (np.sum(dt * s[:-1]) if solver == "euler" else
-                     np.sum(dt[:-1] * (s[:-2] + s[1:-1]) / 2) + dt[-1] * s[-2])
+            drift = (
+                np.sum(dt * s[:-1])
+                if solver == "euler"
+                else np.sum(dt[:-1] * (s[:-2] + s[1:-1]) / 2) + dt[-1] * s[-2]
+            )
             np.testing.assert_allclose(audio - noise[1], drift, atol=1e-5)
     assert 1.5 < err["euler", 8] / err["euler", 16] < 2.5  # first order
     assert 3.0 < err["heun", 8] / err["heun", 16] < 5.0  # second order

@@ -1,18 +1,15 @@
 """End to end on the tiny config: train, checkpoint, resume exactly, periodic samples, logs."""
 
 import os
-import sys
 
 import jax
 import numpy as np
 import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import tiny  # noqa: E402
-
 from clips import read_all  # noqa: E402
-from harmony_jax.training.loop import train_and_evaluate  # noqa: E402
+
+from configs import tiny  # noqa: E402
 from harmony_jax.training.checkpoint import read_config  # noqa: E402
+from harmony_jax.training.loop import train  # noqa: E402
 
 
 def _config(**overrides):
@@ -24,16 +21,16 @@ def _config(**overrides):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("full"))
-    state = train_and_evaluate(_config(sample_every=4), workdir)
+    state = train(_config(sample_every=4), workdir)
     return workdir, state
 
 
 def test_resume_continues_exactly(uninterrupted, tmp_path):
     _, full = uninterrupted
     workdir = str(tmp_path)
-    first = train_and_evaluate(_config(total_steps=2), workdir)
+    first = train(_config(total_steps=2), workdir)
     assert int(first.step) == 2
-    resumed = train_and_evaluate(_config(), workdir)  # same command, longer budget
+    resumed = train(_config(), workdir)  # same command, longer budget
     assert int(resumed.step) == 4
     for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

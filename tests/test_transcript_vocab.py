@@ -1,14 +1,9 @@
 """F5-TTS vocabulary ids reach the data pipeline and the sampler via `init.transcript_from`."""
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import tiny  # noqa: E402
-
+from configs import tiny  # noqa: E402
 from harmony_jax import generation  # noqa: E402
 from harmony_jax.codecs.text import TranscriptTokenizer  # noqa: E402
 from harmony_jax.data.pipeline import make_train_iterator  # noqa: E402
@@ -37,9 +32,16 @@ def test_transcript_from_sets_the_ids_of_pipeline_and_sampler(tmp_path):
     system = build_system(config)
     batch = generation.prompt_batch(system, ["a ball"], transcripts=["hi ab"])
     assert batch["transcript_ids"][0, :5].tolist() == [5, 6, 1, 2, 3]
-    train_batch = next(make_train_iterator(config, system.text_encoder, seed=0,
-                                           block=0, blocks=1,
-                                           transcript_tokenizer=system.transcript_tokenizer))
+    train_batch = next(
+        make_train_iterator(
+            config,
+            system.text_encoder,
+            seed=0,
+            block=0,
+            blocks=1,
+            transcript_tokenizer=system.transcript_tokenizer,
+        )
+    )
     ids = train_batch["transcript_ids"]
     assert ids.max() < config.model.transcript.vocab_size and np.all(ids == 0)  # no speech here
 

@@ -9,7 +9,8 @@ framed audio, (i + 0.5) / latent_rate for the mel codec (see `interval_centres`)
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax

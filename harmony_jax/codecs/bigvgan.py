@@ -45,14 +45,19 @@ class BigVGANConfig:
 
     def __post_init__(self):
         if self.resblock not in ("1", "2") or self.activation not in ACTIVATIONS:
-            raise ValueError(f"BigVGANConfig: resblock must be '1' or '2' and activation one of "
-                             f"{ACTIVATIONS}, got {self.resblock!r}, {self.activation!r}")
+            raise ValueError(
+                f"BigVGANConfig: resblock must be '1' or '2' and activation one of "
+                f"{ACTIVATIONS}, got {self.resblock!r}, {self.activation!r}"
+            )
         if len(self.upsample_rates) != len(self.upsample_kernel_sizes) or len(
-                self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
-            raise ValueError(f"BigVGANConfig: upsample_rates {self.upsample_rates} / kernel sizes "
-                             f"{self.upsample_kernel_sizes} and resblock kernel sizes "
-                             f"{self.resblock_kernel_sizes} / dilations "
-                             f"{self.resblock_dilation_sizes} must pair up")
+            self.resblock_kernel_sizes
+        ) != len(self.resblock_dilation_sizes):
+            raise ValueError(
+                f"BigVGANConfig: upsample_rates {self.upsample_rates} / kernel sizes "
+                f"{self.upsample_kernel_sizes} and resblock kernel sizes "
+                f"{self.resblock_kernel_sizes} / dilations "
+                f"{self.resblock_dilation_sizes} must pair up"
+            )
 
     @property
     def hop_length(self) -> int:
@@ -61,8 +66,12 @@ class BigVGANConfig:
 
 
 BIGVGAN_V2_44K = BigVGANConfig(  # nvidia/bigvgan_v2_44khz_128band_512x, MMAudio's 44.1 kHz vocoder
-    num_mels=128, upsample_rates=(8, 4, 2, 2, 2, 2), upsample_kernel_sizes=(16, 8, 4, 4, 4, 4),
-    use_tanh_at_final=False, use_bias_at_final=False)
+    num_mels=128,
+    upsample_rates=(8, 4, 2, 2, 2, 2),
+    upsample_kernel_sizes=(16, 8, 4, 4, 4, 4),
+    use_tanh_at_final=False,
+    use_bias_at_final=False,
+)
 
 
 def kaiser_sinc_filter(cutoff: float, half_width: float, kernel_size: int) -> np.ndarray:
@@ -85,15 +94,22 @@ def kaiser_sinc_filter(cutoff: float, half_width: float, kernel_size: int) -> np
     return (taps / taps.sum()).astype(np.float32)
 
 
-def _depthwise(x: jax.Array, taps: np.ndarray, *, stride: int = 1, dilate: int = 1,
-               pad: int = 0) -> jax.Array:
+def _depthwise(
+    x: jax.Array, taps: np.ndarray, *, stride: int = 1, dilate: int = 1, pad: int = 0
+) -> jax.Array:
     """The same 1-D filter on every channel of [B, T, C]: a correlation with `stride`, over the
     input with `dilate - 1` zeros stuffed between samples and then `pad` zeros on each side."""
     kernel = jnp.broadcast_to(jnp.asarray(taps)[:, None, None], (len(taps), 1, x.shape[-1]))
     return jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), window_strides=(stride,), padding=[(pad, pad)],
-        lhs_dilation=(dilate,), dimension_numbers=("NWC", "WIO", "NWC"),
-        feature_group_count=x.shape[-1], precision=jax.lax.Precision.HIGHEST)
+        x,
+        kernel.astype(x.dtype),
+        window_strides=(stride,),
+        padding=[(pad, pad)],
+        lhs_dilation=(dilate,),
+        dimension_numbers=("NWC", "WIO", "NWC"),
+        feature_group_count=x.shape[-1],
+        precision=jax.lax.Precision.HIGHEST,
+    )
 
 
 def upsample2(x: jax.Array) -> jax.Array:
@@ -107,7 +123,7 @@ def upsample2(x: jax.Array) -> jax.Array:
     x = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)), mode="edge")
     # A transposed conv = a correlation with the flipped filter over the zero-stuffed input.
     full = _depthwise(x, RATIO * taps[::-1], dilate=RATIO, pad=k - 1)
-    return full[:, crop_left:full.shape[1] - crop_right]
+    return full[:, crop_left : full.shape[1] - crop_right]
 
 
 def downsample2(x: jax.Array) -> jax.Array:
@@ -149,12 +165,20 @@ class Activation1d(nn.Module):
         return downsample2(act(upsample2(x)))
 
 
-def _conv(features: int, kernel: int, dilation: int = 1, *, name: str,
-          use_bias: bool = True) -> nn.Conv:
+def _conv(
+    features: int, kernel: int, dilation: int = 1, *, name: str, use_bias: bool = True
+) -> nn.Conv:
     """torch's Conv1d(kernel, dilation, padding=dilation * (kernel - 1) // 2): length kept."""
     pad = dilation * (kernel - 1) // 2
-    return nn.Conv(features, (kernel,), kernel_dilation=(dilation,), padding=[(pad, pad)],
-                   use_bias=use_bias, precision=jax.lax.Precision.HIGHEST, name=name)
+    return nn.Conv(
+        features,
+        (kernel,),
+        kernel_dilation=(dilation,),
+        padding=[(pad, pad)],
+        use_bias=use_bias,
+        precision=jax.lax.Precision.HIGHEST,
+        name=name,
+    )
 
 
 class ConvTranspose1d(nn.Module):
@@ -168,14 +192,20 @@ class ConvTranspose1d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, s = self.kernel_size, self.stride
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, x.shape[-1],
-                                                                       self.features))
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (k, x.shape[-1], self.features)
+        )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         pad = k - 1 - (k - s) // 2  # a correlation with the flipped kernel over stuffed input
         y = jax.lax.conv_general_dilated(
-            x, kernel[::-1].astype(x.dtype), window_strides=(1,), padding=[(pad, pad)],
-            lhs_dilation=(s,), dimension_numbers=("NWC", "WIO", "NWC"),
-            precision=jax.lax.Precision.HIGHEST)
+            x,
+            kernel[::-1].astype(x.dtype),
+            window_strides=(1,),
+            padding=[(pad, pad)],
+            lhs_dilation=(s,),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+            precision=jax.lax.Precision.HIGHEST,
+        )
         return y + bias
 
 
@@ -217,11 +247,18 @@ class BigVGAN(nn.Module):
         x = _conv(c.upsample_initial_channel, 7, name="conv_pre")(mel.astype(jnp.float32))
         kernels = len(c.resblock_kernel_sizes)
         for i, (rate, size) in enumerate(zip(c.upsample_rates, c.upsample_kernel_sizes)):
-            x = ConvTranspose1d(c.upsample_initial_channel // 2 ** (i + 1), size, rate,
-                                name=f"ups_{i}")(x)  # [B, T * prod(rates[:i+1]), C_i]
-            x = sum(AMPBlock(c, k, tuple(d), name=f"resblocks_{i * kernels + j}")(x)
-                    for j, (k, d) in enumerate(zip(c.resblock_kernel_sizes,
-                                                   c.resblock_dilation_sizes))) / kernels
+            x = ConvTranspose1d(
+                c.upsample_initial_channel // 2 ** (i + 1), size, rate, name=f"ups_{i}"
+            )(x)  # [B, T * prod(rates[:i+1]), C_i]
+            x = (
+                sum(
+                    AMPBlock(c, k, tuple(d), name=f"resblocks_{i * kernels + j}")(x)
+                    for j, (k, d) in enumerate(
+                        zip(c.resblock_kernel_sizes, c.resblock_dilation_sizes)
+                    )
+                )
+                / kernels
+            )
         x = Activation1d(c, name="activation_post")(x)
         x = _conv(1, 7, name="conv_post", use_bias=c.use_bias_at_final)(x)[..., 0]  # [B, S]
         return jnp.tanh(x) if c.use_tanh_at_final else jnp.clip(x, -1.0, 1.0)

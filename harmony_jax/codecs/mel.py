@@ -37,16 +37,16 @@ def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels).T
 
 
-def stft_power(wave: jax.Array, n_fft: int, hop_length: int, pad_mode: str = "constant"
-               ) -> jax.Array:
+def stft_power(
+    wave: jax.Array, n_fft: int, hop_length: int, pad_mode: str = "constant"
+) -> jax.Array:
     """|STFT|^2 [B, S // hop, n_fft // 2 + 1] of wave [B, S] with the framing above: periodic-Hann
     frames of n_fft samples centred on (i + 0.5) * hop, the wave padded by (n_fft - hop) / 2 on
     each side (`pad_mode` as `jnp.pad`'s: zeros here, 'reflect' for MMAudio's front end)."""
     pad = (n_fft - hop_length) // 2
     num_frames = wave.shape[1] // hop_length
     padded = jnp.pad(wave.astype(jnp.float32), ((0, 0), (pad, pad)), mode=pad_mode)
-    index = (np.arange(num_frames)[:, None] * hop_length
-             + np.arange(n_fft)[None, :])  # [Ta, n_fft]
+    index = np.arange(num_frames)[:, None] * hop_length + np.arange(n_fft)[None, :]  # [Ta, n_fft]
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
     frames = padded[:, index] * window.astype(np.float32)  # [B, Ta, n_fft]
     return jnp.abs(jnp.fft.rfft(frames, axis=-1)) ** 2
@@ -66,7 +66,8 @@ class MelCodec:
         if self.n_fft % 2 or self.hop_length % 2 or self.hop_length > self.n_fft:
             raise ValueError(
                 f"MelCodec needs even n_fft >= even hop_length (config.codecs.audio), got "
-                f"n_fft={self.n_fft}, hop_length={self.hop_length}")
+                f"n_fft={self.n_fft}, hop_length={self.hop_length}"
+            )
 
     @property
     def latent_channels(self) -> int:
@@ -107,8 +108,10 @@ class MelCodec:
 
     def encode(self, wave: jax.Array) -> jax.Array:
         if wave.ndim != 2 or wave.shape[1] < self.hop_length:
-            raise ValueError(f"MelCodec.encode wants wave [B, S] with S >= hop_length="
-                             f"{self.hop_length}, got {wave.shape}")
+            raise ValueError(
+                f"MelCodec.encode wants wave [B, S] with S >= hop_length="
+                f"{self.hop_length}, got {wave.shape}"
+            )
         power = stft_power(wave, self.n_fft, self.hop_length)  # [B, Ta, n_fft // 2 + 1]
         mel = power @ self._mel_basis  # [B, Ta, n_mels]
         return (jnp.log(jnp.maximum(mel, LOG_MEL_FLOOR)) - LOG_MEL_MEAN) / LOG_MEL_SCALE
@@ -117,16 +120,23 @@ class MelCodec:
         """Griffin-Lim (fixed phase seed, so decoding is deterministic) -> float32 [B, Ta * hop]."""
         latents = np.asarray(latents, np.float32)  # [B, Ta, n_mels]
         if latents.ndim != 3 or latents.shape[-1] != self.n_mels:
-            raise ValueError(f"MelCodec.decode wants latents [B, Ta, {self.n_mels}], got "
-                             f"{latents.shape}")
+            raise ValueError(
+                f"MelCodec.decode wants latents [B, Ta, {self.n_mels}], got {latents.shape}"
+            )
         # Guided samples can leave the encoder's range; clipped to it (the floor, and the power
         # of a full-scale tone) so exp never overflows into a non-finite waveform.
-        log_mel = np.clip(latents * LOG_MEL_SCALE + LOG_MEL_MEAN, np.log(LOG_MEL_FLOOR),
-                          2.0 * np.log(self.n_fft))
+        log_mel = np.clip(
+            latents * LOG_MEL_SCALE + LOG_MEL_MEAN, np.log(LOG_MEL_FLOOR), 2.0 * np.log(self.n_fft)
+        )
         mel = np.exp(log_mel).transpose(0, 2, 1)  # [B, n_mels, Ta]
         magnitude = np.sqrt(self._linear_power(mel))  # [B, n_fft // 2 + 1, Ta]
         wave = librosa.griffinlim(
-            magnitude, n_iter=self.griffin_lim_iters, hop_length=self.hop_length,
-            n_fft=self.n_fft, center=False, random_state=0)  # [B, (Ta - 1) * hop + n_fft]
+            magnitude,
+            n_iter=self.griffin_lim_iters,
+            hop_length=self.hop_length,
+            n_fft=self.n_fft,
+            center=False,
+            random_state=0,
+        )  # [B, (Ta - 1) * hop + n_fft]
         num_samples = latents.shape[1] * self.hop_length
-        return np.ascontiguousarray(wave[:, self._pad:self._pad + num_samples], np.float32)
+        return np.ascontiguousarray(wave[:, self._pad : self._pad + num_samples], np.float32)

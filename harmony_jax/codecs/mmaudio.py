@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,11 +51,15 @@ class Variant:
 
     def __post_init__(self):
         if self.vae.n_mels != self.vocoder.num_mels:
-            raise ValueError(f"MMAudio variant: the VAE has {self.vae.n_mels} mel bands, the "
-                             f"vocoder {self.vocoder.num_mels}")
+            raise ValueError(
+                f"MMAudio variant: the VAE has {self.vae.n_mels} mel bands, the "
+                f"vocoder {self.vocoder.num_mels}"
+            )
         if self.vocoder.hop_length != self.hop_length:
-            raise ValueError(f"MMAudio variant: the vocoder makes {self.vocoder.hop_length} "
-                             f"samples a mel frame, the mel hop is {self.hop_length}")
+            raise ValueError(
+                f"MMAudio variant: the vocoder makes {self.vocoder.hop_length} "
+                f"samples a mel frame, the mel hop is {self.hop_length}"
+            )
 
     @property
     def latent_rate(self) -> float:
@@ -62,10 +67,17 @@ class Variant:
 
 
 VARIANTS = {
-    "16k": Variant(16000, 1024, 256, 10.0, VAEConfig(n_mels=80, embed_dim=20, hidden_dim=384),
-                   BigVGANConfig()),
-    "44k": Variant(44100, 2048, 512, math.e, VAEConfig(n_mels=128, embed_dim=40, hidden_dim=512),
-                   BIGVGAN_V2_44K),
+    "16k": Variant(
+        16000, 1024, 256, 10.0, VAEConfig(n_mels=80, embed_dim=20, hidden_dim=384), BigVGANConfig()
+    ),
+    "44k": Variant(
+        44100,
+        2048,
+        512,
+        math.e,
+        VAEConfig(n_mels=128, embed_dim=40, hidden_dim=512),
+        BIGVGAN_V2_44K,
+    ),
 }
 
 
@@ -86,7 +98,7 @@ def log_mel(wave: jax.Array, variant: Variant) -> jax.Array:
     return jnp.log(jnp.maximum(mel, MEL_FLOOR)) / np.log(variant.log_base)  # [B, T, n_mels]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _programs(variant: Variant) -> tuple[Callable, Callable, Callable]:
     """Jitted (encode, decode to mel, vocode) of a variant, shared by all its codecs (weights are
     arguments), so a codec built anew compiles nothing it already did."""
@@ -137,6 +149,7 @@ class MMAudioCodec:
     def vae_weights(self) -> tuple[Any, jax.Array, jax.Array]:
         """(params, data_mean [n_mels], data_std [n_mels]), read from `path` on first use."""
         from harmony_jax.convert.mmaudio_vae import load_vae
+
         with jax.ensure_compile_time_eval():  # first use may be inside a trace
             return jax.tree.map(jnp.asarray, load_vae(self.path, self.variant.vae))
 
@@ -144,22 +157,26 @@ class MMAudioCodec:
     def vocoder_weights(self) -> Any:
         """BigVGAN params, read from `vocoder_path` on first use."""
         from harmony_jax.convert.bigvgan import load_bigvgan
+
         with jax.ensure_compile_time_eval():
             return jax.tree.map(jnp.asarray, load_bigvgan(self.vocoder_path, self.variant.vocoder))
 
     def encode(self, wave: jax.Array) -> jax.Array:
         minimum = self.variant.hop_length * self.variant.vae.downsample
         if wave.ndim != 2 or wave.shape[1] < minimum:
-            raise ValueError(f"MMAudioCodec.encode wants wave [B, S] with S >= {minimum} samples,"
-                             f" got {wave.shape}")
+            raise ValueError(
+                f"MMAudioCodec.encode wants wave [B, S] with S >= {minimum} samples,"
+                f" got {wave.shape}"
+            )
         latents = _programs(self.variant)[0](self.vae_weights, wave)  # [B, T // 2, C]
         return jax.lax.stop_gradient(latents)
 
     def decode_mel(self, latents: jax.Array) -> jax.Array:
         """Latents [B, Ta, C] -> the VAE's log-mel [B, 2 Ta, n_mels] (what the vocoder hears)."""
         if latents.ndim != 3 or latents.shape[-1] != self.latent_channels:
-            raise ValueError(f"MMAudioCodec wants latents [B, Ta, {self.latent_channels}], got "
-                             f"{latents.shape}")
+            raise ValueError(
+                f"MMAudioCodec wants latents [B, Ta, {self.latent_channels}], got {latents.shape}"
+            )
         return _programs(self.variant)[1](self.vae_weights, latents)
 
     def decode(self, latents: jax.Array) -> np.ndarray:

@@ -49,7 +49,7 @@ def mp_silu(x: jax.Array) -> jax.Array:
 
 
 def mp_sum(a: jax.Array, b: jax.Array, t: float = _MP_SUM_T) -> jax.Array:
-    return (a + t * (b - a)) / np.sqrt((1 - t) ** 2 + t ** 2)
+    return (a + t * (b - a)) / np.sqrt((1 - t) ** 2 + t**2)
 
 
 def pixel_norm(x: jax.Array, axis: int = -1) -> jax.Array:
@@ -68,8 +68,14 @@ def fold_mp_weight(weight: np.ndarray) -> np.ndarray:
 
 def _conv(features: int, kernel: int = 3, *, name: str) -> nn.Conv:
     """MPConv1D after weight normalisation: bias-free, 'same' padding kernel // 2."""
-    return nn.Conv(features, (kernel,), padding=[(kernel // 2, kernel // 2)], use_bias=False,
-                   precision=jax.lax.Precision.HIGHEST, name=name)
+    return nn.Conv(
+        features,
+        (kernel,),
+        padding=[(kernel // 2, kernel // 2)],
+        use_bias=False,
+        precision=jax.lax.Precision.HIGHEST,
+        name=name,
+    )
 
 
 class ResnetBlock(nn.Module):
@@ -132,11 +138,17 @@ class GainConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, gain: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, x.shape[-1],
-                                                                       self.features))
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (3, x.shape[-1], self.features)
+        )
         return jax.lax.conv_general_dilated(
-            x, kernel * (1.0 + gain), window_strides=(1,), padding=[(1, 1)],
-            dimension_numbers=("NWC", "WIO", "NWC"), precision=jax.lax.Precision.HIGHEST)
+            x,
+            kernel * (1.0 + gain),
+            window_strides=(1,),
+            padding=[(1, 1)],
+            dimension_numbers=("NWC", "WIO", "NWC"),
+            precision=jax.lax.Precision.HIGHEST,
+        )
 
 
 class Level(nn.Module):
@@ -168,8 +180,12 @@ class Encoder(nn.Module):
         gain = self.param("learnable_gain", nn.initializers.zeros_init(), ())
         h = _conv(c.hidden_dim, name="conv_in")(x)
         for i, mult in enumerate(c.ch_mult):
-            h = Level(c.hidden_dim * mult, c.num_res_blocks,
-                      "down" if i in c.down_layers else "", name=f"down_{i}")(h)
+            h = Level(
+                c.hidden_dim * mult,
+                c.num_res_blocks,
+                "down" if i in c.down_layers else "",
+                name=f"down_{i}",
+            )(h)
         h = Middle(name="mid")(h)
         return GainConv(2 * c.embed_dim, name="conv_out")(mp_silu(h), gain)
 
@@ -187,8 +203,12 @@ class Decoder(nn.Module):
         h = Middle(name="mid")(h)
         for i in reversed(range(len(c.ch_mult))):
             # MMAudio's decoder upsamples at the level above each encoder downsampling.
-            h = Level(c.hidden_dim * c.ch_mult[i], c.num_res_blocks + 1,
-                      "up" if i - 1 in c.down_layers else "", name=f"up_{i}")(h)
+            h = Level(
+                c.hidden_dim * c.ch_mult[i],
+                c.num_res_blocks + 1,
+                "up" if i - 1 in c.down_layers else "",
+                name=f"up_{i}",
+            )(h)
         return GainConv(c.n_mels, name="conv_out")(mp_silu(h), gain)
 
 

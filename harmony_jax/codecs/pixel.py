@@ -8,7 +8,6 @@ import jax
 import numpy as np
 
 
-
 @dataclasses.dataclass(frozen=True)
 class PixelCodec:
     """Latent = frame, so Cv = 3 and the latent rate is the frame rate. Frame i is the scene at

@@ -10,7 +10,8 @@ codecs read their weights lazily (on first encode / decode), so wrapping one loa
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -82,10 +83,13 @@ class PrecomputedText:
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         if any(texts):
-            raise ValueError("a run trained from precomputed text embeddings can embed only the "
-                             "empty prompt; prompts need the text encoder (build_system)")
-        return pad_tokens(np.broadcast_to(self.empty, (len(texts), *self.empty.shape)),
-                          self.max_len)
+            raise ValueError(
+                "a run trained from precomputed text embeddings can embed only the "
+                "empty prompt; prompts need the text encoder (build_system)"
+            )
+        return pad_tokens(
+            np.broadcast_to(self.empty, (len(texts), *self.empty.shape)), self.max_len
+        )
 
 
 def pad_tokens(embeddings: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ import logging
 import pathlib
 import re
 import zlib
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -29,8 +29,9 @@ _WORD = re.compile(r"[^\W\d_]+")  # runs of letters (any script)
 
 def word_ids(text: str, vocab_size: int) -> list[int]:
     """Hashed ids of the words of `text`, without padding or end token."""
-    return [2 + zlib.crc32(w.encode("utf-8")) % (vocab_size - 2)
-            for w in _WORD.findall(text.lower())]
+    return [
+        2 + zlib.crc32(w.encode("utf-8")) % (vocab_size - 2) for w in _WORD.findall(text.lower())
+    ]
 
 
 def _named(init, *axes: str):
@@ -48,23 +49,39 @@ class DemoTextEmbedder(nn.Module):
     def __call__(self, ids: jax.Array) -> jax.Array:
         if ids.shape[-1] > self.max_len:
             raise ValueError(
-                f"DemoTextEmbedder: ids {ids.shape} longer than max_len={self.max_len}")
-        normal, zeros, ones = (nn.initializers.normal(0.02), nn.initializers.zeros,
-                               nn.initializers.ones)
+                f"DemoTextEmbedder: ids {ids.shape} longer than max_len={self.max_len}"
+            )
+        normal, zeros, ones = (
+            nn.initializers.normal(0.02),
+            nn.initializers.zeros,
+            nn.initializers.ones,
+        )
         kernel = nn.initializers.lecun_normal()
-        x = nn.Embed(self.vocab_size, self.dim, name="token",
-                     embedding_init=_named(normal, "vocab", "embed"))(ids)  # [B, L, Dt]
-        pos = self.param("position", _named(normal, "length", "embed"),
-                         (self.max_len, self.dim))  # [Lmax, Dt]
+        x = nn.Embed(
+            self.vocab_size, self.dim, name="token", embedding_init=_named(normal, "vocab", "embed")
+        )(ids)  # [B, L, Dt]
+        pos = self.param(
+            "position", _named(normal, "length", "embed"), (self.max_len, self.dim)
+        )  # [Lmax, Dt]
         x = x + pos[: ids.shape[-1]]
-        h = nn.LayerNorm(name="mlp_norm", scale_init=_named(ones, "embed"),
-                         bias_init=_named(zeros, "embed"))(x)
-        h = nn.Dense(2 * self.dim, name="mlp_in", kernel_init=_named(kernel, "embed", "mlp"),
-                     bias_init=_named(zeros, "mlp"))(h)  # [B, L, 2 Dt]
-        h = nn.Dense(self.dim, name="mlp_out", kernel_init=_named(kernel, "mlp", "embed"),
-                     bias_init=_named(zeros, "embed"))(nn.gelu(h))
-        return nn.LayerNorm(name="out_norm", scale_init=_named(ones, "embed"),
-                            bias_init=_named(zeros, "embed"))(x + h)  # [B, L, Dt]
+        h = nn.LayerNorm(
+            name="mlp_norm", scale_init=_named(ones, "embed"), bias_init=_named(zeros, "embed")
+        )(x)
+        h = nn.Dense(
+            2 * self.dim,
+            name="mlp_in",
+            kernel_init=_named(kernel, "embed", "mlp"),
+            bias_init=_named(zeros, "mlp"),
+        )(h)  # [B, L, 2 Dt]
+        h = nn.Dense(
+            self.dim,
+            name="mlp_out",
+            kernel_init=_named(kernel, "mlp", "embed"),
+            bias_init=_named(zeros, "embed"),
+        )(nn.gelu(h))
+        return nn.LayerNorm(
+            name="out_norm", scale_init=_named(ones, "embed"), bias_init=_named(zeros, "embed")
+        )(x + h)  # [B, L, Dt]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +95,10 @@ class DemoTextEncoder:
 
     def __post_init__(self):
         if self.vocab_size < 3 or self.max_len < 1:
-            raise ValueError(f"DemoTextEncoder needs vocab_size >= 3 and max_len >= 1 "
-                             f"(config.codecs.text), got {self.vocab_size}, {self.max_len}")
+            raise ValueError(
+                f"DemoTextEncoder needs vocab_size >= 3 and max_len >= 1 "
+                f"(config.codecs.text), got {self.vocab_size}, {self.max_len}"
+            )
 
     @property
     def module(self) -> DemoTextEmbedder:
@@ -90,8 +109,12 @@ class DemoTextEncoder:
         for row, text in enumerate(texts):
             words = word_ids(text, self.vocab_size)
             if len(words) > self.max_len - 1:
-                logging.warning("Text prompt truncated to %d words (config.codecs.text.max_len=%d)"
-                                ": %r", self.max_len - 1, self.max_len, text)
+                logging.warning(
+                    "Text prompt truncated to %d words (config.codecs.text.max_len=%d): %r",
+                    self.max_len - 1,
+                    self.max_len,
+                    text,
+                )
                 words = words[: self.max_len - 1]
             ids[row, : len(words) + 1] = words + [END_ID]
         return ids, ids != PAD_ID
@@ -105,14 +128,17 @@ def encode_transcript(texts: Sequence[str], max_len: int) -> np.ndarray:
     return _padded(codes, texts, max_len, "bytes")
 
 
-def _padded(codes: Sequence[Sequence[int]], texts: Sequence, max_len: int,
-            unit: str) -> np.ndarray:
+def _padded(codes: Sequence[Sequence[int]], texts: Sequence, max_len: int, unit: str) -> np.ndarray:
     """Rows of ids -> int32 [B, max_len], 0-padded; longer rows truncated with a warning."""
     ids = np.zeros((len(codes), max_len), np.int32)  # [B, Lc]
     for row, (row_codes, text) in enumerate(zip(codes, texts)):
         if len(row_codes) > max_len:
-            logging.warning("Transcript truncated to %d %s (config.model.transcript.max_len): "
-                            "%r", max_len, unit, text)
+            logging.warning(
+                "Transcript truncated to %d %s (config.model.transcript.max_len): %r",
+                max_len,
+                unit,
+                text,
+            )
             row_codes = row_codes[:max_len]
         ids[row, : len(row_codes)] = row_codes
     return ids
@@ -128,8 +154,9 @@ def parse_vocab(text: str, source: str) -> dict[str, int]:
     vocab: dict[str, int] = {}
     for index, token in enumerate(lines):
         if token in vocab:
-            raise ValueError(f"{source}: token {token!r} on lines {vocab[token] + 1} and "
-                             f"{index + 1}")
+            raise ValueError(
+                f"{source}: token {token!r} on lines {vocab[token] + 1} and {index + 1}"
+            )
         vocab[token] = index
     if not vocab:
         raise ValueError(f"{source}: empty vocabulary")
@@ -141,8 +168,9 @@ def read_vocab(path: str | pathlib.Path) -> dict[str, int]:
     return parse_vocab(pathlib.Path(path).read_text(encoding="utf-8"), str(path))
 
 
-def encode_transcript_vocab(texts: Sequence[str | Sequence[str]], vocab: Mapping[str, int],
-                            max_len: int) -> np.ndarray:
+def encode_transcript_vocab(
+    texts: Sequence[str | Sequence[str]], vocab: Mapping[str, int], max_len: int
+) -> np.ndarray:
     """Transcript ids for an F5-TTS-vocabulary encoder: vocabulary index + 1 (F5's `text + 1`),
     0 = padding -> int32 [B, max_len]. A text is a string (one token per character, F5's 'char'
     tokenizer) or a token list (e.g. F5's pinyin tokens); a token outside `vocab` takes
@@ -159,7 +187,7 @@ class TranscriptTokenizer:
     the demo's). Picklable, so grain worker processes can run it."""
 
     max_len: int
-    vocab: Optional[Mapping[str, int]] = None
+    vocab: Mapping[str, int] | None = None
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if self.vocab is None:

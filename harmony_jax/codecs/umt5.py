@@ -19,7 +19,7 @@ import html
 import logging
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -54,8 +54,11 @@ def relative_buckets(length: int, num_buckets: int, max_distance: int) -> np.nda
     half = num_buckets // 2
     exact = half // 2
     dist = np.abs(rel)
-    log_ratio = (np.log(np.maximum(dist, 1).astype(np.float32) / exact)
-                 / np.float32(math.log(max_distance / exact)) * np.float32(half - exact))
+    log_ratio = (
+        np.log(np.maximum(dist, 1).astype(np.float32) / exact)
+        / np.float32(math.log(max_distance / exact))
+        * np.float32(half - exact)
+    )
     large = np.minimum(exact + log_ratio.astype(np.int64), half - 1)
     return ((rel > 0) * half + np.where(dist < exact, dist, large)).astype(np.int32)
 
@@ -86,11 +89,13 @@ class UMT5Layer(nn.Module):
         cfg = self.config
         b, length, _ = x.shape
         h = RMSNorm(cfg.eps, name="attn_norm")(x)
-        q, k, v = (_dense(cfg.num_heads * cfg.d_kv, n)(h).reshape(b, length, cfg.num_heads,
-                                                                   cfg.d_kv)
-                   for n in ("q", "k", "v"))  # [B, L, H, dk]
-        table = self.param("relative_attention_bias", nn.initializers.normal(1.0),
-                           (cfg.num_buckets, cfg.num_heads))
+        q, k, v = (
+            _dense(cfg.num_heads * cfg.d_kv, n)(h).reshape(b, length, cfg.num_heads, cfg.d_kv)
+            for n in ("q", "k", "v")
+        )  # [B, L, H, dk]
+        table = self.param(
+            "relative_attention_bias", nn.initializers.normal(1.0), (cfg.num_buckets, cfg.num_heads)
+        )
         position = table.astype(jnp.float32)[buckets].transpose(2, 0, 1)  # [H, Lq, Lk]
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) + position + bias  # no 1/sqrt(dk) in T5
         attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
@@ -109,14 +114,18 @@ class UMT5Encoder(nn.Module):
     def __call__(self, ids: Array) -> Array:
         cfg = self.config
         mask = ids != PAD_ID  # [B, L]
-        table = self.param("embedding", nn.initializers.normal(1.0),
-                           (cfg.vocab_size, cfg.d_model))
+        table = self.param("embedding", nn.initializers.normal(1.0), (cfg.vocab_size, cfg.d_model))
         x = jnp.take(table, ids, axis=0).astype(jnp.float32)  # [B, L, D]
         # transformers' additive mask: the dtype's minimum, so all-padding rows stay finite
         bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]  # [B,1,1,Lk]
         buckets = jnp.asarray(relative_buckets(ids.shape[1], cfg.num_buckets, cfg.max_distance))
-        layers = nn.scan(UMT5Layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                         in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers)
+        layers = nn.scan(
+            UMT5Layer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+        )
         x, _ = layers(cfg, name="layers")(x, bias, buckets)
         x = RMSNorm(cfg.eps, name="final_norm")(x)
         return jnp.where(mask[..., None], x, 0.0)
@@ -155,6 +164,7 @@ class UMT5TextEncoder:
     @functools.cached_property
     def params(self):
         from harmony_jax.convert.umt5 import load_umt5
+
         # First use may be inside a trace (jit, eval_shape): load and place concrete arrays.
         with jax.ensure_compile_time_eval():
             return jax.tree.map(jnp.asarray, load_umt5(self.path, self.config))
@@ -162,11 +172,15 @@ class UMT5TextEncoder:
     @functools.cached_property
     def _sentencepiece(self):
         import sentencepiece
+
         from harmony_jax.convert.umt5 import load_spiece
+
         processor = sentencepiece.SentencePieceProcessor(model_proto=load_spiece(self.path))
         if processor.pad_id() != PAD_ID:
-            raise ValueError(f"the tokenizer of {self.path} pads with id {processor.pad_id()}, "
-                             f"umT5 with {PAD_ID}")
+            raise ValueError(
+                f"the tokenizer of {self.path} pads with id {processor.pad_id()}, "
+                f"umT5 with {PAD_ID}"
+            )
         return processor
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -175,8 +189,12 @@ class UMT5TextEncoder:
         for row, text in enumerate(texts):
             pieces = sp.encode(clean_prompt(text))
             if len(pieces) > self.max_len - 1:
-                logging.warning("Text prompt truncated to %d tokens (config.codecs.text.max_len="
-                                "%d): %r", self.max_len - 1, self.max_len, text)
+                logging.warning(
+                    "Text prompt truncated to %d tokens (config.codecs.text.max_len=%d): %r",
+                    self.max_len - 1,
+                    self.max_len,
+                    text,
+                )
                 pieces = pieces[: self.max_len - 1]
             ids[row, : len(pieces) + 1] = [*pieces, sp.eos_id()]
         return ids, ids != PAD_ID

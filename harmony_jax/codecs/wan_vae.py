@@ -50,12 +50,16 @@ class WanVAEConfig:
 
     def __post_init__(self):
         if len(self.temporal_downsample) != len(self.dim_mult) - 1:
-            raise ValueError(f"WanVAEConfig: temporal_downsample {self.temporal_downsample} needs "
-                             f"one flag per downsampling level ({len(self.dim_mult) - 1})")
-        if self.in_channels != 3 * self.patch_size ** 2 or self.out_channels != self.in_channels:
-            raise ValueError(f"WanVAEConfig: in/out_channels {self.in_channels}/"
-                             f"{self.out_channels} must be 3 * patch_size^2 "
-                             f"(patch_size={self.patch_size})")
+            raise ValueError(
+                f"WanVAEConfig: temporal_downsample {self.temporal_downsample} needs "
+                f"one flag per downsampling level ({len(self.dim_mult) - 1})"
+            )
+        if self.in_channels != 3 * self.patch_size**2 or self.out_channels != self.in_channels:
+            raise ValueError(
+                f"WanVAEConfig: in/out_channels {self.in_channels}/"
+                f"{self.out_channels} must be 3 * patch_size^2 "
+                f"(patch_size={self.patch_size})"
+            )
 
     @property
     def temporal_stride(self) -> int:
@@ -94,12 +98,17 @@ class Conv3d(nn.Module):
         kt, kh, kw = self.kernel
         if self.causal and kt > 1:
             x = _history(self, "history", x, kt - 1)
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (*self.kernel, x.shape[-1], self.features))
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (*self.kernel, x.shape[-1], self.features)
+        )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         y = jax.lax.conv_general_dilated(
-            x, kernel, (self.stride_t, 1, 1), [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)],
-            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+            x,
+            kernel,
+            (self.stride_t, 1, 1),
+            [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)],
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+        )
         return y + bias
 
 
@@ -118,8 +127,11 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        h = x if x.shape[-1] == self.out_dim else Conv3d(self.out_dim, (1, 1, 1),
-                                                         name="conv_shortcut")(x)
+        h = (
+            x
+            if x.shape[-1] == self.out_dim
+            else Conv3d(self.out_dim, (1, 1, 1), name="conv_shortcut")(x)
+        )
         x = Conv3d(self.out_dim, name="conv1")(nn.silu(RMSNorm(name="norm1")(x)))
         x = Conv3d(self.out_dim, name="conv2")(nn.silu(RMSNorm(name="norm2")(x)))
         return x + h
@@ -163,11 +175,11 @@ def _dup_up(x: Array, out_dim: int, factor_t: int, factor_s: int, first: bool) -
     """DupUp3D: channels repeated, then unfolded into time and space; the first chunk keeps only
     its last frame per input frame. [B, T, H, W, C] -> [B, T * ft, H * fs, W * fs, out_dim]."""
     b, t, h, w, c = x.shape
-    x = jnp.repeat(x, out_dim * factor_t * factor_s ** 2 // c, axis=-1)
+    x = jnp.repeat(x, out_dim * factor_t * factor_s**2 // c, axis=-1)
     x = x.reshape(b, t, h, w, out_dim, factor_t, factor_s, factor_s)
     x = x.transpose(0, 1, 5, 2, 6, 3, 7, 4)  # [B, T, ft, H, fs, W, fs, out]
     x = x.reshape(b, t * factor_t, h * factor_s, w * factor_s, out_dim)
-    return x[:, factor_t - 1:] if first else x
+    return x[:, factor_t - 1 :] if first else x
 
 
 class Downsample(nn.Module):
@@ -179,8 +191,7 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, first: bool) -> Array:
-        x = nn.Conv(self.dim, (3, 3), strides=(2, 2), padding=((0, 1), (0, 1)),
-                    name="resample")(x)
+        x = nn.Conv(self.dim, (3, 3), strides=(2, 2), padding=((0, 1), (0, 1)), name="resample")(x)
         if self.temporal:
             full = _history(self, "time_history", x, 1)
             if not first:
@@ -232,8 +243,9 @@ class UpBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, first: bool) -> Array:
-        shortcut = (_dup_up(x, self.out_dim, 2 if self.temporal else 1, 2, first)
-                    if self.spatial else 0.0)
+        shortcut = (
+            _dup_up(x, self.out_dim, 2 if self.temporal else 1, 2, first) if self.spatial else 0.0
+        )
         for j in range(self.num_res_blocks + 1):
             x = ResidualBlock(self.out_dim, name=f"resnets_{j}")(x)
         if self.spatial:
@@ -252,9 +264,13 @@ class Encoder(nn.Module):
         levels = len(cfg.dim_mult)
         for i, out_dim in enumerate(dims[1:]):
             down = i < levels - 1
-            x = DownBlock(out_dim, cfg.num_res_blocks, spatial=down,
-                          temporal=down and cfg.temporal_downsample[i],
-                          name=f"down_blocks_{i}")(x, first)
+            x = DownBlock(
+                out_dim,
+                cfg.num_res_blocks,
+                spatial=down,
+                temporal=down and cfg.temporal_downsample[i],
+                name=f"down_blocks_{i}",
+            )(x, first)
         x = MidBlock(name="mid_block")(x)
         return Conv3d(2 * cfg.z_dim, name="conv_out")(nn.silu(RMSNorm(name="norm_out")(x)))
 
@@ -271,8 +287,13 @@ class Decoder(nn.Module):
         levels, temporal_up = len(cfg.dim_mult), cfg.temporal_downsample[::-1]
         for i, out_dim in enumerate(dims[1:]):
             up = i < levels - 1
-            x = UpBlock(out_dim, cfg.num_res_blocks, spatial=up, temporal=up and temporal_up[i],
-                        name=f"up_blocks_{i}")(x, first)
+            x = UpBlock(
+                out_dim,
+                cfg.num_res_blocks,
+                spatial=up,
+                temporal=up and temporal_up[i],
+                name=f"up_blocks_{i}",
+            )(x, first)
         return Conv3d(cfg.out_channels, name="conv_out")(nn.silu(RMSNorm(name="norm_out")(x)))
 
 
@@ -327,8 +348,9 @@ def _stream(model: WanVAE, params, method, first: Array, rest: Array) -> Array:
         return out
 
     def step(state, chunk):
-        y, state = model.apply({"params": params, **state}, chunk, False, method=method,
-                               mutable=["cache"])
+        y, state = model.apply(
+            {"params": params, **state}, chunk, False, method=method, mutable=["cache"]
+        )
         return state, y
 
     _, ys = jax.lax.scan(step, state, rest)  # [N, B, T', ...]
@@ -380,8 +402,10 @@ class WanVAECodec:
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         st, ss = self.config.temporal_stride, self.config.spatial_stride
         if num_frames < 1 or (num_frames - 1) % st or height % ss or width % ss:
-            raise ValueError(f"the Wan2.2 VAE encodes 1 + {st}k frames of multiples of {ss} "
-                             f"pixels (config.data), got {num_frames} frames of {height}x{width}")
+            raise ValueError(
+                f"the Wan2.2 VAE encodes 1 + {st}k frames of multiples of {ss} "
+                f"pixels (config.data), got {num_frames} frames of {height}x{width}"
+            )
         return 1 + (num_frames - 1) // st, height // ss, width // ss
 
     def frame_times(self, num_latent_frames: int) -> np.ndarray:
@@ -397,6 +421,7 @@ class WanVAECodec:
     def weights(self) -> tuple[dict, Array, Array]:
         """(params, latents_mean [z], latents_std [z]), read from `path` on first use."""
         from harmony_jax.convert.wan_vae import load_vae
+
         # First use may be inside a trace (jit, eval_shape): load and place concrete arrays.
         with jax.ensure_compile_time_eval():
             return jax.tree.map(jnp.asarray, load_vae(self.path, self.config))
@@ -406,6 +431,7 @@ class WanVAECodec:
         def encode(weights, video):
             params, mean, std = weights
             return (encode_video(self.model, params, video) - mean) / std
+
         return jax.jit(encode)
 
     @functools.cached_property
@@ -413,6 +439,7 @@ class WanVAECodec:
         def decode(weights, latents):
             params, mean, std = weights
             return decode_video(self.model, params, latents * std + mean)
+
         return jax.jit(decode)
 
     def encode(self, video: Array) -> Array:
@@ -423,6 +450,8 @@ class WanVAECodec:
 
     def decode(self, latents: Array) -> np.ndarray:
         if latents.ndim != 5 or latents.shape[-1] != self.latent_channels:
-            raise ValueError(f"WanVAECodec.decode wants latents [B, Tv, h, w, "
-                             f"{self.latent_channels}], got {latents.shape}")
+            raise ValueError(
+                f"WanVAECodec.decode wants latents [B, Tv, h, w, "
+                f"{self.latent_channels}], got {latents.shape}"
+            )
         return np.asarray(self._decode(self.weights, latents), np.float32)  # [B, F, H, W, 3]

@@ -16,10 +16,10 @@ import pathlib
 from absl import app, flags
 from ml_collections import config_flags
 
+from harmony_jax import quiet_logs
 from harmony_jax.config_check import check_config
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.errors import FlagError, UserError, one_line, reported_as_one_line
-from harmony_jax import quiet_logs
 
 _COMMANDS = {  # command -> module under harmony_jax.convert
     "wan": "wan",
@@ -32,8 +32,11 @@ _COMMANDS = {  # command -> module under harmony_jax.convert
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "harmony_5b.py"
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", str(_DEFAULT_CONFIG), "Run config whose model the weights are converted for.",
-    lock_config=True)
+    "config",
+    str(_DEFAULT_CONFIG),
+    "Run config whose model the weights are converted for.",
+    lock_config=True,
+)
 _SRC = flags.DEFINE_string("src", None, "Upstream checkpoint directory (or file).")
 _DST = flags.DEFINE_string("dst", None, "Orbax checkpoint directory to create.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --dst.")
@@ -52,8 +55,7 @@ def main(argv: list[str]) -> None:
     check_config(_CONFIG.value)
     module = importlib.import_module(f"harmony_jax.convert.{_COMMANDS[argv[1]]}")
     try:
-        module.convert_checkpoint(_SRC.value, _DST.value, _CONFIG.value,
-                                  overwrite=_OVERWRITE.value)
+        module.convert_checkpoint(_SRC.value, _DST.value, _CONFIG.value, overwrite=_OVERWRITE.value)
     except (ValueError, ImportError) as e:  # what --src holds does not fit, or needs torch
         if isinstance(e, UserError):
             raise

@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,17 +29,23 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from harmony_jax.errors import ConfigError
-from harmony_jax.codecs.bigvgan import (FILTER_SIZE, RATIO, BigVGANConfig, BigVGAN,
-                                        kaiser_sinc_filter)
+from harmony_jax.codecs.bigvgan import (
+    FILTER_SIZE,
+    RATIO,
+    BigVGAN,
+    BigVGANConfig,
+    kaiser_sinc_filter,
+)
 from harmony_jax.convert import state_dict as sd
 from harmony_jax.convert import store, upstream
+from harmony_jax.errors import ConfigError
 
 FORMS = ("weight_g", "parametrizations", "plain")  # how the checkpoint stores weight-normed convs
 _LIST = re.compile(r"^(ups|resblocks|convs1|convs2|convs|activations)_(\d+)$")
-_FOLDED = {"weight_g": ("weight_g", "weight_v"),
-           "parametrizations": ("parametrizations.weight.original0",
-                                "parametrizations.weight.original1")}
+_FOLDED = {
+    "weight_g": ("weight_g", "weight_v"),
+    "parametrizations": ("parametrizations.weight.original0", "parametrizations.weight.original1"),
+}
 
 
 def torch_module(path: str) -> str:
@@ -58,7 +65,8 @@ def bigvgan_spec(config: BigVGANConfig) -> dict[str, jax.ShapeDtypeStruct]:
     """{our flat path: shape} of `BigVGAN(config)`, computed without allocating."""
     mel = jax.ShapeDtypeStruct((1, 1, config.num_mels), jnp.float32)
     return traverse_util.flatten_dict(
-        jax.eval_shape(BigVGAN(config).init, jax.random.key(0), mel)["params"], sep="/")
+        jax.eval_shape(BigVGAN(config).init, jax.random.key(0), mel)["params"], sep="/"
+    )
 
 
 def _torch_shape(path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -75,9 +83,12 @@ def _to_ours(weight: np.ndarray, path: str) -> np.ndarray:
 def _filters(spec: Mapping[str, Any]) -> list[str]:
     """The filter buffers of every anti-aliased activation of the model (up and down use the
     same Kaiser-sinc taps)."""
-    modules = [torch_module(p[:-len("/act/alpha")]) for p in spec if p.endswith("/act/alpha")]
-    return [f"{m}.{buffer}" for m in modules
-            for buffer in ("upsample.filter", "downsample.lowpass.filter")]
+    modules = [torch_module(p[: -len("/act/alpha")]) for p in spec if p.endswith("/act/alpha")]
+    return [
+        f"{m}.{buffer}"
+        for m in modules
+        for buffer in ("upsample.filter", "downsample.lowpass.filter")
+    ]
 
 
 def upstream_shapes(config: BigVGANConfig, form: str) -> dict[str, tuple[int, ...]]:
@@ -107,9 +118,11 @@ def detect_form(state: Mapping[str, Any], source: str) -> str:
         return "parametrizations"
     if "conv_pre.weight" in state:
         return "plain"
-    raise ValueError(f"{source} is not a BigVGAN generator (no weight_g / weight_v, "
-                     f"parametrizations.weight.original0 / 1 or conv_pre.weight keys); its first "
-                     f"keys: {sorted(state)[:8]}")
+    raise ValueError(
+        f"{source} is not a BigVGAN generator (no weight_g / weight_v, "
+        f"parametrizations.weight.original0 / 1 or conv_pre.weight keys); its first "
+        f"keys: {sorted(state)[:8]}"
+    )
 
 
 def fold_weight_norm(g: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -119,19 +132,25 @@ def fold_weight_norm(g: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.asarray(g, np.float64) * v / norm).astype(np.float32)
 
 
-def read_bigvgan(state: Mapping[str, Any], config: BigVGANConfig, *,
-                 source: str = "state dict") -> dict[str, np.ndarray]:
+def read_bigvgan(
+    state: Mapping[str, Any], config: BigVGANConfig, *, source: str = "state dict"
+) -> dict[str, np.ndarray]:
     """Our flat float32 parameters from a BigVGAN generator state dict, weight norm folded; every
     missing, unexpected or mis-shaped key is named at once before any tensor is read."""
     form = detect_form(state, source)
     sd.check_keys(upstream_shapes(config, form), sd.shapes(state), f"{source} ({form} form)")
     spec = bigvgan_spec(config)
     taps = kaiser_sinc_filter(0.5 / RATIO, 0.6 / RATIO, FILTER_SIZE)
-    wrong = [k for k in _filters(spec)
-             if not np.allclose(np.asarray(state[k], np.float32).reshape(-1), taps, atol=1e-6)]
+    wrong = [
+        k
+        for k in _filters(spec)
+        if not np.allclose(np.asarray(state[k], np.float32).reshape(-1), taps, atol=1e-6)
+    ]
     if wrong:
-        raise ValueError(f"{source}: anti-aliasing filters differ from the Kaiser-sinc filter "
-                         f"(ratio {RATIO}, {FILTER_SIZE} taps) this model uses: {wrong}")
+        raise ValueError(
+            f"{source}: anti-aliasing filters differ from the Kaiser-sinc filter "
+            f"(ratio {RATIO}, {FILTER_SIZE} taps) this model uses: {wrong}"
+        )
     params = {}
     for path in spec:
         module, name = path.rsplit("/", 1)
@@ -148,22 +167,25 @@ def read_bigvgan(state: Mapping[str, Any], config: BigVGANConfig, *,
     return params
 
 
-def config_from_hparams(h: Mapping[str, Any], source: str = "BigVGAN config"
-                        ) -> BigVGANConfig:
+def config_from_hparams(h: Mapping[str, Any], source: str = "BigVGAN config") -> BigVGANConfig:
     """The `BigVGANConfig` of a BigVGAN `config.json` (its training fields are ignored)."""
     fields = {f.name for f in dataclasses.fields(BigVGANConfig)}
     missing = sorted(fields - {"use_tanh_at_final", "use_bias_at_final"} - h.keys())
     if missing:
         raise ValueError(f"{source} lacks the BigVGAN fields {missing}")
     return BigVGANConfig(
-        num_mels=int(h["num_mels"]), upsample_rates=tuple(h["upsample_rates"]),
+        num_mels=int(h["num_mels"]),
+        upsample_rates=tuple(h["upsample_rates"]),
         upsample_kernel_sizes=tuple(h["upsample_kernel_sizes"]),
-        upsample_initial_channel=int(h["upsample_initial_channel"]), resblock=str(h["resblock"]),
+        upsample_initial_channel=int(h["upsample_initial_channel"]),
+        resblock=str(h["resblock"]),
         resblock_kernel_sizes=tuple(h["resblock_kernel_sizes"]),
         resblock_dilation_sizes=tuple(tuple(d) for d in h["resblock_dilation_sizes"]),
-        activation=str(h["activation"]), snake_logscale=bool(h["snake_logscale"]),
+        activation=str(h["activation"]),
+        snake_logscale=bool(h["snake_logscale"]),
         use_tanh_at_final=bool(h.get("use_tanh_at_final", True)),
-        use_bias_at_final=bool(h.get("use_bias_at_final", True)))
+        use_bias_at_final=bool(h.get("use_bias_at_final", True)),
+    )
 
 
 def read_upstream(src: str | pathlib.Path) -> tuple[dict[str, Any], BigVGANConfig | None]:
@@ -171,50 +193,65 @@ def read_upstream(src: str | pathlib.Path) -> tuple[dict[str, Any], BigVGANConfi
     (or one .pt / .safetensors), or the file itself; the architecture is that of the
     `config.json` beside it, None when there is none (MMAudio ships its 16 kHz one without)."""
     file = upstream.checkpoint_file(src, "BigVGAN", preferred="bigvgan_generator.pt")
-    state = (sd.read_safetensors(file) if file.suffix == ".safetensors"
-             else upstream.read_pth(file, entry="generator"))
+    state = (
+        sd.read_safetensors(file)
+        if file.suffix == ".safetensors"
+        else upstream.read_pth(file, entry="generator")
+    )
     hparams = upstream.read_config(file.parent)
     return state, None if hparams is None else config_from_hparams(
-        hparams, str(file.parent / "config.json"))
+        hparams, str(file.parent / "config.json")
+    )
 
 
 # ---- checkpoints
-
 
 
 def load_bigvgan(path: str, config: BigVGANConfig) -> Any:
     """Nested float32 host params of `BigVGAN(config)` from anything `read_upstream` reads or a
     `convert bigvgan` checkpoint."""
     if not path:
-        raise ConfigError("config.codecs.audio.vocoder_path is empty: set it to a BigVGAN "
-                         "checkpoint (folder or .pt) or a `python -m harmony_jax.convert bigvgan` "
-                         "checkpoint")
+        raise ConfigError(
+            "config.codecs.audio.vocoder_path is empty: set it to a BigVGAN "
+            "checkpoint (folder or .pt) or a `python -m harmony_jax.convert bigvgan` "
+            "checkpoint"
+        )
     if store.is_orbax_checkpoint(path):
         expected = {f"params/{k}": v.shape for k, v in bigvgan_spec(config).items()}
         sd.check_keys(expected, store.saved_shapes(path), f"BigVGAN checkpoint {path}")
         flat = store.restore_to_host(path, dict.fromkeys(expected, np.float32))
-        params = {k[len("params/"):]: v for k, v in flat.items()}
+        params = {k[len("params/") :]: v for k, v in flat.items()}
     else:
         state, found = read_upstream(path)
         if found is not None and found != config:
-            raise ValueError(f"{path}: its config.json describes another BigVGAN than the codec's"
-                             f" ({found}, expected {config})")
+            raise ValueError(
+                f"{path}: its config.json describes another BigVGAN than the codec's"
+                f" ({found}, expected {config})"
+            )
         params = read_bigvgan(state, config, source=path)
     logging.info("BigVGAN loaded from %s", path)
     return traverse_util.unflatten_dict(params, sep="/")
 
 
-def convert_checkpoint(src: str, dst: str, config: ml_collections.ConfigDict, *,
-                       overwrite: bool = False) -> None:
+def convert_checkpoint(
+    src: str, dst: str, config: ml_collections.ConfigDict, *, overwrite: bool = False
+) -> None:
     """`python -m harmony_jax.convert bigvgan`: a BigVGAN generator -> an orbax checkpoint that
     `config.codecs.audio.vocoder_path` loads. The architecture is the `config.json` beside the
     source, else the vocoder of `config.codecs.audio.variant`."""
     from harmony_jax.codecs.mmaudio import variant_of
+
     store.check_destination(dst, overwrite)
     state, found = read_upstream(src)
     vocoder = found or variant_of(config).vocoder
     params = read_bigvgan(state, vocoder, source=src)
-    store.save_tree({"params": traverse_util.unflatten_dict(params, sep="/")}, dst,
-                    overwrite=overwrite)
-    logging.info("wrote %d BigVGAN arrays (%d parameters) from %s to %s", len(params),
-                 sum(v.size for v in params.values()), src, dst)
+    store.save_tree(
+        {"params": traverse_util.unflatten_dict(params, sep="/")}, dst, overwrite=overwrite
+    )
+    logging.info(
+        "wrote %d BigVGAN arrays (%d parameters) from %s to %s",
+        len(params),
+        sum(v.size for v in params.values()),
+        src,
+        dst,
+    )

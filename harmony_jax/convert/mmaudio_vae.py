@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import pathlib
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +26,10 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from harmony_jax.errors import ConfigError
 from harmony_jax.codecs.mmaudio_vae import MMAudioVAE, VAEConfig, fold_mp_weight
 from harmony_jax.convert import state_dict as sd
 from harmony_jax.convert import store, upstream
+from harmony_jax.errors import ConfigError
 
 STATS = ("data_mean", "data_std")
 _LIST = re.compile(r"^(down|up|block)_(\d+)$")
@@ -53,14 +54,17 @@ def vae_spec(config: VAEConfig) -> dict[str, jax.ShapeDtypeStruct]:
 
 def upstream_shapes(config: VAEConfig) -> dict[str, tuple[int, ...]]:
     """{checkpoint key: shape} of the MMAudio VAE state dict that fills `MMAudioVAE(config)`."""
-    expected = {torch_key(p): (v.shape[::-1] if p.endswith("/kernel") else v.shape)
-                for p, v in vae_spec(config).items()}
+    expected = {
+        torch_key(p): (v.shape[::-1] if p.endswith("/kernel") else v.shape)
+        for p, v in vae_spec(config).items()
+    }
     expected.update(dict.fromkeys(STATS, (1, config.n_mels, 1)))
     return expected
 
 
-def read_vae(state: Mapping[str, Any], config: VAEConfig, *, source: str = "state dict"
-             ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def read_vae(
+    state: Mapping[str, Any], config: VAEConfig, *, source: str = "state dict"
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """(our flat float32 parameters with MP weights normalised, data_mean [n_mels], data_std
     [n_mels]) from an MMAudio VAE state dict; every missing, unexpected or mis-shaped key is
     named at once before any tensor is read."""
@@ -68,8 +72,11 @@ def read_vae(state: Mapping[str, Any], config: VAEConfig, *, source: str = "stat
     params = {}
     for path in vae_spec(config):
         x = np.asarray(state[torch_key(path)], np.float32)
-        params[path] = (np.ascontiguousarray(fold_mp_weight(x).transpose(2, 1, 0))
-                        if path.endswith("/kernel") else x)
+        params[path] = (
+            np.ascontiguousarray(fold_mp_weight(x).transpose(2, 1, 0))
+            if path.endswith("/kernel")
+            else x
+        )
     mean, std = (np.asarray(state[k], np.float32).reshape(-1) for k in STATS)
     return params, mean, std
 
@@ -79,11 +86,15 @@ def config_from_state(state: Mapping[str, Any], source: str) -> VAEConfig:
     16 kHz is (80 bands, 20 latents, width 384), 44.1 kHz (128, 40, 512))."""
     keys = ("data_mean", "encoder.conv_in.weight", "decoder.conv_in.weight")
     if any(k not in state for k in keys):
-        raise ValueError(f"{source} is not an MMAudio VAE state dict: it lacks "
-                         f"{[k for k in keys if k not in state]}")
-    return VAEConfig(n_mels=state["data_mean"].shape[1],
-                     hidden_dim=state["encoder.conv_in.weight"].shape[0],
-                     embed_dim=state["decoder.conv_in.weight"].shape[1])
+        raise ValueError(
+            f"{source} is not an MMAudio VAE state dict: it lacks "
+            f"{[k for k in keys if k not in state]}"
+        )
+    return VAEConfig(
+        n_mels=state["data_mean"].shape[1],
+        hidden_dim=state["encoder.conv_in.weight"].shape[0],
+        embed_dim=state["decoder.conv_in.weight"].shape[1],
+    )
 
 
 def read_upstream(src: str | pathlib.Path) -> dict[str, Any]:
@@ -97,20 +108,21 @@ def read_upstream(src: str | pathlib.Path) -> dict[str, Any]:
 # ---- checkpoints
 
 
-
 def load_vae(path: str, config: VAEConfig) -> tuple[Any, np.ndarray, np.ndarray]:
     """(nested params, data_mean [n_mels], data_std [n_mels]) as float32 host arrays for
     `MMAudioVAE(config)`, from an MMAudio checkpoint or a `convert mmaudio-vae` one."""
     if not path:
-        raise ConfigError("config.codecs.audio.path is empty: set it to MMAudio's VAE checkpoint "
-                         "(ext_weights/v1-16.pth or v1-44.pth) or a `python -m harmony_jax.convert"
-                         " mmaudio-vae` checkpoint")
+        raise ConfigError(
+            "config.codecs.audio.path is empty: set it to MMAudio's VAE checkpoint "
+            "(ext_weights/v1-16.pth or v1-44.pth) or a `python -m harmony_jax.convert"
+            " mmaudio-vae` checkpoint"
+        )
     if store.is_orbax_checkpoint(path):
         expected = {f"params/{k}": v.shape for k, v in vae_spec(config).items()}
         expected.update(dict.fromkeys(STATS, (config.n_mels,)))
         sd.check_keys(expected, store.saved_shapes(path), f"MMAudio VAE checkpoint {path}")
         flat = store.restore_to_host(path, dict.fromkeys(expected, np.float32))
-        params = {k[len("params/"):]: v for k, v in flat.items() if k.startswith("params/")}
+        params = {k[len("params/") :]: v for k, v in flat.items() if k.startswith("params/")}
         mean, std = flat["data_mean"], flat["data_std"]
     else:
         params, mean, std = read_vae(read_upstream(path), config, source=path)
@@ -118,8 +130,9 @@ def load_vae(path: str, config: VAEConfig) -> tuple[Any, np.ndarray, np.ndarray]
     return traverse_util.unflatten_dict(params, sep="/"), mean, std
 
 
-def convert_checkpoint(src: str, dst: str, config: ml_collections.ConfigDict, *,
-                       overwrite: bool = False) -> None:
+def convert_checkpoint(
+    src: str, dst: str, config: ml_collections.ConfigDict, *, overwrite: bool = False
+) -> None:
     """`python -m harmony_jax.convert mmaudio-vae`: MMAudio's VAE (v1-16.pth / v1-44.pth) -> an
     orbax checkpoint that `config.codecs.audio.path` loads. The architecture is the source's
     own (`config_from_state`), so `config` (the run config) is not read: the codec checks the
@@ -128,8 +141,16 @@ def convert_checkpoint(src: str, dst: str, config: ml_collections.ConfigDict, *,
     store.check_destination(dst, overwrite)
     state = read_upstream(src)
     params, mean, std = read_vae(state, config_from_state(state, src), source=src)
-    tree = {"params": traverse_util.unflatten_dict(params, sep="/"), "data_mean": mean,
-            "data_std": std}
+    tree = {
+        "params": traverse_util.unflatten_dict(params, sep="/"),
+        "data_mean": mean,
+        "data_std": std,
+    }
     store.save_tree(tree, dst, overwrite=overwrite)
-    logging.info("wrote %d MMAudio VAE arrays (%d parameters) from %s to %s", len(params),
-                 sum(v.size for v in params.values()), src, dst)
+    logging.info(
+        "wrote %d MMAudio VAE arrays (%d parameters) from %s to %s",
+        len(params),
+        sum(v.size for v in params.values()),
+        src,
+        dst,
+    )

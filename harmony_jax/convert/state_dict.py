@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -50,8 +51,9 @@ def read_safetensors(path: str | pathlib.Path, subfolder: str = "") -> dict[str,
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
     indexes = sorted(path.glob("*.safetensors.index.json"))
     if len(indexes) > 1:
-        raise ValueError(f"{path}: several index files {[p.name for p in indexes]}; "
-                         "point at one checkpoint")
+        raise ValueError(
+            f"{path}: several index files {[p.name for p in indexes]}; point at one checkpoint"
+        )
     if indexes:
         weight_map = json.loads(indexes[0].read_text())["weight_map"]
         files = [path / name for name in sorted(set(weight_map.values()))]
@@ -65,8 +67,10 @@ def read_safetensors(path: str | pathlib.Path, subfolder: str = "") -> dict[str,
         return state
     files = sorted(path.glob("*.safetensors"))
     if len(files) != 1:
-        raise FileNotFoundError(f"{path}: expected a *.safetensors.index.json or exactly one "
-                                f".safetensors file, found {[f.name for f in files]}")
+        raise FileNotFoundError(
+            f"{path}: expected a *.safetensors.index.json or exactly one "
+            f".safetensors file, found {[f.name for f in files]}"
+        )
     return _read_files(files)
 
 
@@ -81,13 +85,15 @@ def _read_files(files: list[pathlib.Path]) -> dict[str, LazyTensor]:
     return state
 
 
-def check_keys(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]],
-               source: str) -> None:
+def check_keys(
+    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], source: str
+) -> None:
     """Raises one `StateDictMismatchError` listing every missing, unexpected and mis-shaped key."""
     missing = sorted(expected.keys() - found.keys())
     unexpected = sorted(found.keys() - expected.keys())
-    misshaped = sorted(k for k in expected.keys() & found.keys()
-                       if tuple(expected[k]) != tuple(found[k]))
+    misshaped = sorted(
+        k for k in expected.keys() & found.keys() if tuple(expected[k]) != tuple(found[k])
+    )
     if not (missing or unexpected or misshaped):
         return
     lines = [f"{source} does not match the parameters it should fill:"]
@@ -96,8 +102,10 @@ def check_keys(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tupl
     if unexpected:
         lines.append(f"  {len(unexpected)} unexpected: {', '.join(unexpected)}")
     if misshaped:
-        lines.append(f"  {len(misshaped)} mis-shaped: " + ", ".join(
-            f"{k} {tuple(found[k])} (expected {tuple(expected[k])})" for k in misshaped))
+        lines.append(
+            f"  {len(misshaped)} mis-shaped: "
+            + ", ".join(f"{k} {tuple(found[k])} (expected {tuple(expected[k])})" for k in misshaped)
+        )
     raise StateDictMismatchError("\n".join(lines))
 
 

@@ -25,8 +25,10 @@ def is_orbax_checkpoint(path: str | pathlib.Path) -> bool:
 def check_destination(dst: str | pathlib.Path, overwrite: bool) -> pathlib.Path:
     """The absolute local `dst`, refusing an existing one unless `overwrite`."""
     if "://" in str(dst):
-        raise ValueError(f"--dst {dst}: write to a local directory, then copy it to the bucket "
-                         "(a bucket has no atomic rename)")
+        raise ValueError(
+            f"--dst {dst}: write to a local directory, then copy it to the bucket "
+            "(a bucket has no atomic rename)"
+        )
     dst = pathlib.Path(dst).absolute()
     if dst.exists() and not overwrite:
         raise FileExistsError(f"--dst {dst} exists; pass --overwrite to replace it")
@@ -71,8 +73,10 @@ def restore_to_host(path: str, dtypes: dict[str, Any]) -> dict[str, np.ndarray]:
     Host arrays can then be placed with any sharding (`jax.device_put`), whatever mesh wrote them.
     """
     args = traverse_util.unflatten_dict(
-        {k: ocp.RestoreArgs(restore_type=np.ndarray, dtype=d) for k, d in dtypes.items()}, sep="/")
+        {k: ocp.RestoreArgs(restore_type=np.ndarray, dtype=d) for k, d in dtypes.items()}, sep="/"
+    )
     with ocp.PyTreeCheckpointer() as checkpointer:
-        tree = checkpointer.restore(epath.Path(path),
-                                    args=ocp.args.PyTreeRestore(restore_args=args))
+        tree = checkpointer.restore(
+            epath.Path(path), args=ocp.args.PyTreeRestore(restore_args=args)
+        )
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}

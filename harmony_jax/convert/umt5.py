@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +27,10 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
-from harmony_jax.errors import ConfigError
 from harmony_jax.codecs.umt5 import UMT5Config, UMT5Encoder
 from harmony_jax.convert import state_dict as sd
 from harmony_jax.convert import store, upstream
+from harmony_jax.errors import ConfigError
 
 LAYOUTS = ("transformers", "original")
 _LAYER = "layers/"
@@ -45,18 +46,34 @@ def _linear(ours: str, transformers: str, original: str) -> tuple[str, str, str,
 _RULES = (
     ("embedding", "shared.weight", "token_embedding.weight", "copy"),
     ("final_norm/scale", "encoder.final_layer_norm.weight", "norm.weight", "copy"),
-    (_LAYER + "attn_norm/scale", "encoder.block.{i}.layer.0.layer_norm.weight",
-     "blocks.{i}.norm1.weight", "copy"),
-    *(_linear(_LAYER + n, f"encoder.block.{{i}}.layer.0.SelfAttention.{n}",
-              f"blocks.{{i}}.attn.{n}") for n in ("q", "k", "v", "o")),
-    (_LAYER + "relative_attention_bias",
-     "encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight",
-     "blocks.{i}.pos_embedding.embedding.weight", "copy"),
-    (_LAYER + "ffn_norm/scale", "encoder.block.{i}.layer.1.layer_norm.weight",
-     "blocks.{i}.norm2.weight", "copy"),
+    (
+        _LAYER + "attn_norm/scale",
+        "encoder.block.{i}.layer.0.layer_norm.weight",
+        "blocks.{i}.norm1.weight",
+        "copy",
+    ),
+    *(
+        _linear(
+            _LAYER + n, f"encoder.block.{{i}}.layer.0.SelfAttention.{n}", f"blocks.{{i}}.attn.{n}"
+        )
+        for n in ("q", "k", "v", "o")
+    ),
+    (
+        _LAYER + "relative_attention_bias",
+        "encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight",
+        "blocks.{i}.pos_embedding.embedding.weight",
+        "copy",
+    ),
+    (
+        _LAYER + "ffn_norm/scale",
+        "encoder.block.{i}.layer.1.layer_norm.weight",
+        "blocks.{i}.norm2.weight",
+        "copy",
+    ),
     # Wan's gated FFN: fc2(fc1(x) * gelu(gate(x))), so gate is wi_0 (the GELU branch)
-    _linear(_LAYER + "wi_0", "encoder.block.{i}.layer.1.DenseReluDense.wi_0",
-            "blocks.{i}.ffn.gate.0"),
+    _linear(
+        _LAYER + "wi_0", "encoder.block.{i}.layer.1.DenseReluDense.wi_0", "blocks.{i}.ffn.gate.0"
+    ),
     _linear(_LAYER + "wi_1", "encoder.block.{i}.layer.1.DenseReluDense.wi_1", "blocks.{i}.ffn.fc1"),
     _linear(_LAYER + "wo", "encoder.block.{i}.layer.1.DenseReluDense.wo", "blocks.{i}.ffn.fc2"),
 )
@@ -76,8 +93,9 @@ def _plan(spec: Mapping[str, jax.ShapeDtypeStruct], layout: str):
     col = LAYOUTS.index(layout) + 1
     rules = {r[0]: (r[col], r[3]) for r in _RULES}
     if rules.keys() != spec.keys():
-        raise ValueError(f"the umT5 module and its mapping differ: "
-                         f"{sorted(rules.keys() ^ spec.keys())}")
+        raise ValueError(
+            f"the umT5 module and its mapping differ: {sorted(rules.keys() ^ spec.keys())}"
+        )
     plan = []
     for ours, (key, kind) in sorted(rules.items()):
         layers = spec[ours].shape[0] if ours.startswith(_LAYER) else 0
@@ -101,13 +119,21 @@ def detect_layout(state: Mapping[str, Any], source: str) -> str:
         return "transformers"
     if "norm.weight" in state:
         return "original"
-    raise ValueError(f"{source} is neither a transformers UMT5EncoderModel (no "
-                     f"encoder.final_layer_norm.weight) nor Wan's original umT5 encoder (no "
-                     f"norm.weight); its first keys: {sorted(state)[:8]}")
+    raise ValueError(
+        f"{source} is neither a transformers UMT5EncoderModel (no "
+        f"encoder.final_layer_norm.weight) nor Wan's original umT5 encoder (no "
+        f"norm.weight); its first keys: {sorted(state)[:8]}"
+    )
 
 
-def read_umt5(state: Mapping[str, Any], config: UMT5Config, *, layout: str = "auto",
-              dtype: Any = None, source: str = "state dict") -> dict[str, np.ndarray]:
+def read_umt5(
+    state: Mapping[str, Any],
+    config: UMT5Config,
+    *,
+    layout: str = "auto",
+    dtype: Any = None,
+    source: str = "state dict",
+) -> dict[str, np.ndarray]:
     """Our flat parameters (layers stacked; the checkpoint's dtype unless `dtype`) from a umT5
     encoder state dict; every missing, unexpected or mis-shaped key is named at once first.
     transformers' tied `encoder.embed_tokens.weight` stands in for `shared.weight` if alone."""
@@ -126,8 +152,9 @@ def read_umt5(state: Mapping[str, Any], config: UMT5Config, *, layout: str = "au
     return params
 
 
-def export_umt5(params: Mapping[str, np.ndarray], config: UMT5Config,
-                layout: str) -> dict[str, np.ndarray]:
+def export_umt5(
+    params: Mapping[str, np.ndarray], config: UMT5Config, layout: str
+) -> dict[str, np.ndarray]:
     """Our flat parameters as a umT5 state dict in `layout` ('transformers' | 'original')."""
     out = {}
     for ours, keys, kind in _plan(umt5_spec(config), layout):
@@ -139,20 +166,33 @@ def export_umt5(params: Mapping[str, np.ndarray], config: UMT5Config,
 
 def _architecture(config: UMT5Config) -> dict[str, Any]:
     """`config` as the fields of a transformers UMT5Config config.json."""
-    return dict(model_type="umt5", vocab_size=config.vocab_size, d_model=config.d_model,
-                d_kv=config.d_kv, num_heads=config.num_heads, d_ff=config.d_ff,
-                num_layers=config.num_layers,
-                relative_attention_num_buckets=config.num_buckets,
-                relative_attention_max_distance=config.max_distance,
-                layer_norm_epsilon=config.eps, feed_forward_proj="gated-gelu")
+    return dict(
+        model_type="umt5",
+        vocab_size=config.vocab_size,
+        d_model=config.d_model,
+        d_kv=config.d_kv,
+        num_heads=config.num_heads,
+        d_ff=config.d_ff,
+        num_layers=config.num_layers,
+        relative_attention_num_buckets=config.num_buckets,
+        relative_attention_max_distance=config.max_distance,
+        layer_norm_epsilon=config.eps,
+        feed_forward_proj="gated-gelu",
+    )
 
 
 def config_from_transformers(fields: Mapping[str, Any]) -> UMT5Config:
     return UMT5Config(
-        vocab_size=fields["vocab_size"], d_model=fields["d_model"], d_kv=fields["d_kv"],
-        num_heads=fields["num_heads"], d_ff=fields["d_ff"], num_layers=fields["num_layers"],
+        vocab_size=fields["vocab_size"],
+        d_model=fields["d_model"],
+        d_kv=fields["d_kv"],
+        num_heads=fields["num_heads"],
+        d_ff=fields["d_ff"],
+        num_layers=fields["num_layers"],
         num_buckets=fields["relative_attention_num_buckets"],
-        max_distance=fields["relative_attention_max_distance"], eps=fields["layer_norm_epsilon"])
+        max_distance=fields["relative_attention_max_distance"],
+        eps=fields["layer_norm_epsilon"],
+    )
 
 
 def read_upstream(src: str | pathlib.Path, config: UMT5Config | None = None):
@@ -163,14 +203,22 @@ def read_upstream(src: str | pathlib.Path, config: UMT5Config | None = None):
     if src.suffix in upstream.PTH_SUFFIXES:
         return upstream.read_pth(src), config or UMT5Config()
     state = sd.read_safetensors(src, subfolder="text_encoder")
-    folder = (src / "text_encoder" if (src / "text_encoder").is_dir()
-              else src if src.is_dir() else src.parent)
+    folder = (
+        src / "text_encoder"
+        if (src / "text_encoder").is_dir()
+        else src
+        if src.is_dir()
+        else src.parent
+    )
     fields = upstream.read_config(folder)
     if fields is None:
         return state, config or UMT5Config()
     if config is None:
-        upstream.check_config(fields, {"model_type": "umt5", "feed_forward_proj": "gated-gelu"},
-                              f"{folder}/config.json")
+        upstream.check_config(
+            fields,
+            {"model_type": "umt5", "feed_forward_proj": "gated-gelu"},
+            f"{folder}/config.json",
+        )
         return state, config_from_transformers(fields)
     upstream.check_config(fields, _architecture(config), f"{folder}/config.json")
     return state, config
@@ -181,18 +229,21 @@ def find_spiece(src: str | pathlib.Path) -> pathlib.Path:
     pipeline's `tokenizer/` beside `text_encoder/`, or Wan's `google/umt5-xxl/`."""
     src = pathlib.Path(src)
     base = src if src.is_dir() else src.parent
-    candidates = [base / "spiece.model", base / "tokenizer" / "spiece.model",
-                  base.parent / "tokenizer" / "spiece.model",
-                  base / "google" / "umt5-xxl" / "spiece.model"]
+    candidates = [
+        base / "spiece.model",
+        base / "tokenizer" / "spiece.model",
+        base.parent / "tokenizer" / "spiece.model",
+        base / "google" / "umt5-xxl" / "spiece.model",
+    ]
     for file in candidates:
         if file.is_file():
             return file
-    raise FileNotFoundError(f"no sentencepiece model for {src}; looked for "
-                            f"{[str(c) for c in candidates]}")
+    raise FileNotFoundError(
+        f"no sentencepiece model for {src}; looked for {[str(c) for c in candidates]}"
+    )
 
 
 # ---- checkpoints
-
 
 
 def _restore(path: str, dtypes: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -200,9 +251,14 @@ def _restore(path: str, dtypes: Mapping[str, Any]) -> dict[str, np.ndarray]:
     args = {k: ocp.RestoreArgs(restore_type=np.ndarray, dtype=d) for k, d in dtypes.items()}
     items = {k: np.zeros((), d) for k, d in dtypes.items()}
     with ocp.PyTreeCheckpointer() as checkpointer:
-        tree = checkpointer.restore(epath.Path(path), args=ocp.args.PyTreeRestore(
-            item=traverse_util.unflatten_dict(items, sep="/"),
-            restore_args=traverse_util.unflatten_dict(args, sep="/"), partial_restore=True))
+        tree = checkpointer.restore(
+            epath.Path(path),
+            args=ocp.args.PyTreeRestore(
+                item=traverse_util.unflatten_dict(items, sep="/"),
+                restore_args=traverse_util.unflatten_dict(args, sep="/"),
+                partial_restore=True,
+            ),
+        )
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
@@ -210,42 +266,53 @@ def _saved(path: str) -> dict[str, tuple[tuple[int, ...], Any]]:
     """{'a/b': (shape, dtype)} of an orbax tree, from its metadata."""
     with ocp.StandardCheckpointer() as checkpointer:
         tree = checkpointer.metadata(epath.Path(path)).item_metadata.tree
-    return {k: (tuple(v.shape), v.dtype)
-            for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+    return {
+        k: (tuple(v.shape), v.dtype) for k, v in traverse_util.flatten_dict(tree, sep="/").items()
+    }
 
 
 def _check_recorded(path: str, saved: Mapping[str, Any], config: UMT5Config) -> None:
     """Refuses a `convert umt5` checkpoint whose recorded architecture differs from `config`
     (eps and max_distance change no shape), naming both values of each field."""
     if _ARCHITECTURE not in saved:
-        logging.warning("umT5 checkpoint %s records no architecture (converted by an older "
-                        "version): its eps and max_distance cannot be checked; convert it again",
-                        path)
+        logging.warning(
+            "umT5 checkpoint %s records no architecture (converted by an older "
+            "version): its eps and max_distance cannot be checked; convert it again",
+            path,
+        )
         return
     recorded = json.loads(_restore(path, {_ARCHITECTURE: np.uint8})[_ARCHITECTURE].tobytes())
-    wrong = [f"{k}={recorded.get(k)!r} but the text encoder has {v!r}"
-             for k, v in _architecture(config).items() if recorded.get(k) != v]
+    wrong = [
+        f"{k}={recorded.get(k)!r} but the text encoder has {v!r}"
+        for k, v in _architecture(config).items()
+        if recorded.get(k) != v
+    ]
     if wrong:
-        raise ValueError(f"umT5 checkpoint {path} was converted from another architecture: "
-                         f"{'; '.join(wrong)}")
+        raise ValueError(
+            f"umT5 checkpoint {path} was converted from another architecture: {'; '.join(wrong)}"
+        )
 
 
 def load_umt5(path: str, config: UMT5Config) -> Any:
     """Nested host params of `UMT5Encoder(config)` in the checkpoint's dtype, from anything
     `read_upstream` reads or a `convert umt5` checkpoint."""
     if not path:
-        raise ConfigError("config.codecs.text.path is empty: set it to a umT5 checkpoint folder "
-                         "(e.g. Wan2.2-TI2V-5B-Diffusers) or a `python -m harmony_jax.convert "
-                         "umt5` checkpoint")
+        raise ConfigError(
+            "config.codecs.text.path is empty: set it to a umT5 checkpoint folder "
+            "(e.g. Wan2.2-TI2V-5B-Diffusers) or a `python -m harmony_jax.convert "
+            "umt5` checkpoint"
+        )
     if store.is_orbax_checkpoint(path):
         saved = _saved(path)
         expected = {f"params/{k}": v.shape for k, v in umt5_spec(config).items()}
-        sd.check_keys(expected, {k: s for k, (s, _) in saved.items()
-                                 if k not in ("spiece_model", _ARCHITECTURE)},
-                      f"umT5 checkpoint {path}")
+        sd.check_keys(
+            expected,
+            {k: s for k, (s, _) in saved.items() if k not in ("spiece_model", _ARCHITECTURE)},
+            f"umT5 checkpoint {path}",
+        )
         _check_recorded(path, saved, config)
         flat = _restore(path, {k: saved[k][1] for k in expected})
-        params = {k[len("params/"):]: v for k, v in flat.items()}
+        params = {k[len("params/") :]: v for k, v in flat.items()}
     else:
         state, _ = read_upstream(path, config)
         params = read_umt5(state, config, source=path)
@@ -262,8 +329,9 @@ def load_spiece(path: str) -> bytes:
     return find_spiece(path).read_bytes()
 
 
-def convert_checkpoint(src: str, dst: str, config: ml_collections.ConfigDict, *,
-                       overwrite: bool = False) -> None:
+def convert_checkpoint(
+    src: str, dst: str, config: ml_collections.ConfigDict, *, overwrite: bool = False
+) -> None:
     """`python -m harmony_jax.convert umt5`: a umT5 encoder (transformers / diffusers folder or
     Wan's original .pth) and its sentencepiece model -> an orbax checkpoint that
     `config.codecs.text.path` loads, in the source's dtype. The architecture is the source's own
@@ -274,10 +342,16 @@ def convert_checkpoint(src: str, dst: str, config: ml_collections.ConfigDict, *,
     spiece = find_spiece(src).read_bytes()
     state, umt5_config = read_upstream(src)
     params = read_umt5(state, umt5_config, source=src)
-    tree = {"params": traverse_util.unflatten_dict(params, sep="/"),
-            "spiece_model": np.frombuffer(spiece, np.uint8),
-            _ARCHITECTURE: np.frombuffer(json.dumps(_architecture(umt5_config)).encode(),
-                                         np.uint8)}
+    tree = {
+        "params": traverse_util.unflatten_dict(params, sep="/"),
+        "spiece_model": np.frombuffer(spiece, np.uint8),
+        _ARCHITECTURE: np.frombuffer(json.dumps(_architecture(umt5_config)).encode(), np.uint8),
+    }
     store.save_tree(tree, dst, overwrite=overwrite)
-    logging.info("wrote %d umT5 arrays (%d parameters) and the tokenizer from %s to %s",
-                 len(params), sum(v.size for v in params.values()), src, dst)
+    logging.info(
+        "wrote %d umT5 arrays (%d parameters) and the tokenizer from %s to %s",
+        len(params),
+        sum(v.size for v in params.values()),
+        src,
+        dst,
+    )

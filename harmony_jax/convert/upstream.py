@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -27,6 +28,7 @@ class TorchTensor:
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         import torch
+
         t = self.tensor.detach().cpu()
         if t.dtype == torch.bfloat16:  # numpy has no bfloat16; reinterpret the bits
             x = t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
@@ -41,8 +43,10 @@ def read_pth(file: str | pathlib.Path, entry: str = "") -> dict[str, TorchTensor
     try:
         import torch
     except ImportError as e:
-        raise ImportError(f"{file} is a PyTorch pickle: reading it needs torch "
-                          "(pip install torch), or convert it to safetensors first") from e
+        raise ImportError(
+            f"{file} is a PyTorch pickle: reading it needs torch "
+            "(pip install torch), or convert it to safetensors first"
+        ) from e
     state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
     if entry:
         if not isinstance(state, Mapping) or not isinstance(state.get(entry), Mapping):
@@ -63,8 +67,9 @@ def read_config(folder: pathlib.Path) -> dict[str, Any] | None:
 def check_config(found: Mapping[str, Any], expected: Mapping[str, Any], source: str) -> None:
     """Raises one ValueError naming every field of `expected` that `found` lacks or differs in
     (shapes cannot show e.g. a position-bias distance or a norm epsilon)."""
-    wrong = [f"{k}={found.get(k)!r} (expected {v!r})" for k, v in expected.items()
-             if found.get(k) != v]
+    wrong = [
+        f"{k}={found.get(k)!r} (expected {v!r})" for k, v in expected.items() if found.get(k) != v
+    ]
     if wrong:
         raise ValueError(f"{source} describes another architecture: {', '.join(wrong)}")
 
@@ -82,6 +87,8 @@ def checkpoint_file(src: str | pathlib.Path, what: str, preferred: str = "") -> 
     files = sorted(p for p in src.iterdir() if p.suffix in (".safetensors", *PTH_SUFFIXES))
     if len(files) != 1:
         wanted = f"{preferred} or exactly one" if preferred else "exactly one"
-        raise FileNotFoundError(f"{src}: expected {wanted} {what} checkpoint file "
-                                f"(.safetensors / .pt), found {[f.name for f in files]}")
+        raise FileNotFoundError(
+            f"{src}: expected {wanted} {what} checkpoint file "
+            f"(.safetensors / .pt), found {[f.name for f in files]}"
+        )
     return files[0]

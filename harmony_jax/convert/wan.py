@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import pathlib
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,18 +39,30 @@ _UNROLLED = re.compile(r"layers_(\d+)$")
 
 
 def _dense(ours: str, diffusers: str, original: str) -> list[tuple[str, str, str, str]]:
-    return [(f"{ours}/kernel", f"{diffusers}.weight", f"{original}.weight", "linear"),
-            (f"{ours}/bias", f"{diffusers}.bias", f"{original}.bias", "copy")]
+    return [
+        (f"{ours}/kernel", f"{diffusers}.weight", f"{original}.weight", "linear"),
+        (f"{ours}/bias", f"{diffusers}.bias", f"{original}.bias", "copy"),
+    ]
 
 
 def _attention(ours: str, diffusers: str, original: str) -> list[tuple[str, str, str, str]]:
     rows = []
-    for o, d, w in (("q", "to_q", "q"), ("k", "to_k", "k"), ("v", "to_v", "v"),
-                    ("out", "to_out.0", "o")):
+    for o, d, w in (
+        ("q", "to_q", "q"),
+        ("k", "to_k", "k"),
+        ("v", "to_v", "v"),
+        ("out", "to_out.0", "o"),
+    ):
         rows += _dense(f"{ours}/{o}", f"{diffusers}.{d}", f"{original}.{w}")
     for norm in ("norm_q", "norm_k"):
-        rows.append((f"{ours}/{norm}/scale", f"{diffusers}.{norm}.weight",
-                     f"{original}.{norm}.weight", "copy"))
+        rows.append(
+            (
+                f"{ours}/{norm}/scale",
+                f"{diffusers}.{norm}.weight",
+                f"{original}.{norm}.weight",
+                "copy",
+            )
+        )
     return rows
 
 
@@ -58,15 +71,23 @@ def _attention(ours: str, diffusers: str, original: str) -> list[tuple[str, str,
 _TOWER_RULES = (
     ("video_patch_embed/kernel", "patch_embedding.weight", "patch_embedding.weight", "conv"),
     ("video_patch_embed/bias", "patch_embedding.bias", "patch_embedding.bias", "copy"),
-    *_dense("video_time/time_embedder/fc1", "condition_embedder.time_embedder.linear_1",
-            "time_embedding.0"),
-    *_dense("video_time/time_embedder/fc2", "condition_embedder.time_embedder.linear_2",
-            "time_embedding.2"),
+    *_dense(
+        "video_time/time_embedder/fc1",
+        "condition_embedder.time_embedder.linear_1",
+        "time_embedding.0",
+    ),
+    *_dense(
+        "video_time/time_embedder/fc2",
+        "condition_embedder.time_embedder.linear_2",
+        "time_embedding.2",
+    ),
     *_dense("video_time/time_proj", "condition_embedder.time_proj", "time_projection.1"),
-    *_dense("video_text_embedder/fc1", "condition_embedder.text_embedder.linear_1",
-            "text_embedding.0"),
-    *_dense("video_text_embedder/fc2", "condition_embedder.text_embedder.linear_2",
-            "text_embedding.2"),
+    *_dense(
+        "video_text_embedder/fc1", "condition_embedder.text_embedder.linear_1", "text_embedding.0"
+    ),
+    *_dense(
+        "video_text_embedder/fc2", "condition_embedder.text_embedder.linear_2", "text_embedding.2"
+    ),
     ("video_head/scale_shift_table", "scale_shift_table", "head.modulation", "copy"),
     *_dense("video_head/proj_out", "proj_out", "head.head"),
 )
@@ -103,8 +124,11 @@ def _num_unrolled(dit: Params) -> int:
 def tower_spec(dit: Params) -> dict[str, jax.ShapeDtypeStruct]:
     """Shape and dtype of every video-tower leaf of `dit` (arrays or abstract), layers stacked."""
     flat = traverse_util.flatten_dict(dit, sep="/")
-    spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()
-            if k.split("/")[0] in _ROOTS or k.startswith(_LAYER)}
+    spec = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+        for k, v in flat.items()
+        if k.split("/")[0] in _ROOTS or k.startswith(_LAYER)
+    }
     depth = _num_unrolled(dit)
     for k, v in flat.items():
         if k.startswith("layers_0/video_block/"):
@@ -119,9 +143,10 @@ def tower_arrays(dit: Params) -> dict[str, np.ndarray]:
     out = {}
     for k in tower_spec(dit):
         if depth and k.startswith(_LAYER):
-            rest = k[len(_LAYER):]
-            out[k] = np.stack([np.asarray(flat[f"layers_{i}/video_block/{rest}"])
-                               for i in range(depth)])
+            rest = k[len(_LAYER) :]
+            out[k] = np.stack(
+                [np.asarray(flat[f"layers_{i}/video_block/{rest}"]) for i in range(depth)]
+            )
         else:
             out[k] = np.asarray(flat[k])
     return out
@@ -144,7 +169,7 @@ def with_tower(params: Params, tower: Mapping[str, np.ndarray]) -> Params:
     for k, value in tower.items():
         if depth and k.startswith(_LAYER):
             for i in range(depth):
-                path = f"layers_{i}/video_block/{k[len(_LAYER):]}"
+                path = f"layers_{i}/video_block/{k[len(_LAYER) :]}"
                 flat[path] = place(value[i], flat[path])
         else:
             flat[k] = place(value, flat[k])
@@ -185,8 +210,10 @@ def _plan(spec: Mapping[str, jax.ShapeDtypeStruct], layout: str):
     unmapped = sorted(spec.keys() - rules.keys())
     absent = sorted(rules.keys() - spec.keys())
     if unmapped or absent:
-        raise ValueError(f"the video tower and the Wan mapping differ: parameters without an "
-                         f"upstream key {unmapped}; mapped parameters the model lacks {absent}")
+        raise ValueError(
+            f"the video tower and the Wan mapping differ: parameters without an "
+            f"upstream key {unmapped}; mapped parameters the model lacks {absent}"
+        )
     return [(k, *rules[k]) for k in sorted(spec)]
 
 
@@ -203,13 +230,16 @@ def detect_layout(state: Mapping[str, Any], source: str = "state dict") -> str:
         return "diffusers"
     if "head.head.weight" in state:
         return "original"
-    raise ValueError(f"{source} is neither a diffusers Wan transformer (no proj_out.weight) nor "
-                     f"an original Wan checkpoint (no head.head.weight); its first keys: "
-                     f"{sorted(state)[:8]}")
+    raise ValueError(
+        f"{source} is neither a diffusers Wan transformer (no proj_out.weight) nor "
+        f"an original Wan checkpoint (no head.head.weight); its first keys: "
+        f"{sorted(state)[:8]}"
+    )
 
 
-def upstream_shapes(spec: Mapping[str, jax.ShapeDtypeStruct], patch: tuple[int, int, int],
-                    layout: str) -> dict[str, tuple[int, ...]]:
+def upstream_shapes(
+    spec: Mapping[str, jax.ShapeDtypeStruct], patch: tuple[int, int, int], layout: str
+) -> dict[str, tuple[int, ...]]:
     """{upstream key: shape} of the Wan checkpoint that fills the video tower `spec`."""
     expected = {}
     for ours, key, kind in _plan(spec, layout):
@@ -219,16 +249,22 @@ def upstream_shapes(spec: Mapping[str, jax.ShapeDtypeStruct], patch: tuple[int, 
     return expected
 
 
-def read_wan(state: Mapping[str, Any], spec: Mapping[str, jax.ShapeDtypeStruct],
-             patch: tuple[int, int, int], *, layout: str = "auto",
-             source: str = "state dict") -> dict[str, np.ndarray]:
+def read_wan(
+    state: Mapping[str, Any],
+    spec: Mapping[str, jax.ShapeDtypeStruct],
+    patch: tuple[int, int, int],
+    *,
+    layout: str = "auto",
+    source: str = "state dict",
+) -> dict[str, np.ndarray]:
     """Our video tower (flat, layers stacked, dtypes of `spec`) from a Wan state dict.
 
     Keys and shapes are all checked before any tensor is read; every fault is named at once.
     """
     layout = detect_layout(state, source) if layout == "auto" else layout
-    sd.check_keys(upstream_shapes(spec, patch, layout), sd.shapes(state),
-                  f"{source} ({layout} layout)")
+    sd.check_keys(
+        upstream_shapes(spec, patch, layout), sd.shapes(state), f"{source} ({layout} layout)"
+    )
     tower = {}
     for ours, key, kind in _plan(spec, layout):
         arrays = [_to_ours(np.asarray(state[k]), kind) for k in _expand(ours, key, spec)]
@@ -237,12 +273,19 @@ def read_wan(state: Mapping[str, Any], spec: Mapping[str, jax.ShapeDtypeStruct],
     return tower
 
 
-def import_wan(state: Mapping[str, Any], params: Params, cfg: ModelConfig, *,
-               layout: str = "auto", source: str = "state dict") -> Params:
+def import_wan(
+    state: Mapping[str, Any],
+    params: Params,
+    cfg: ModelConfig,
+    *,
+    layout: str = "auto",
+    source: str = "state dict",
+) -> Params:
     """`params` ({'dit': ...}) with the video tower read from a Wan state dict, in either layout;
     every other leaf (audio tower, interaction, transcript, text) is kept as initialised."""
-    tower = read_wan(state, tower_spec(params["dit"]), cfg.video.patch, layout=layout,
-                     source=source)
+    tower = read_wan(
+        state, tower_spec(params["dit"]), cfg.video.patch, layout=layout, source=source
+    )
     return with_tower(params, tower)
 
 
@@ -267,8 +310,18 @@ def abstract_dit(cfg: ModelConfig) -> Params:
     pt, ph, pw = cfg.video.patch
     # one token of everything: no parameter shape depends on a length, and one token fits any
     # model.transcript.max_len and model.video.text_pad_to
-    inputs = example_inputs(cfg, batch=1, video_frames=pt, height=ph, width=pw, audio_frames=1,
-                            audio_rate=1.0, text_len=1, transcript_len=1, abstract=True)
+    inputs = example_inputs(
+        cfg,
+        batch=1,
+        video_frames=pt,
+        height=ph,
+        width=pw,
+        audio_frames=1,
+        audio_rate=1.0,
+        text_len=1,
+        transcript_len=1,
+        abstract=True,
+    )
     boxed = jax.eval_shape(HarmonyDiT(cfg).init, jax.random.key(0), *inputs)["params"]
     return nn.meta.unbox(boxed)
 
@@ -293,15 +346,21 @@ def _config_fields(cfg: ModelConfig, class_name: str) -> dict[str, tuple[Any, st
             "cross_attn_norm": (True, fixed),
             "qk_norm": ("rms_norm_across_heads", fixed),
             "image_dim": (None, fixed),
-            "added_kv_proj_dim": (None, fixed)}
+            "added_kv_proj_dim": (None, fixed),
+        }
     return {  # WanModel: text_len is the length it zero-pads the caption to and attends
-        "num_layers": (cfg.depth, "model.depth"), "num_heads": (v.heads, "model.video.heads"),
-        "dim": (v.dim, "model.video.dim"), "ffn_dim": (v.ffn_dim, "model.video.ffn_dim"),
+        "num_layers": (cfg.depth, "model.depth"),
+        "num_heads": (v.heads, "model.video.heads"),
+        "dim": (v.dim, "model.video.dim"),
+        "ffn_dim": (v.ffn_dim, "model.video.ffn_dim"),
         "in_dim": (v.in_channels, "model.video.in_channels"),
         "out_dim": (v.in_channels, "model.video.in_channels"),
         "patch_size": (list(v.patch), "model.video.patch"),
-        "text_dim": (cfg.text_dim, "model.text_dim"), "freq_dim": (cfg.freq_dim, "model.freq_dim"),
-        "eps": (cfg.eps, "model.eps"), "text_len": (v.text_pad_to, "model.video.text_pad_to")}
+        "text_dim": (cfg.text_dim, "model.text_dim"),
+        "freq_dim": (cfg.freq_dim, "model.freq_dim"),
+        "eps": (cfg.eps, "model.eps"),
+        "text_len": (v.text_pad_to, "model.video.text_pad_to"),
+    }
 
 
 def check_source_config(src: str, cfg: ModelConfig) -> None:
@@ -310,8 +369,13 @@ def check_source_config(src: str, cfg: ModelConfig) -> None:
     pipeline, the folder itself, or a file's folder). Shapes alone cannot show a different eps
     or caption length; a source without a Wan config.json is checked by its shapes only."""
     path = pathlib.Path(src)
-    folder = (path / "transformer" if (path / "transformer").is_dir()
-              else path if path.is_dir() else path.parent)
+    folder = (
+        path / "transformer"
+        if (path / "transformer").is_dir()
+        else path
+        if path.is_dir()
+        else path.parent
+    )
     found = upstream.read_config(folder)
     name = (found or {}).get("_class_name")
     if name not in ("WanTransformer3DModel", "WanModel"):
@@ -325,8 +389,9 @@ def check_source_config(src: str, cfg: ModelConfig) -> None:
         raise ValueError(f"{folder / 'config.json'} ({name}): {'; '.join(wrong)}")
 
 
-def convert_checkpoint(src: str, dst: str, config: ml_collections.ConfigDict, *,
-                       overwrite: bool = False) -> None:
+def convert_checkpoint(
+    src: str, dst: str, config: ml_collections.ConfigDict, *, overwrite: bool = False
+) -> None:
     """`python -m harmony_jax.convert wan`: a Wan transformer checkpoint (diffusers or original
     layout, sharded or not) -> an orbax checkpoint of our video tower for `config.model`, which
     `config.init.video_from` then loads."""
@@ -337,16 +402,24 @@ def convert_checkpoint(src: str, dst: str, config: ml_collections.ConfigDict, *,
     state = sd.read_safetensors(src, subfolder="transformer")
     tower = read_wan(state, tower_spec(abstract_dit(cfg)), cfg.video.patch, source=src)
     store.save_tree(traverse_util.unflatten_dict(tower, sep="/"), dst, overwrite=overwrite)
-    logging.info("wrote %d video-tower arrays (%d parameters) from %s to %s", len(tower),
-                 sum(v.size for v in tower.values()), src, dst)
+    logging.info(
+        "wrote %d video-tower arrays (%d parameters) from %s to %s",
+        len(tower),
+        sum(v.size for v in tower.values()),
+        src,
+        dst,
+    )
 
 
 def load_video_tower(params: Params, path: str) -> Params:
     """`params` with the video tower of a `convert wan` checkpoint, each array placed with the
     sharding of the leaf it replaces; keys and shapes are checked against the model first."""
     spec = tower_spec(params["dit"])
-    sd.check_keys({k: v.shape for k, v in spec.items()}, store.saved_shapes(path),
-                  f"video tower checkpoint {path}")
+    sd.check_keys(
+        {k: v.shape for k, v in spec.items()},
+        store.saved_shapes(path),
+        f"video tower checkpoint {path}",
+    )
     tower = store.restore_to_host(path, {k: v.dtype for k, v in spec.items()})
     logging.info("video tower loaded from %s", path)
     return with_tower(params, tower)

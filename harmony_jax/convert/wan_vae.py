@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import pathlib
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,32 +26,126 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from harmony_jax.errors import ConfigError
 from harmony_jax.codecs.wan_vae import WanVAE, WanVAEConfig
 from harmony_jax.convert import state_dict as sd
 from harmony_jax.convert import store, upstream
+from harmony_jax.errors import ConfigError
 
 LAYOUTS = ("diffusers", "original")
 
 # Wan2.2's latent statistics (Wan2.2 `vae2_2.py`; diffusers' Wan2.2-TI2V-5B vae/config.json), for
 # an original-layout checkpoint, which has no config.json.
 WAN22_LATENTS_MEAN = (
-    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813,
-    0.0891, 0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108,
-    -0.2158, 0.2502, -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313,
-    -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944,
-    0.3573, -0.0548, -0.1681, -0.0667)
+    -0.2289,
+    -0.0052,
+    -0.1323,
+    -0.2339,
+    -0.2799,
+    0.0174,
+    0.1838,
+    0.1557,
+    -0.1382,
+    0.0542,
+    0.2813,
+    0.0891,
+    0.1570,
+    -0.0098,
+    0.0375,
+    -0.1825,
+    -0.2246,
+    -0.1207,
+    -0.0698,
+    0.5109,
+    0.2665,
+    -0.2108,
+    -0.2158,
+    0.2502,
+    -0.2055,
+    -0.0322,
+    0.1109,
+    0.1567,
+    -0.0729,
+    0.0899,
+    -0.2799,
+    -0.1230,
+    -0.0313,
+    -0.1649,
+    0.0117,
+    0.0723,
+    -0.2839,
+    -0.2083,
+    -0.0520,
+    0.3748,
+    0.0152,
+    0.1957,
+    0.1433,
+    -0.2944,
+    0.3573,
+    -0.0548,
+    -0.1681,
+    -0.0667,
+)
 WAN22_LATENTS_STD = (
-    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
-    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
-    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
-    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744)
+    0.4765,
+    1.0364,
+    0.4514,
+    1.1677,
+    0.5313,
+    0.4990,
+    0.4818,
+    0.5013,
+    0.8158,
+    1.0344,
+    0.5894,
+    1.0901,
+    0.6885,
+    0.6165,
+    0.8454,
+    0.4978,
+    0.5759,
+    0.3523,
+    0.7135,
+    0.6804,
+    0.5833,
+    1.4146,
+    0.8986,
+    0.5659,
+    0.7069,
+    0.5338,
+    0.4889,
+    0.4917,
+    0.4069,
+    0.4999,
+    0.6866,
+    0.4093,
+    0.5709,
+    0.6065,
+    0.6415,
+    0.4944,
+    0.5726,
+    1.2042,
+    0.5458,
+    1.6887,
+    0.3971,
+    1.0600,
+    0.3943,
+    0.5537,
+    0.5444,
+    0.4089,
+    0.7468,
+    0.7744,
+)
 
 _INDEXED = re.compile(r"^(.+)_(\d+)$")
 _LEAF = {"kernel": "weight", "bias": "bias", "scale": "gamma"}
 # Inside a residual block: diffusers name -> the original nn.Sequential index.
-_RESNET = ((".norm1.", ".residual.0."), (".conv1.", ".residual.2."), (".norm2.", ".residual.3."),
-           (".conv2.", ".residual.6."), (".conv_shortcut.", ".shortcut."))
+_RESNET = (
+    (".norm1.", ".residual.0."),
+    (".conv1.", ".residual.2."),
+    (".norm2.", ".residual.3."),
+    (".conv2.", ".residual.6."),
+    (".conv_shortcut.", ".shortcut."),
+)
 # (diffusers pattern, original replacement); {down} / {up} stand for the index of the resampler
 # in the original Down/Up_ResidualBlock's nn.Sequential, after its residual blocks.
 _MODULES = (
@@ -132,16 +227,19 @@ def _to_upstream(x: np.ndarray, path: str) -> np.ndarray:
 def vae_spec(config: WanVAEConfig) -> dict[str, jax.ShapeDtypeStruct]:
     """{our flat path: shape} of `WanVAE(config)`'s parameters, computed without allocating."""
     side = 2 ** (len(config.dim_mult) - 1)  # the smallest clip every level can halve
-    x = jax.ShapeDtypeStruct((1, config.temporal_stride, side, side, config.in_channels),
-                             jnp.float32)
+    x = jax.ShapeDtypeStruct(
+        (1, config.temporal_stride, side, side, config.in_channels), jnp.float32
+    )
     variables = jax.eval_shape(WanVAE(config).init, jax.random.key(0), x)
     return traverse_util.flatten_dict(variables["params"], sep="/")
 
 
 def upstream_shapes(config: WanVAEConfig, layout: str) -> dict[str, tuple[int, ...]]:
     """{upstream key: shape} of the Wan VAE checkpoint that fills `WanVAE(config)`."""
-    return {upstream_key(p, config, layout): _upstream_shape(p, s.shape)
-            for p, s in vae_spec(config).items()}
+    return {
+        upstream_key(p, config, layout): _upstream_shape(p, s.shape)
+        for p, s in vae_spec(config).items()
+    }
 
 
 def detect_layout(state: Mapping[str, Any], source: str) -> str:
@@ -150,47 +248,71 @@ def detect_layout(state: Mapping[str, Any], source: str) -> str:
         return "diffusers"
     if "conv1.weight" in state:
         return "original"
-    raise ValueError(f"{source} is neither a diffusers AutoencoderKLWan (no quant_conv.weight) "
-                     f"nor an original Wan VAE (no conv1.weight); its first keys: "
-                     f"{sorted(state)[:8]}")
+    raise ValueError(
+        f"{source} is neither a diffusers AutoencoderKLWan (no quant_conv.weight) "
+        f"nor an original Wan VAE (no conv1.weight); its first keys: "
+        f"{sorted(state)[:8]}"
+    )
 
 
-def read_vae(state: Mapping[str, Any], config: WanVAEConfig, *, layout: str = "auto",
-             source: str = "state dict") -> dict[str, np.ndarray]:
+def read_vae(
+    state: Mapping[str, Any],
+    config: WanVAEConfig,
+    *,
+    layout: str = "auto",
+    source: str = "state dict",
+) -> dict[str, np.ndarray]:
     """Our flat float32 parameters from a Wan VAE state dict in either layout; every missing,
     unexpected or mis-shaped key is named at once, before any tensor is read."""
     layout = detect_layout(state, source) if layout == "auto" else layout
     sd.check_keys(upstream_shapes(config, layout), sd.shapes(state), f"{source} ({layout} layout)")
-    return {p: _to_ours(np.asarray(state[upstream_key(p, config, layout)], np.float32), p)
-            for p in vae_spec(config)}
+    return {
+        p: _to_ours(np.asarray(state[upstream_key(p, config, layout)], np.float32), p)
+        for p in vae_spec(config)
+    }
 
 
-def export_vae(params: Mapping[str, np.ndarray], config: WanVAEConfig,
-               layout: str) -> dict[str, np.ndarray]:
+def export_vae(
+    params: Mapping[str, np.ndarray], config: WanVAEConfig, layout: str
+) -> dict[str, np.ndarray]:
     """Our flat parameters as a Wan VAE state dict in `layout` ('diffusers' | 'original')."""
-    return {upstream_key(p, config, layout): np.ascontiguousarray(_to_upstream(np.asarray(x), p))
-            for p, x in params.items()}
+    return {
+        upstream_key(p, config, layout): np.ascontiguousarray(_to_upstream(np.asarray(x), p))
+        for p, x in params.items()
+    }
 
 
 def _architecture(config: WanVAEConfig) -> dict[str, Any]:
     """`config` as the fields of diffusers' AutoencoderKLWan config.json."""
-    return dict(_class_name="AutoencoderKLWan", base_dim=config.base_dim,
-                decoder_base_dim=config.decoder_base_dim, z_dim=config.z_dim, dim_mult=list(config.dim_mult),
-                num_res_blocks=config.num_res_blocks,
-                temperal_downsample=list(config.temporal_downsample), attn_scales=[],
-                is_residual=True, in_channels=config.in_channels,
-                out_channels=config.out_channels, patch_size=config.patch_size)
+    return dict(
+        _class_name="AutoencoderKLWan",
+        base_dim=config.base_dim,
+        decoder_base_dim=config.decoder_base_dim,
+        z_dim=config.z_dim,
+        dim_mult=list(config.dim_mult),
+        num_res_blocks=config.num_res_blocks,
+        temperal_downsample=list(config.temporal_downsample),
+        attn_scales=[],
+        is_residual=True,
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        patch_size=config.patch_size,
+    )
 
 
 def config_from_diffusers(fields: Mapping[str, Any]) -> WanVAEConfig:
     """The `WanVAEConfig` of a diffusers AutoencoderKLWan config.json (residual variant)."""
     return WanVAEConfig(
-        base_dim=fields["base_dim"], decoder_base_dim=fields.get("decoder_base_dim") or
-        fields["base_dim"], z_dim=fields["z_dim"], dim_mult=tuple(fields["dim_mult"]),
+        base_dim=fields["base_dim"],
+        decoder_base_dim=fields.get("decoder_base_dim") or fields["base_dim"],
+        z_dim=fields["z_dim"],
+        dim_mult=tuple(fields["dim_mult"]),
         num_res_blocks=fields["num_res_blocks"],
         temporal_downsample=tuple(fields["temperal_downsample"]),
-        in_channels=fields["in_channels"], out_channels=fields["out_channels"],
-        patch_size=fields["patch_size"])
+        in_channels=fields["in_channels"],
+        out_channels=fields["out_channels"],
+        patch_size=fields["patch_size"],
+    )
 
 
 def read_upstream(src: str | pathlib.Path, config: WanVAEConfig | None = None):
@@ -207,34 +329,49 @@ def read_upstream(src: str | pathlib.Path, config: WanVAEConfig | None = None):
     if fields is None:
         config = config or WanVAEConfig()
         if config.z_dim != len(WAN22_LATENTS_MEAN):
-            raise ValueError(f"{src} has no config.json with latents_mean/std, and Wan2.2's are "
-                             f"for {len(WAN22_LATENTS_MEAN)} channels, not z_dim={config.z_dim}")
-        return (state, np.asarray(WAN22_LATENTS_MEAN, np.float32),
-                np.asarray(WAN22_LATENTS_STD, np.float32), config)
+            raise ValueError(
+                f"{src} has no config.json with latents_mean/std, and Wan2.2's are "
+                f"for {len(WAN22_LATENTS_MEAN)} channels, not z_dim={config.z_dim}"
+            )
+        return (
+            state,
+            np.asarray(WAN22_LATENTS_MEAN, np.float32),
+            np.asarray(WAN22_LATENTS_STD, np.float32),
+            config,
+        )
     if config is None:
-        upstream.check_config(fields, {"_class_name": "AutoencoderKLWan", "is_residual": True,
-                                       "attn_scales": []},
-                              f"{folder}/config.json")
+        upstream.check_config(
+            fields,
+            {"_class_name": "AutoencoderKLWan", "is_residual": True, "attn_scales": []},
+            f"{folder}/config.json",
+        )
         config = config_from_diffusers(fields)
     else:
-        found = {**fields, "decoder_base_dim": fields.get("decoder_base_dim") or
-                 fields.get("base_dim")}
+        found = {
+            **fields,
+            "decoder_base_dim": fields.get("decoder_base_dim") or fields.get("base_dim"),
+        }
         upstream.check_config(found, _architecture(config), f"{folder}/config.json")
-    return (state, np.asarray(fields["latents_mean"], np.float32),
-            np.asarray(fields["latents_std"], np.float32), config)
+    return (
+        state,
+        np.asarray(fields["latents_mean"], np.float32),
+        np.asarray(fields["latents_std"], np.float32),
+        config,
+    )
 
 
 # ---- checkpoints
-
 
 
 def load_vae(path: str, config: WanVAEConfig) -> tuple[Any, np.ndarray, np.ndarray]:
     """(nested params, latents_mean [z], latents_std [z]) as host arrays for `WanVAE(config)`,
     from anything `read_upstream` reads or a `convert wan-vae` checkpoint."""
     if not path:
-        raise ConfigError("config.codecs.video.path is empty: set it to a diffusers Wan2.2 vae/ "
-                         "folder, Wan2.2_VAE.pth or a `python -m harmony_jax.convert wan-vae` "
-                         "checkpoint")
+        raise ConfigError(
+            "config.codecs.video.path is empty: set it to a diffusers Wan2.2 vae/ "
+            "folder, Wan2.2_VAE.pth or a `python -m harmony_jax.convert wan-vae` "
+            "checkpoint"
+        )
     root = pathlib.Path(path)
     if store.is_orbax_checkpoint(root):
         z = config.z_dim
@@ -242,7 +379,7 @@ def load_vae(path: str, config: WanVAEConfig) -> tuple[Any, np.ndarray, np.ndarr
         expected.update({"latents_mean": (z,), "latents_std": (z,)})
         sd.check_keys(expected, store.saved_shapes(path), f"Wan VAE checkpoint {path}")
         flat = store.restore_to_host(path, dict.fromkeys(expected, np.float32))
-        params = {k[len("params/"):]: v for k, v in flat.items() if k.startswith("params/")}
+        params = {k[len("params/") :]: v for k, v in flat.items() if k.startswith("params/")}
         mean, std = flat["latents_mean"], flat["latents_std"]
     else:
         state, mean, std, _ = read_upstream(root, config)
@@ -251,8 +388,9 @@ def load_vae(path: str, config: WanVAEConfig) -> tuple[Any, np.ndarray, np.ndarr
     return traverse_util.unflatten_dict(params, sep="/"), mean, std
 
 
-def convert_checkpoint(src: str, dst: str, config: ml_collections.ConfigDict, *,
-                       overwrite: bool = False) -> None:
+def convert_checkpoint(
+    src: str, dst: str, config: ml_collections.ConfigDict, *, overwrite: bool = False
+) -> None:
     """`python -m harmony_jax.convert wan-vae`: a Wan VAE (diffusers folder or original .pth)
     -> an orbax checkpoint that `config.codecs.video.path` loads. The architecture is the
     source's own (config.json, or Wan2.2's for a .pth), so `config` (the run config) is not read:
@@ -261,8 +399,16 @@ def convert_checkpoint(src: str, dst: str, config: ml_collections.ConfigDict, *,
     store.check_destination(dst, overwrite)
     state, mean, std, vae_config = read_upstream(src)
     params = read_vae(state, vae_config, source=src)
-    tree = {"params": traverse_util.unflatten_dict(params, sep="/"), "latents_mean": mean,
-            "latents_std": std}
+    tree = {
+        "params": traverse_util.unflatten_dict(params, sep="/"),
+        "latents_mean": mean,
+        "latents_std": std,
+    }
     store.save_tree(tree, dst, overwrite=overwrite)
-    logging.info("wrote %d Wan VAE arrays (%d parameters) from %s to %s", len(params),
-                 sum(v.size for v in params.values()), src, dst)
+    logging.info(
+        "wrote %d Wan VAE arrays (%d parameters) from %s to %s",
+        len(params),
+        sum(v.size for v in params.values()),
+        src,
+        dst,
+    )

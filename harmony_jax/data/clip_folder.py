@@ -51,13 +51,15 @@ def read_captions(root: str) -> list[Clip]:
     clip listed twice raises DataError naming the file and the line."""
     file = os.path.join(root, CAPTIONS_FILE)
     if not os.path.isfile(file):
-        raise DataError(f"{file}: no such file (config.data.root={root!r} must hold the clips "
-                        f"and {CAPTIONS_FILE})")
+        raise DataError(
+            f"{file}: no such file (config.data.root={root!r} must hold the clips "
+            f"and {CAPTIONS_FILE})"
+        )
     clips, first_line = [], {}
     with open(file, "rb") as f:  # decoded line by line: bad UTF-8 is that line's error
         for number, line in enumerate(f, start=1):
             if number == 1 and line.startswith(codecs.BOM_UTF8):
-                line = line[len(codecs.BOM_UTF8):]
+                line = line[len(codecs.BOM_UTF8) :]
             if not line.strip():
                 continue
             try:
@@ -73,8 +75,10 @@ def read_captions(root: str) -> list[Clip]:
                 raise DataError(f"{file}:{number}: bad line ({type(e).__name__}: {e})") from e
             path = os.path.normpath(os.path.join(root, fields["path"]))
             if path in first_line:
-                raise DataError(f"{file}:{number}: clip {fields['path']!r} is already listed on "
-                                f"line {first_line[path]}")
+                raise DataError(
+                    f"{file}:{number}: clip {fields['path']!r} is already listed on "
+                    f"line {first_line[path]}"
+                )
             first_line[path] = number
             fields["path"] = os.path.join(root, fields["path"])
             clips.append(Clip(**fields))
@@ -99,8 +103,17 @@ class ClipFolder:
     MediaError naming the file, or with `skip_bad_files` logs a warning and yields the next good
     clip in index order (wrapping), so an index always maps to the same clip."""
 
-    def __init__(self, root: str, *, fps: float, num_frames: int, height: int, width: int,
-                 sample_rate: int, skip_bad_files: bool = False):
+    def __init__(
+        self,
+        root: str,
+        *,
+        fps: float,
+        num_frames: int,
+        height: int,
+        width: int,
+        sample_rate: int,
+        skip_bad_files: bool = False,
+    ):
         self.root = root
         self.clips = read_captions(root)
         self.fps, self.num_frames = float(fps), int(num_frames)
@@ -115,8 +128,10 @@ class ClipFolder:
         return len(self.clips)
 
     def __repr__(self) -> str:
-        return (f"ClipFolder({len(self)} clips, {self.num_frames} frames of "
-                f"{self.height}x{self.width} at {self.fps:g} fps)")
+        return (
+            f"ClipFolder({len(self)} clips, {self.num_frames} frames of "
+            f"{self.height}x{self.width} at {self.fps:g} fps)"
+        )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.locate(index)[1]
@@ -134,27 +149,37 @@ class ClipFolder:
                     raise
                 if self._bad.setdefault(i, threading.get_ident()) == threading.get_ident():
                     logging.warning("Skipping bad clip %d: %s", i, e)  # once per clip
-        raise MediaError(f"no usable clip among the {len(self)} in "
-                         f"{os.path.join(self.root, CAPTIONS_FILE)}")
+        raise MediaError(
+            f"no usable clip among the {len(self)} in {os.path.join(self.root, CAPTIONS_FILE)}"
+        )
 
     def load(self, index: int) -> dict[str, Any]:
         """Clip `index`, no skipping."""
         clip = self.clips[index]
-        window = read_window(clip.path, fps=self.fps, num_frames=self.num_frames,
-                             size=(self.height, self.width))
+        window = read_window(
+            clip.path, fps=self.fps, num_frames=self.num_frames, size=(self.height, self.width)
+        )
         if window.audio is None:
             raise MediaError(f"{clip.path}: no audio stream")
         if len(window.video) < self.num_frames:
-            raise MediaError(f"{clip.path}: {window.end:.3f} s of video is shorter than "
-                             f"{self.num_frames} frames at {self.fps:g} fps "
-                             f"({self.num_frames / self.fps:.3f} s)")
+            raise MediaError(
+                f"{clip.path}: {window.end:.3f} s of video is shorter than "
+                f"{self.num_frames} frames at {self.fps:g} fps "
+                f"({self.num_frames / self.fps:.3f} s)"
+            )
         video, audio, rate = window.video, window.audio, window.sample_rate  # [F, H, W, 3] uint8
         wave = _to_mono(audio, rate, self.sample_rate)  # [S0]
         missing = self.num_samples - len(wave)
         if missing > self.sample_rate / self.fps:  # tolerate one frame of codec padding loss
-            raise MediaError(f"{clip.path}: {len(wave) / self.sample_rate:.3f} s of audio, "
-                             f"{self.num_samples / self.sample_rate:.3f} s needed")
+            raise MediaError(
+                f"{clip.path}: {len(wave) / self.sample_rate:.3f} s of audio, "
+                f"{self.num_samples / self.sample_rate:.3f} s needed"
+            )
         wave = np.pad(wave, (0, max(0, missing)))[: self.num_samples]  # [S]
-        return dict(video=unit_range(video), audio=wave,
-                    video_caption=clip.video_caption, audio_caption=clip.audio_caption,
-                    transcript=clip.transcript)
+        return dict(
+            video=unit_range(video),
+            audio=wave,
+            video_caption=clip.video_caption,
+            audio_caption=clip.audio_caption,
+            transcript=clip.transcript,
+        )

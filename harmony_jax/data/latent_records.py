@@ -46,9 +46,12 @@ DTYPES = ("bfloat16", "float32")
 # which may differ between the encoding and the training machines, are not among them: the
 # weights are identified by their digest).
 _CODEC_KEYS = {
-    ("video", "pixel"): (), ("video", "wan2.2"): (),
-    ("audio", "mel"): ("n_mels", "n_fft", "hop_length"), ("audio", "mmaudio"): ("variant",),
-    ("text", "demo"): ("max_len", "vocab_size"), ("text", "umt5"): ("max_len",),
+    ("video", "pixel"): (),
+    ("video", "wan2.2"): (),
+    ("audio", "mel"): ("n_mels", "n_fft", "hop_length"),
+    ("audio", "mmaudio"): ("variant",),
+    ("text", "demo"): ("max_len", "vocab_size"),
+    ("text", "umt5"): ("max_len",),
 }
 _DATA_KEYS = ("fps", "num_frames", "height", "width", "sample_rate")
 
@@ -70,13 +73,17 @@ def identity(config: ml_collections.ConfigDict, transcript_vocab: Any = None) ->
     out = {f"data.{k}": config.data[k] for k in _DATA_KEYS}
     for kind in ("video", "audio", "text"):
         section = config.codecs[kind]
-        keys = _CODEC_KEYS.get((kind, section.name),
-                               tuple(k for k in section if k not in ("name", "path")))
+        keys = _CODEC_KEYS.get(
+            (kind, section.name), tuple(k for k in section if k not in ("name", "path"))
+        )
         out[f"codecs.{kind}.name"] = section.name
         out.update({f"codecs.{kind}.{k}": section[k] for k in keys})
     out["model.transcript.max_len"] = config.model.transcript.max_len
-    vocab = "utf-8 bytes" if transcript_vocab is None else hashlib.sha256(
-        json.dumps(sorted(transcript_vocab.items())).encode()).hexdigest()
+    vocab = (
+        "utf-8 bytes"
+        if transcript_vocab is None
+        else hashlib.sha256(json.dumps(sorted(transcript_vocab.items())).encode()).hexdigest()
+    )
     out["transcript vocabulary"] = vocab  # from config.init.transcript_from
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
@@ -89,8 +96,9 @@ def latent_geometry(system) -> dict[str, list[int]]:
 def weights_digest(tree: Any) -> str:
     """sha256 of a weight tree: every leaf's path, dtype, shape and bytes, in path order."""
     digest = hashlib.sha256()
-    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(tree)[0],
-                             key=lambda x: jax.tree_util.keystr(x[0])):
+    for path, leaf in sorted(
+        jax.tree_util.tree_flatten_with_path(tree)[0], key=lambda x: jax.tree_util.keystr(x[0])
+    ):
         leaf = np.asarray(leaf)
         digest.update(f"{jax.tree_util.keystr(path)}|{leaf.dtype}|{leaf.shape}|".encode())
         digest.update(np.ascontiguousarray(leaf).tobytes())
@@ -111,8 +119,9 @@ def _read_json(path: str) -> dict[str, Any]:
 
 def first_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> str | None:
     """The first key on which two identities differ, or None."""
-    return next((k for k in sorted(set(recorded) | set(wanted))
-                 if recorded.get(k) != wanted.get(k)), None)
+    return next(
+        (k for k in sorted(set(recorded) | set(wanted)) if recorded.get(k) != wanted.get(k)), None
+    )
 
 
 def check_identity(file: str, recorded: dict[str, Any], wanted: dict[str, Any]) -> None:
@@ -123,12 +132,15 @@ def check_identity(file: str, recorded: dict[str, Any], wanted: dict[str, Any]) 
         if recorded.get(key) != wanted.get(key):
             raise LatentRecordsError(
                 f"{file}: encoded by {kind} codec {recorded.get(key)!r}, this run's "
-                f"config.{key} is {wanted.get(key)!r}")
+                f"config.{key} is {wanted.get(key)!r}"
+            )
     key = first_difference(recorded, wanted)
     if key is not None:
         where = key if " " in key else f"config.{key}"
-        raise LatentRecordsError(f"{file}: encoded with {key}={recorded.get(key)!r}, this "
-                                 f"run's {where} is {wanted.get(key)!r}")
+        raise LatentRecordsError(
+            f"{file}: encoded with {key}={recorded.get(key)!r}, this "
+            f"run's {where} is {wanted.get(key)!r}"
+        )
 
 
 class LatentRecords:
@@ -142,33 +154,47 @@ class LatentRecords:
 
     prepared = True
 
-    def __init__(self, root: str, config: ml_collections.ConfigDict,
-                 geometry: dict[str, list[int]], transcript_vocab: Any = None):
+    def __init__(
+        self,
+        root: str,
+        config: ml_collections.ConfigDict,
+        geometry: dict[str, list[int]],
+        transcript_vocab: Any = None,
+    ):
         self.root = root
         file = os.path.join(root, MANIFEST_FILE)
         if not os.path.isfile(file):
             unfinished = os.path.isfile(os.path.join(root, LAYOUT_FILE))
             raise LatentRecordsError(
                 f"{file}: no manifest (config.data.root={root!r}); "
-                + ("the encode there did not finish: rerun `python -m harmony_jax.encode` with "
-                   "the same --dst" if unfinished else
-                   "encode the clip folder first with `python -m harmony_jax.encode`"))
+                + (
+                    "the encode there did not finish: rerun `python -m harmony_jax.encode` with "
+                    "the same --dst"
+                    if unfinished
+                    else "encode the clip folder first with `python -m harmony_jax.encode`"
+                )
+            )
         self.manifest = manifest = _read_json(file)
         if manifest.get("format") != FORMAT:
-            raise LatentRecordsError(f"{file}: format {manifest.get('format')!r}, expected "
-                                     f"{FORMAT!r}")
+            raise LatentRecordsError(
+                f"{file}: format {manifest.get('format')!r}, expected {FORMAT!r}"
+            )
         check_identity(file, manifest["identity"], identity(config, transcript_vocab))
         if manifest["geometry"] != geometry:
-            raise LatentRecordsError(f"{file}: latent geometry {manifest['geometry']} there, "
-                                     f"the configured codecs make {geometry}")
+            raise LatentRecordsError(
+                f"{file}: latent geometry {manifest['geometry']} there, "
+                f"the configured codecs make {geometry}"
+            )
         self.text_embedded = manifest["text"] == "embeddings"
         self.text_len = int(config.codecs.text.max_len)
         self.files = [os.path.join(root, s["file"]) for s in manifest["shards"]]
         for path, shard in zip(self.files, manifest["shards"]):
             count = _record_count(path)
             if count != shard["records"]:
-                raise LatentRecordsError(f"{path}: {count} records, the manifest lists "
-                                         f"{shard['records']} (truncated or replaced shard)")
+                raise LatentRecordsError(
+                    f"{path}: {count} records, the manifest lists "
+                    f"{shard['records']} (truncated or replaced shard)"
+                )
         self._per_shard = int(manifest["records_per_shard"])
         self._source = grain.sources.ArrayRecordDataSource(self.files)
 
@@ -198,10 +224,12 @@ class LatentRecords:
         try:
             record = serialization.msgpack_restore(self._source[index])
         except Exception as e:  # noqa: BLE001 - riegeli / msgpack errors: the shard is bad
-            raise LatentRecordsError(f"{file}: record {index} is corrupt "
-                                     f"({type(e).__name__}: {str(e)[:200]})") from None
-        example = dict(video=record["video"], audio=record["audio"],
-                       transcript_ids=record["transcript_ids"])
+            raise LatentRecordsError(
+                f"{file}: record {index} is corrupt ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
+        example = dict(
+            video=record["video"], audio=record["audio"], transcript_ids=record["transcript_ids"]
+        )
         for kind in ("video", "audio"):
             if self.text_embedded:
                 ids, mask = pad_tokens(record[f"{kind}_text"][None], self.text_len)
@@ -222,16 +250,18 @@ def _record_count(path: str) -> int:
         finally:
             reader.close()
     except RuntimeError as e:
-        raise LatentRecordsError(f"{path}: unreadable shard ({str(e)[:200] or 'truncated'})"
-                                 ) from None
+        raise LatentRecordsError(
+            f"{path}: unreadable shard ({str(e)[:200] or 'truncated'})"
+        ) from None
 
 
 def open_latent_records(config: ml_collections.ConfigDict) -> LatentRecords:
     """The latent records at `config.data.root`, checked against the codecs `config` builds
     (building them reads no weights)."""
     system = build_system(config)
-    return LatentRecords(config.data.root, config, latent_geometry(system),
-                         system.transcript_tokenizer.vocab)
+    return LatentRecords(
+        config.data.root, config, latent_geometry(system), system.transcript_tokenizer.vocab
+    )
 
 
 def unloaded_message(config: ml_collections.ConfigDict) -> str:
@@ -241,14 +271,20 @@ def unloaded_message(config: ml_collections.ConfigDict) -> str:
     text = build_system(config).text_encoder
     if not text.trainable:
         parts.append(f"the text encoder ({k.text.name!r})")
-    trained = f"; the {k.text.name!r} text encoder is trained on the stored token ids" \
-        if text.trainable else ""
-    return (f"training from latent records in {config.data.root}: not loaded: "
-            f"{', '.join(parts)} (decoders load only if samples are written){trained}")
+    trained = (
+        f"; the {k.text.name!r} text encoder is trained on the stored token ids"
+        if text.trainable
+        else ""
+    )
+    return (
+        f"training from latent records in {config.data.root}: not loaded: "
+        f"{', '.join(parts)} (decoders load only if samples are written){trained}"
+    )
 
 
-def sample_items(records: LatentRecords, count: int, video_codec: Any,
-                 frames: bool) -> list[dict[str, Any]]:
+def sample_items(
+    records: LatentRecords, count: int, video_codec: Any, frames: bool
+) -> list[dict[str, Any]]:
     """The first `count` records as sampling prompts: captions and transcript from the manifest,
     and (`frames`) the first frame, decoded from the first video latent (a reference image)."""
     items = []

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grain
 import jax
@@ -33,18 +34,26 @@ READ_THREADS = 2  # per process: overlap decoding (ffmpeg, numpy: mostly GIL-fre
 def make_source(config: ml_collections.ConfigDict):
     """The grain random-access source named by `config.data.source`."""
     d = config.data
-    shape = dict(fps=d.fps, num_frames=d.num_frames, height=d.height, width=d.width,
-                 sample_rate=d.sample_rate)
+    shape = dict(
+        fps=d.fps,
+        num_frames=d.num_frames,
+        height=d.height,
+        width=d.width,
+        sample_rate=d.sample_rate,
+    )
     if d.source == "sounding_shapes":
         from harmony_jax.data.sounding_shapes import SoundingShapes
+
         return SoundingShapes(num_clips=d.num_clips, seed=config.seed, **shape)
     if d.source == "clip_folder":
         from harmony_jax.data.clip_folder import ClipFolder
+
         if not d.root:
             raise ConfigError("config.data.source='clip_folder' needs config.data.root")
         return ClipFolder(d.root, skip_bad_files=d.skip_bad_files, **shape)
     if d.source == "latents":  # `python -m harmony_jax.encode` output; checked against config
         from harmony_jax.data.latent_records import open_latent_records
+
         if not d.root:
             raise ConfigError("config.data.source='latents' needs config.data.root")
         return open_latent_records(config)
@@ -64,8 +73,10 @@ class PrepareExample(grain.transforms.Map):
         return dict(
             video=np.asarray(item["video"], np.float32),  # [F, H, W, 3]
             audio=np.asarray(item["audio"], np.float32),  # [S]
-            video_text_ids=video_ids[0], video_text_mask=video_mask[0],  # [L]
-            audio_text_ids=audio_ids[0], audio_text_mask=audio_mask[0],  # [L]
+            video_text_ids=video_ids[0],
+            video_text_mask=video_mask[0],  # [L]
+            audio_text_ids=audio_ids[0],
+            audio_text_mask=audio_mask[0],  # [L]
             transcript_ids=self.transcript_tokenizer([item.get("transcript", "")])[0],  # [Lc]
         )
 
@@ -78,20 +89,30 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def make_train_dataset(source, config: ml_collections.ConfigDict, text_encoder: TextEncoder, *,
-                       seed: int, start_step: int = 0, block: int = 0, blocks: int = 1,
-                       transcript_tokenizer: TranscriptTokenizer | None = None
-                       ) -> grain.IterDataset:
+def make_train_dataset(
+    source,
+    config: ml_collections.ConfigDict,
+    text_encoder: TextEncoder,
+    *,
+    seed: int,
+    start_step: int = 0,
+    block: int = 0,
+    blocks: int = 1,
+    transcript_tokenizer: TranscriptTokenizer | None = None,
+) -> grain.IterDataset:
     """Batches of rows block `block` of `blocks` of every global batch of `config.batch_size`
     (this process's share), from step `start_step` on.
 
     Transcripts become byte ids unless a `transcript_tokenizer` (e.g. F5's vocabulary) is given.
     """
     transcript_tokenizer = transcript_tokenizer or TranscriptTokenizer(
-        config.model.transcript.max_len)
+        config.model.transcript.max_len
+    )
     if config.batch_size % blocks:
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible into "
-                         f"{blocks} blocks of rows (one per process)")
+        raise ValueError(
+            f"config.batch_size={config.batch_size} is not divisible into "
+            f"{blocks} blocks of rows (one per process)"
+        )
     if not 0 <= block < blocks:
         raise ValueError(f"block={block} outside [0, {blocks})")
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()  # new order each epoch
@@ -99,28 +120,41 @@ def make_train_dataset(source, config: ml_collections.ConfigDict, text_encoder: 
         ds = ds.map(PrepareExample(text_encoder, transcript_tokenizer))
     # Lazy: a process reads only the elements of its own blocks.
     ds = ds.batch(config.batch_size // blocks, drop_remainder=True)[block::blocks][start_step:]
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
-                                              prefetch_buffer_size=READ_THREADS))
+    ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_THREADS)
+    )
     if config.data.num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain reads absl flags when it starts workers
             flags.FLAGS.mark_as_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers),
-                            worker_init_fn=_init_worker)
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=config.data.num_workers),
+            worker_init_fn=_init_worker,
+        )
     return ds
 
 
-def make_train_iterator(config: ml_collections.ConfigDict, text_encoder: TextEncoder, *,
-                        seed: int, start_step: int = 0, block: int | None = None,
-                        blocks: int | None = None,
-                        transcript_tokenizer: TranscriptTokenizer | None = None
-                        ) -> Iterator[dict[str, np.ndarray]]:
+def make_train_iterator(
+    config: ml_collections.ConfigDict,
+    text_encoder: TextEncoder,
+    *,
+    seed: int,
+    start_step: int = 0,
+    block: int | None = None,
+    blocks: int | None = None,
+    transcript_tokenizer: TranscriptTokenizer | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """Infinite iterator of per-process numpy batches from `make_source(config)`:
     video [b, F, H, W, 3], audio [b, S], {video,audio}_text_{ids,mask} [b, L], transcript_ids
     [b, Lc], with b = config.batch_size / blocks. The block defaults to the process's index
     among JAX's processes (a mesh whose batch axes span them in order)."""
     ds = make_train_dataset(
-        make_source(config), config, text_encoder, seed=seed, start_step=start_step,
+        make_source(config),
+        config,
+        text_encoder,
+        seed=seed,
+        start_step=start_step,
         block=jax.process_index() if block is None else block,
         blocks=jax.process_count() if blocks is None else blocks,
-        transcript_tokenizer=transcript_tokenizer)
+        transcript_tokenizer=transcript_tokenizer,
+    )
     return iter(ds)

@@ -57,8 +57,14 @@ def ball_centres(scene: Scene, times: np.ndarray, width: int, height: int) -> np
     return _fold(scene.start, scene.velocity, scene.radius, times, width, height)
 
 
-def _fold(start: np.ndarray, velocity: np.ndarray, radius: float, times: np.ndarray, width: int,
-          height: int) -> np.ndarray:
+def _fold(
+    start: np.ndarray,
+    velocity: np.ndarray,
+    radius: float,
+    times: np.ndarray,
+    width: int,
+    height: int,
+) -> np.ndarray:
     """Free straight-line motion folded into the box: elastic reflection off the walls."""
     span = np.array([width, height], np.float64) - 2 * radius  # [2]
     free = start[None] + velocity[None] * np.asarray(times, np.float64)[:, None, None]  # [T, N, 2]
@@ -66,8 +72,9 @@ def _fold(start: np.ndarray, velocity: np.ndarray, radius: float, times: np.ndar
     return radius + np.where(phase <= span, phase, 2 * span - phase)
 
 
-def _wall_hits(start: np.ndarray, velocity: np.ndarray, radius: float, span: np.ndarray,
-               duration: float) -> np.ndarray:
+def _wall_hits(
+    start: np.ndarray, velocity: np.ndarray, radius: float, span: np.ndarray, duration: float
+) -> np.ndarray:
     """Sorted exact times in (0, duration) at which one ball's centre reaches a wall position."""
     times = []
     for axis in range(2):
@@ -81,13 +88,24 @@ def _wall_hits(start: np.ndarray, velocity: np.ndarray, radius: float, span: np.
 
 
 def _separated(times: np.ndarray, first: float, last: float, min_gap: float) -> bool:
-    return (len(times) > 0 and times[0] >= first and times[-1] <= last
-            and bool(np.all(np.diff(times) >= min_gap)))
+    return (
+        len(times) > 0
+        and times[0] >= first
+        and times[-1] <= last
+        and bool(np.all(np.diff(times) >= min_gap))
+    )
 
 
-def _draw_ball(rng: np.random.Generator, speed: str, radius: float, size: np.ndarray,
-               duration: float, first: float, last: float, min_gap: float
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _draw_ball(
+    rng: np.random.Generator,
+    speed: str,
+    radius: float,
+    size: np.ndarray,
+    duration: float,
+    first: float,
+    last: float,
+    min_gap: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """One ball's (start [2], velocity [2], bounce times), its own bounces separable; or None."""
     span = size - 2 * radius
     axis_min = np.arcsin(MIN_AXIS_FRACTION)
@@ -101,15 +119,22 @@ def _draw_ball(rng: np.random.Generator, speed: str, radius: float, size: np.nda
     return None
 
 
-def _balls_overlap(start: np.ndarray, velocity: np.ndarray, radius: float, frame_times: np.ndarray,
-                   width: int, height: int) -> bool:
+def _balls_overlap(
+    start: np.ndarray,
+    velocity: np.ndarray,
+    radius: float,
+    frame_times: np.ndarray,
+    width: int,
+    height: int,
+) -> bool:
     """Whether two balls come within a pixel of touching in some frame (occlusion hides motion)."""
     c = _fold(start, velocity, radius, frame_times, width, height)  # [F, 2, 2]
     return bool(np.min(np.linalg.norm(c[:, 0] - c[:, 1], axis=-1)) < 2 * radius + 1)
 
 
-def draw_scene(rng: np.random.Generator, fps: float, num_frames: int, height: int,
-               width: int) -> Scene:
+def draw_scene(
+    rng: np.random.Generator, fps: float, num_frames: int, height: int, width: int
+) -> Scene:
     """Rejection-sample a scene whose every bounce is recoverable from frames and from audio.
 
     A bounce needs a clean frame on either side to be seen (eval/sync.py), so bounces lie within
@@ -132,14 +157,16 @@ def draw_scene(rng: np.random.Generator, fps: float, num_frames: int, height: in
         owner = np.concatenate([np.full(len(b[2]), i, np.int32) for i, b in enumerate(balls)])
         order = np.argsort(times)
         if _separated(times[order], *window) and not (
-                num_balls == 2 and _balls_overlap(start, velocity, radius,
-                                                  np.arange(num_frames) / fps, width, height)):
+            num_balls == 2
+            and _balls_overlap(start, velocity, radius, np.arange(num_frames) / fps, width, height)
+        ):
             return Scene(colors, speed, radius, start, velocity, times[order], owner[order])
     raise ValueError(
         f"sounding shapes: no clip with separable bounces in {MAX_TRIES} draws for fps={fps}, "
         f"num_frames={num_frames}, {height}x{width}: every ball must bounce within frames "
         f"[1, num_frames - 2] with all bounces two frames apart; lengthen short clips, shorten "
-        f"long ones or raise fps")
+        f"long ones or raise fps"
+    )
 
 
 def render_video(scene: Scene, fps: float, num_frames: int, height: int, width: int) -> np.ndarray:
@@ -187,8 +214,16 @@ class SoundingShapes:
     access order and of worker process, and (seed, index) pairs never collide.
     """
 
-    def __init__(self, num_clips: int, fps: float, num_frames: int, height: int, width: int,
-                 sample_rate: int, seed: int = 0):
+    def __init__(
+        self,
+        num_clips: int,
+        fps: float,
+        num_frames: int,
+        height: int,
+        width: int,
+        sample_rate: int,
+        seed: int = 0,
+    ):
         if num_frames < 4:
             raise ValueError(f"sounding shapes: num_frames={num_frames}, need >= 4 for a bounce")
         self.num_clips = num_clips
@@ -204,9 +239,11 @@ class SoundingShapes:
         return self.num_clips
 
     def __repr__(self) -> str:
-        return (f"SoundingShapes(num_clips={self.num_clips}, fps={self.fps}, "
-                f"num_frames={self.num_frames}, height={self.height}, width={self.width}, "
-                f"sample_rate={self.sample_rate}, seed={self.seed})")
+        return (
+            f"SoundingShapes(num_clips={self.num_clips}, fps={self.fps}, "
+            f"num_frames={self.num_frames}, height={self.height}, width={self.width}, "
+            f"sample_rate={self.sample_rate}, seed={self.seed})"
+        )
 
     def scene(self, index: int) -> Scene:
         """The clip's balls and exact bounces, without rendering (for tests and analysis)."""
@@ -222,8 +259,10 @@ class SoundingShapes:
         video_caption, audio_caption = captions(scene)
         num_bounces = len(scene.bounce_times)
         if num_bounces > MAX_EVENTS:
-            raise ValueError(f"sounding shapes: clip {index} has {num_bounces} bounces, more than "
-                             f"MAX_EVENTS={MAX_EVENTS}; use shorter clips")
+            raise ValueError(
+                f"sounding shapes: clip {index} has {num_bounces} bounces, more than "
+                f"MAX_EVENTS={MAX_EVENTS}; use shorter clips"
+            )
         bounce_times = np.full(MAX_EVENTS, -1.0, np.float32)
         bounce_times[:num_bounces] = scene.bounce_times
         return {

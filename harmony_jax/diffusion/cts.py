@@ -24,13 +24,13 @@ from harmony_jax.diffusion import flow
 from harmony_jax.diffusion.flow import Denoiser
 from harmony_jax.model.conditioning import Conditioning, concat_conditionings
 
-
 MODES = ("split", "all", "joint_only")
 JOINT, A2V, V2A = 0, 1, 2
 
 
-def task_sizes(batch: int, mode: str, fractions: tuple[float, float, float]
-               ) -> tuple[int, int, int]:
+def task_sizes(
+    batch: int, mode: str, fractions: tuple[float, float, float]
+) -> tuple[int, int, int]:
     """Rows per task (joint, a2v, v2a) in the denoiser batch, fixed at trace time.
 
     'split' uses largest remainders: each task gets floor(batch * f / sum(f)) rows and the
@@ -47,12 +47,14 @@ def task_sizes(batch: int, mode: str, fractions: tuple[float, float, float]
         raise ValueError(f"cts mode {mode!r} is not one of {MODES}")
     f = np.asarray(fractions, np.float64)
     if f.shape != (3,) or np.any(f < 0) or f.sum() <= 0:
-        raise ValueError(f"cts fractions {fractions!r} must be 3 non-negative numbers "
-                         "(joint, a2v, v2a) with a positive sum")
+        raise ValueError(
+            f"cts fractions {fractions!r} must be 3 non-negative numbers "
+            "(joint, a2v, v2a) with a positive sum"
+        )
     quotas = batch * f / f.sum()
     sizes = np.floor(quotas).astype(int)
     order = sorted(range(3), key=lambda i: (-(quotas[i] - sizes[i]), i))
-    for i in order[:batch - sizes.sum()]:
+    for i in order[: batch - sizes.sum()]:
         sizes[i] += 1
     return tuple(int(n) for n in sizes)
 
@@ -65,11 +67,20 @@ def _masked_mse(pred: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Ar
     return (per_frame * weight).sum() / jnp.maximum(count, 1.0)
 
 
-def cts_loss(denoise: Denoiser, video0: jax.Array, audio0: jax.Array, cond: Conditioning,
-             rng: jax.Array, *, mode: str = "split",
-             fractions: tuple[float, float, float] = (0.5, 0.25, 0.25),
-             lambda_v: float = 0.1, lambda_a: float = 0.3, shift: float = 5.0,
-             ref_image_prob: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+def cts_loss(
+    denoise: Denoiser,
+    video0: jax.Array,
+    audio0: jax.Array,
+    cond: Conditioning,
+    rng: jax.Array,
+    *,
+    mode: str = "split",
+    fractions: tuple[float, float, float] = (0.5, 0.25, 0.25),
+    lambda_v: float = 0.1,
+    lambda_a: float = 0.3,
+    shift: float = 5.0,
+    ref_image_prob: float = 0.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The CTS loss of one batch of clean latents, with one denoiser call.
 
     video0 [B, Tv, H, W, C] and audio0 [B, Ta, Ca] are clean latents. Returns the scalar loss
@@ -98,9 +109,13 @@ def cts_loss(denoise: Denoiser, video0: jax.Array, audio0: jax.Array, cond: Cond
 
     noise_v = jax.random.normal(k_video, video0.shape, video0.dtype)
     noise_a = jax.random.normal(k_audio, audio0.shape, audio0.dtype)
-    pred_v, pred_a = denoise(flow.add_noise(video0, noise_v, sigma_v),
-                             flow.add_noise(audio0, noise_a, sigma_a),
-                             flow.timestep(sigma_v), flow.timestep(sigma_a), cond)
+    pred_v, pred_a = denoise(
+        flow.add_noise(video0, noise_v, sigma_v),
+        flow.add_noise(audio0, noise_a, sigma_a),
+        flow.timestep(sigma_v),
+        flow.timestep(sigma_a),
+        cond,
+    )
     target_v = flow.velocity_target(video0, noise_v)
     target_a = flow.velocity_target(audio0, noise_a)
 
@@ -114,8 +129,13 @@ def cts_loss(denoise: Denoiser, video0: jax.Array, audio0: jax.Array, cond: Cond
         "loss_a2v": term(pred_v, target_v, video_noised, A2V),
         "loss_v2a": term(pred_a, target_a, audio_noised, V2A),
     }
-    loss = (metrics["loss_joint_v"] + metrics["loss_joint_a"]
-            + lambda_v * metrics["loss_a2v"] + lambda_a * metrics["loss_v2a"])
-    metrics.update(loss=loss, sigma_mean=sigma.mean(),
-                   ref_image_frac=ref.astype(jnp.float32).mean())
+    loss = (
+        metrics["loss_joint_v"]
+        + metrics["loss_joint_a"]
+        + lambda_v * metrics["loss_a2v"]
+        + lambda_a * metrics["loss_v2a"]
+    )
+    metrics.update(
+        loss=loss, sigma_mean=sigma.mean(), ref_image_frac=ref.astype(jnp.float32).mean()
+    )
     return loss, metrics

@@ -11,7 +11,7 @@ over raw pixels must also reproduce the noise it is given, exactly; the clean im
 low-dimensional and need not carry it. Wan's towers predict v, so imports keep 'velocity'.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +22,9 @@ TIMESTEP_SCALE = 1000.0
 
 # The velocity field both the loss and the sampler drive (contract in model/conditioning.py):
 # (video, audio, t_video, t_audio, cond) -> (v_video, v_audio).
-Denoiser = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, Conditioning],
-                    tuple[jax.Array, jax.Array]]
+Denoiser = Callable[
+    [jax.Array, jax.Array, jax.Array, jax.Array, Conditioning], tuple[jax.Array, jax.Array]
+]
 
 
 def shift_sigma(u: jax.Array, shift: float) -> jax.Array:
@@ -60,10 +61,13 @@ def x0_denoiser(predict_x0: Denoiser, min_sigma: float = X0_MIN_SIGMA) -> Denois
     """The velocity denoiser of a network that predicts clean latents: `v = (x_t - x0) / s`,
     with s clipped below at `min_sigma` (clean frames, s = 0, stay finite; nothing scores or
     integrates their velocity)."""
+
     def denoise(video, audio, t_video, t_audio, cond):
         x0_v, x0_a = predict_x0(video, audio, t_video, t_audio, cond)
-        return _velocity(video, x0_v, t_video, min_sigma), _velocity(audio, x0_a, t_audio,
-                                                                     min_sigma)
+        return _velocity(video, x0_v, t_video, min_sigma), _velocity(
+            audio, x0_a, t_audio, min_sigma
+        )
+
     return denoise
 
 

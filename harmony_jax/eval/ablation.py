@@ -13,7 +13,8 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -23,7 +24,7 @@ from harmony_jax.atomic import atomic_path
 from harmony_jax.eval.heldout import EVAL_SEED_OFFSET, evaluate_sync
 from harmony_jax.generation import MODES
 from harmony_jax.inference import load_for_inference
-from harmony_jax.training.loop import train_and_evaluate
+from harmony_jax.training.loop import train
 
 Overrides = tuple[tuple[str, Any], ...]  # (dotted config key, value), applied in order
 EVAL_WORLD_SEED = EVAL_SEED_OFFSET  # seed 0's held-out set, for every rung and seed
@@ -39,8 +40,11 @@ class Variant:
     extra: bool = False  # a row the paper did not ablate
 
 
-_BASELINE: Overrides = (("model.interaction.mode", "global"),
-                        ("model.interaction.rope_align", False), ("cts.mode", "joint_only"))
+_BASELINE: Overrides = (
+    ("model.interaction.mode", "global"),
+    ("model.interaction.rope_align", False),
+    ("cts.mode", "joint_only"),
+)
 _GLDI = (("model.interaction.mode", "gldi"),)
 _ROPE = (("model.interaction.rope_align", True),)
 _CTS = (("cts.mode", "split"),)
@@ -58,25 +62,46 @@ LADDER = (
 CURVE_RUNGS = ("+ RoPE alignment", "+ Cross-Task Synergy")  # joint-only vs CTS (paper Fig. 3)
 
 
-def extra_variants(windows: Sequence[float] = (1.0, 4.0),
-                   cts_weights: Sequence[tuple[float, float]] = ((0.3, 0.1), (1.0, 1.0)),
-                   syncfg_scales: Sequence[tuple[float, float]] = ((1.5, 1.0), (5.0, 4.0)),
-                   ) -> tuple[Variant, ...]:
+def extra_variants(
+    windows: Sequence[float] = (1.0, 4.0),
+    cts_weights: Sequence[tuple[float, float]] = ((0.3, 0.1), (1.0, 1.0)),
+    syncfg_scales: Sequence[tuple[float, float]] = ((1.5, 1.0), (5.0, 4.0)),
+) -> tuple[Variant, ...]:
     """Full-recipe rows varying one knob each: the local window (+/- video latent frames), the
     CTS weights (lambda_v, lambda_a) and the SyncCFG scales (s_v, s_a)."""
-    rows = [Variant(f"window +/-{w:g} frames", FULL_RECIPE + (("model.interaction.window", w),),
-                    _SYNCFG, extra=True) for w in windows]
-    rows += [Variant(f"CTS lambda_v={lv:g}, lambda_a={la:g}",
-                     FULL_RECIPE + (("cts.lambda_v", lv), ("cts.lambda_a", la)), _SYNCFG,
-                     extra=True) for lv, la in cts_weights]
-    rows += [Variant(f"SyncCFG s_v={sv:g}, s_a={sa:g}", FULL_RECIPE,
-                     _SYNCFG + (("s_v", sv), ("s_a", sa)), extra=True)
-             for sv, sa in syncfg_scales]
+    rows = [
+        Variant(
+            f"window +/-{w:g} frames",
+            FULL_RECIPE + (("model.interaction.window", w),),
+            _SYNCFG,
+            extra=True,
+        )
+        for w in windows
+    ]
+    rows += [
+        Variant(
+            f"CTS lambda_v={lv:g}, lambda_a={la:g}",
+            FULL_RECIPE + (("cts.lambda_v", lv), ("cts.lambda_a", la)),
+            _SYNCFG,
+            extra=True,
+        )
+        for lv, la in cts_weights
+    ]
+    rows += [
+        Variant(
+            f"SyncCFG s_v={sv:g}, s_a={sa:g}",
+            FULL_RECIPE,
+            _SYNCFG + (("s_v", sv), ("s_a", sa)),
+            extra=True,
+        )
+        for sv, sa in syncfg_scales
+    ]
     return tuple(rows)
 
 
-def with_overrides(config: ml_collections.ConfigDict, overrides: Overrides
-                   ) -> ml_collections.ConfigDict:
+def with_overrides(
+    config: ml_collections.ConfigDict, overrides: Overrides
+) -> ml_collections.ConfigDict:
     """A copy of `config` with each dotted key set; a key the config lacks is an error."""
     config = ml_collections.ConfigDict(config.to_dict())
     for key, value in overrides:
@@ -107,8 +132,9 @@ def _summary(rows: dict[str, list[dict[str, float]]]) -> dict[str, float]:
             out[f"{mode}_f1"] = float(np.nanmean([c["event_f1"] for c in gen]))
             out[f"{mode}_f1_shuffled"] = float(np.nanmean([c["event_f1"] for c in shuf]))
             offsets = [c["mean_abs_offset_ms"] for c in gen]
-            out[f"{mode}_offset_ms"] = (float(np.nanmean(offsets))
-                                        if np.isfinite(offsets).any() else float("nan"))
+            out[f"{mode}_offset_ms"] = (
+                float(np.nanmean(offsets)) if np.isfinite(offsets).any() else float("nan")
+            )
             out[f"{mode}_av_offset_ms"] = float(np.mean([abs(c["av_offset_ms"]) for c in gen]))
     return out
 
@@ -127,10 +153,21 @@ def _cached(path: str, compute) -> Any:
 # one GPU. Quick: a narrower, shallower model for a 2-core CPU, minutes per run.
 PRESETS = {
     "full": dict(steps=8000, batch=32, clips=32, curve_every=1000, overrides=()),
-    "quick": dict(steps=300, batch=8, clips=8, curve_every=100, overrides=(
-        ("model.depth", 2), ("model.video.dim", 96), ("model.video.ffn_dim", 192),
-        ("model.audio.dim", 96), ("model.audio.ffn_dim", 192), ("optim.ema_decay", 0.98),
-        ("sample.steps", 16))),
+    "quick": dict(
+        steps=300,
+        batch=8,
+        clips=8,
+        curve_every=100,
+        overrides=(
+            ("model.depth", 2),
+            ("model.video.dim", 96),
+            ("model.video.ffn_dim", 192),
+            ("model.audio.dim", 96),
+            ("model.audio.ffn_dim", 192),
+            ("optim.ema_decay", 0.98),
+            ("sample.steps", 16),
+        ),
+    ),
 }
 
 
@@ -144,15 +181,22 @@ class Ladder:
     curve_every: int = 0  # > 0: keep a checkpoint this often and trace sync vs step
 
     @classmethod
-    def from_preset(cls, config: ml_collections.ConfigDict, preset: str, workdir: str,
-                    steps: int = 0) -> "Ladder":
+    def from_preset(
+        cls, config: ml_collections.ConfigDict, preset: str, workdir: str, steps: int = 0
+    ) -> Ladder:
         """The ladder of `PRESETS[preset]` on top of `config` (`steps` > 0 overrides its budget)."""
         p = PRESETS[preset]
         steps = steps or p["steps"]
-        base = with_overrides(config, (
-            ("total_steps", steps), ("batch_size", p["batch"]),
-            ("optim.warmup_steps", min(config.optim.warmup_steps, steps // 10)),
-            ("sample_every", 0)) + p["overrides"])
+        base = with_overrides(
+            config,
+            (
+                ("total_steps", steps),
+                ("batch_size", p["batch"]),
+                ("optim.warmup_steps", min(config.optim.warmup_steps, steps // 10)),
+                ("sample_every", 0),
+            )
+            + p["overrides"],
+        )
         return cls(base, workdir, num_clips=p["clips"], curve_every=min(p["curve_every"], steps))
 
     def run_dir(self, variant: Variant, seed: int) -> str:
@@ -177,14 +221,17 @@ class Ladder:
         final = os.path.join(run_dir, "checkpoints", str(config.total_steps))
         if not os.path.exists(final):
             logging.info("training %s (seed %d) in %s", variant.name, seed, run_dir)
-            train_and_evaluate(config, run_dir)
+            train(config, run_dir)
         if not os.path.exists(final):  # preempted: the checkpoint is saved, rerun to continue
-            raise SystemExit(f"ablation: {run_dir} stopped before step {config.total_steps}; "
-                             f"rerun the same command to continue")
+            raise SystemExit(
+                f"ablation: {run_dir} stopped before step {config.total_steps}; "
+                f"rerun the same command to continue"
+            )
         return run_dir
 
-    def evaluate(self, variant: Variant, seed: int, step: Optional[int] = None,
-                 modes: Sequence[str] = MODES) -> dict[str, float]:
+    def evaluate(
+        self, variant: Variant, seed: int, step: int | None = None, modes: Sequence[str] = MODES
+    ) -> dict[str, float]:
         """Sync summary of the trained variant at `step` (default: the end of training)."""
         run_dir = self.train(variant, seed)
         step = self.base.total_steps if step is None else step
@@ -193,21 +240,38 @@ class Ladder:
 
         def compute():
             # float32 as trained: the cached summaries (keyed without a dtype) stay comparable
-            system, params = load_for_inference(os.path.join(run_dir, "checkpoints", str(step)),
-                                                dtype="float32")
-            rows = evaluate_sync(system, params, self.num_clips, with_truth=False, modes=modes,
-                                 world_seed=EVAL_WORLD_SEED, **dict(variant.sample))
+            system, params = load_for_inference(
+                os.path.join(run_dir, "checkpoints", str(step)), dtype="float32"
+            )
+            rows = evaluate_sync(
+                system,
+                params,
+                self.num_clips,
+                with_truth=False,
+                modes=modes,
+                world_seed=EVAL_WORLD_SEED,
+                **dict(variant.sample),
+            )
             return _summary(rows)
+
         return _cached(os.path.join(run_dir, f"eval-{tag}.json"), compute)
 
     def curve(self, variant: Variant, seed: int) -> list[tuple[int, float]]:
         """(step, t2av event F1) at every kept checkpoint: the drift of sync during training."""
         run_dir = self.train(variant, seed)
-        steps = sorted(int(p) for p in os.listdir(os.path.join(run_dir, "checkpoints"))
-                       if p.isdigit())
+        steps = sorted(
+            int(p) for p in os.listdir(os.path.join(run_dir, "checkpoints")) if p.isdigit()
+        )
         # The last step's full evaluation is already there; earlier steps need only T2AV.
-        return [(s, self.evaluate(variant, seed, s, modes=("t2av",) if s < steps[-1]
-                                  else MODES)["t2av_f1"]) for s in steps]
+        return [
+            (
+                s,
+                self.evaluate(variant, seed, s, modes=("t2av",) if s < steps[-1] else MODES)[
+                    "t2av_f1"
+                ],
+            )
+            for s in steps
+        ]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -219,15 +283,22 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
-COLUMNS = (("t2av_f1", "T2AV F1 ^"), ("t2av_f1_shuffled", "shuffled"),
-           ("t2av_offset_ms", "|offset| ms v"), ("t2av_av_offset_ms", "|AV off| ms v"),
-           ("a2v_f1", "A2V F1 ^"), ("v2a_f1", "V2A F1 ^"))
+COLUMNS = (
+    ("t2av_f1", "T2AV F1 ^"),
+    ("t2av_f1_shuffled", "shuffled"),
+    ("t2av_offset_ms", "|offset| ms v"),
+    ("t2av_av_offset_ms", "|AV off| ms v"),
+    ("a2v_f1", "A2V F1 ^"),
+    ("v2a_f1", "V2A F1 ^"),
+)
 
 
 def aggregate(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, tuple]]:
     """variant -> column -> (mean, std) over seeds."""
-    return {name: {col: mean_std([r.get(col, float("nan")) for r in runs]) for col, _ in COLUMNS}
-            for name, runs in results.items()}
+    return {
+        name: {col: mean_std([r.get(col, float("nan")) for r in runs]) for col, _ in COLUMNS}
+        for name, runs in results.items()
+    }
 
 
 def _direction(prev: tuple[float, float], cur: tuple[float, float]) -> str:
@@ -240,8 +311,9 @@ def _direction(prev: tuple[float, float], cur: tuple[float, float]) -> str:
 
 def format_table(stats: dict[str, dict[str, tuple]], variants: Sequence[Variant]) -> str:
     """The paper's Table 3 layout: one row per rung (mean +/- std over seeds), then extras."""
-    head = (f"{'Method':<34}" + "".join(f"{title:>17}" for _, title in COLUMNS)
-            + "  T2AV F1 vs above")
+    head = (
+        f"{'Method':<34}" + "".join(f"{title:>17}" for _, title in COLUMNS) + "  T2AV F1 vs above"
+    )
     lines = [head, "-" * len(head)]
     prev_f1, extras_started = None, False
     for v in variants:
@@ -249,8 +321,12 @@ def format_table(stats: dict[str, dict[str, tuple]], variants: Sequence[Variant]
             lines.append("not ablated in the paper (full recipe, one knob changed):")
             extras_started = True
         s = stats[v.name]
-        cells = "".join(f"{s[c][0]:>9.3f} +/-{s[c][1]:<5.3f}" if "f1" in c
-                        else f"{s[c][0]:>9.1f} +/-{s[c][1]:<5.1f}" for c, _ in COLUMNS)
+        cells = "".join(
+            f"{s[c][0]:>9.3f} +/-{s[c][1]:<5.3f}"
+            if "f1" in c
+            else f"{s[c][0]:>9.1f} +/-{s[c][1]:<5.1f}"
+            for c, _ in COLUMNS
+        )
         trend = "" if v.extra or prev_f1 is None else _direction(prev_f1, s["t2av_f1"])
         lines.append(f"{v.name:<34}{cells}  {trend}")
         if not v.extra:
@@ -258,10 +334,15 @@ def format_table(stats: dict[str, dict[str, tuple]], variants: Sequence[Variant]
     return "\n".join(lines)
 
 
-def plot(stats: dict[str, dict[str, tuple]], variants: Sequence[Variant],
-         curves: dict[str, list[list[tuple[int, float]]]], path: str) -> None:
+def plot(
+    stats: dict[str, dict[str, tuple]],
+    variants: Sequence[Variant],
+    curves: dict[str, list[list[tuple[int, float]]]],
+    path: str,
+) -> None:
     """The ladder with error bars (left) and sync vs step, joint-only vs CTS (right), as a PNG."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -292,15 +373,20 @@ def plot(stats: dict[str, dict[str, tuple]], variants: Sequence[Variant],
     plt.close(fig)
 
 
-def run_ladder(ladder: Ladder, seeds: Sequence[int], variants: Sequence[Variant],
-               extra_seeds: Optional[Sequence[int]] = None
-               ) -> tuple[dict[str, dict[str, tuple]], dict[str, list[list[tuple[int, float]]]]]:
+def run_ladder(
+    ladder: Ladder,
+    seeds: Sequence[int],
+    variants: Sequence[Variant],
+    extra_seeds: Sequence[int] | None = None,
+) -> tuple[dict[str, dict[str, tuple]], dict[str, list[list[tuple[int, float]]]]]:
     """The rungs for every seed, then the extra rows (for `extra_seeds`, default `seeds`), then
     the joint-only vs CTS curves when `ladder.curve_every` is set; results JSON in the workdir.
     Seed-major within each group, so a ladder cut short holds whole seeds of the paper's rows."""
     results: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
-    groups = ((seeds, [v for v in variants if not v.extra]),
-              (seeds if extra_seeds is None else extra_seeds, [v for v in variants if v.extra]))
+    groups = (
+        (seeds, [v for v in variants if not v.extra]),
+        (seeds if extra_seeds is None else extra_seeds, [v for v in variants if v.extra]),
+    )
     for group_seeds, group in groups:
         for seed in group_seeds:
             for v in group:
@@ -308,10 +394,15 @@ def run_ladder(ladder: Ladder, seeds: Sequence[int], variants: Sequence[Variant]
     by_name = {v.name: v for v in variants}
     curves = {}
     if ladder.curve_every:
-        curves = {name: [ladder.curve(by_name[name], seed) for seed in seeds]
-                  for name in CURVE_RUNGS if name in by_name}
+        curves = {
+            name: [ladder.curve(by_name[name], seed) for seed in seeds]
+            for name in CURVE_RUNGS
+            if name in by_name
+        }
     stats = aggregate(results)
-    with atomic_path(os.path.join(ladder.workdir, "results.json"), overwrite=True) as tmp, \
-            open(tmp, "w") as f:
+    with (
+        atomic_path(os.path.join(ladder.workdir, "results.json"), overwrite=True) as tmp,
+        open(tmp, "w") as f,
+    ):
         json.dump({"per_seed": results, "stats": stats, "curves": curves}, f, indent=1)
     return stats, curves

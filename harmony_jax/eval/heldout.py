@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -28,10 +28,17 @@ def _metrics(frames, waves, fps: float, sample_rate: int) -> list[dict[str, floa
     return [clip_sync_metrics(v, fps, a, sample_rate) for v, a in zip(frames, waves)]
 
 
-def evaluate_sync(system: System, params, num_clips: int, *, out_dir: Optional[str] = None,
-                  with_truth: bool = True, modes: Sequence[str] = generation.MODES,
-                  world_seed: Optional[int] = None, **sample_overrides
-                  ) -> dict[str, list[dict[str, float]]]:
+def evaluate_sync(
+    system: System,
+    params,
+    num_clips: int,
+    *,
+    out_dir: str | None = None,
+    with_truth: bool = True,
+    modes: Sequence[str] = generation.MODES,
+    world_seed: int | None = None,
+    **sample_overrides,
+) -> dict[str, list[dict[str, float]]]:
     """Generates clips for held-out prompts in each of `modes`; per-clip sync metrics per row.
 
     Rows: each mode's generated clips and the same clips with the audio shuffled across clips
@@ -43,33 +50,35 @@ def evaluate_sync(system: System, params, num_clips: int, *, out_dir: Optional[s
     config = system.config
     d = config.data
     seed = config.seed + EVAL_SEED_OFFSET if world_seed is None else world_seed
-    world = SoundingShapes(num_clips, d.fps, d.num_frames, d.height, d.width, d.sample_rate,
-                           seed=seed)
+    world = SoundingShapes(
+        num_clips, d.fps, d.num_frames, d.height, d.width, d.sample_rate, seed=seed
+    )
     clips = [world[i] for i in range(num_clips)]
     truth_v = np.stack([c["video"] for c in clips])  # [N, F, H, W, 3]
     truth_a = np.stack([c["audio"] for c in clips])  # [N, S]
-    batch = generation.prompt_batch(system, [c["video_caption"] for c in clips],
-                                    [c["audio_caption"] for c in clips])
+    batch = generation.prompt_batch(
+        system, [c["video_caption"] for c in clips], [c["audio_caption"] for c in clips]
+    )
     rng = jax.random.key(config.seed)
     shuffle = lambda x: np.roll(x, 1, axis=0)  # pair each clip with another clip's audio
     rows = {}
     if with_truth:
         rows["ground truth"] = _metrics(truth_v, truth_a, d.fps, d.sample_rate)
-        rows["ground truth, shuffled"] = _metrics(truth_v, shuffle(truth_a), d.fps,
-                                                  d.sample_rate)
+        rows["ground truth, shuffled"] = _metrics(truth_v, shuffle(truth_a), d.fps, d.sample_rate)
     # A model trained on reference first frames (TI2V, `cts.ref_image_prob` > 0) is evaluated
     # with the clip's first frame as the reference, as the paper always samples.
     ref = {"ref_image": truth_v[:, 0]} if config.cts.ref_image_prob > 0 else {}
-    givens = {"t2av": ref, "a2v": {"given_audio": truth_a, **ref},
-              "v2a": {"given_video": truth_v}}
+    givens = {"t2av": ref, "a2v": {"given_audio": truth_a, **ref}, "v2a": {"given_video": truth_v}}
     for mode in modes:
         start = time.time()
-        frames, waves = generation.generate(system, params, rng, batch, mode=mode,
-                                            **givens[mode], **sample_overrides)
+        frames, waves = generation.generate(
+            system, params, rng, batch, mode=mode, **givens[mode], **sample_overrides
+        )
         logging.info("%s: %d clips in %.1f s", mode, num_clips, time.time() - start)
         for i, (v, a) in enumerate(zip(frames, waves) if out_dir else ()):
-            write_av(os.path.join(out_dir, f"{mode}_{i}.mp4"), v, d.fps, a, d.sample_rate,
-                     overwrite=True)
+            write_av(
+                os.path.join(out_dir, f"{mode}_{i}.mp4"), v, d.fps, a, d.sample_rate, overwrite=True
+            )
         rows[f"{mode} generated"] = _metrics(frames, waves, d.fps, d.sample_rate)
         rows[f"{mode} shuffled"] = _metrics(frames, shuffle(waves), d.fps, d.sample_rate)
     return rows

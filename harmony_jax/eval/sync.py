@@ -36,8 +36,9 @@ def _to_unit(video: np.ndarray) -> np.ndarray:
     return (video + 1.0) / 2.0
 
 
-def color_tracks(video: np.ndarray, min_mass: float = 5.0, min_cosine: float = 0.9
-                 ) -> dict[str, np.ndarray]:
+def color_tracks(
+    video: np.ndarray, min_mass: float = 5.0, min_cosine: float = 0.9
+) -> dict[str, np.ndarray]:
     """Per palette colour, the centroid track [F, 2] (x, y pixels; nan where the colour is absent).
 
     Each pixel's offset from the frame's background (per-channel median) is assigned to the palette
@@ -52,7 +53,8 @@ def color_tracks(video: np.ndarray, min_mass: float = 5.0, min_cosine: float = 0
     projection = np.einsum("fhwc,kc->fhwk", offset, directions)  # [F, H, W, K]
     coverage = projection / np.sum(directions**2, -1)
     cosine = projection / (
-        np.linalg.norm(offset, axis=-1, keepdims=True) * np.linalg.norm(directions, axis=-1) + 1e-9)
+        np.linalg.norm(offset, axis=-1, keepdims=True) * np.linalg.norm(directions, axis=-1) + 1e-9
+    )
     best = np.argmax(cosine, axis=-1)[..., None] == np.arange(len(PALETTE))
     weight = np.where(best & (cosine >= min_cosine), np.clip(coverage, 0.0, 1.0), 0.0)  # [F,H,W,K]
     ys, xs = np.mgrid[0:height, 0:width] + 0.5
@@ -77,9 +79,9 @@ def _reversals(x: np.ndarray, min_excursion: float) -> list[float]:
     for k in range(1, len(x) - 1):
         for sign in (1.0, -1.0):
             s = sign * x  # look for maxima of s
-            if np.isnan(s[k - 1:k + 2]).any() or not (s[k] > s[k - 1] and s[k] >= s[k + 1]):
+            if np.isnan(s[k - 1 : k + 2]).any() or not (s[k] > s[k - 1] and s[k] >= s[k + 1]):
                 continue
-            left, right = s[max(k - 2, 0):k], s[k + 1:k + 3]
+            left, right = s[max(k - 2, 0) : k], s[k + 1 : k + 3]
             if s[k] - np.nanmin(left) < min_excursion or s[k] - np.nanmin(right) < min_excursion:
                 continue
             speed = max(s[k] - s[k - 1], s[k] - s[k + 1])
@@ -96,8 +98,9 @@ def _merge(times: np.ndarray, min_gap: float) -> np.ndarray:
     return np.array([g.mean() for g in groups])
 
 
-def detect_bounces(video: np.ndarray, fps: float, min_mass: float = 5.0,
-                   min_excursion: float = 0.5) -> np.ndarray:
+def detect_bounces(
+    video: np.ndarray, fps: float, min_mass: float = 5.0, min_excursion: float = 0.5
+) -> np.ndarray:
     """Bounce times (seconds, sorted) seen in the frames: velocity reversals, in x or y, of each
     palette colour's centroid. Reversals within one frame of each other (a corner, or two balls)
     are one event, as they sound as one onset."""
@@ -132,8 +135,13 @@ def onset_strength(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.maximum(after - before, 0.0)
 
 
-def detect_onsets(audio: np.ndarray, sample_rate: int, threshold: float = 0.2,
-                  min_gap: float = 0.1, floor: float = 1e-3) -> np.ndarray:
+def detect_onsets(
+    audio: np.ndarray,
+    sample_rate: int,
+    threshold: float = 0.2,
+    min_gap: float = 0.1,
+    floor: float = 1e-3,
+) -> np.ndarray:
     """Onset times (seconds, sorted): peaks of the RMS rise.
 
     Thresholds are relative to the clip's largest rise (`threshold`) and to its median level (the
@@ -144,14 +152,18 @@ def detect_onsets(audio: np.ndarray, sample_rate: int, threshold: float = 0.2,
     strength = np.maximum(after - before, 0.0)
     if after.max() < floor:
         return np.zeros(0)
-    peaks, _ = scipy.signal.find_peaks(strength, height=threshold * strength.max(),
-                                       distance=max(1, int(round(min_gap / _ONSET_HOP))))
+    peaks, _ = scipy.signal.find_peaks(
+        strength,
+        height=threshold * strength.max(),
+        distance=max(1, int(round(min_gap / _ONSET_HOP))),
+    )
     peaks = peaks[after[peaks] >= 4.0 * np.median(after)]
     return peaks * _ONSET_HOP
 
 
-def event_f1(reference: np.ndarray, estimate: np.ndarray, tolerance: float
-             ) -> tuple[float, float, float]:
+def event_f1(
+    reference: np.ndarray, estimate: np.ndarray, tolerance: float
+) -> tuple[float, float, float]:
     """(F1, precision, recall) of a one-to-one matching within `tolerance` seconds.
 
     Empty reference or estimate scores 0 (as mir_eval's onset F-measure does).
@@ -172,8 +184,7 @@ def mean_abs_offset_ms(reference: np.ndarray, estimate: np.ndarray, tolerance: f
     return 1000.0 * float(np.mean([abs(estimate[j] - reference[i]) for i, j in matches]))
 
 
-def _match(reference: np.ndarray, estimate: np.ndarray, tolerance: float
-           ) -> list[tuple[int, int]]:
+def _match(reference: np.ndarray, estimate: np.ndarray, tolerance: float) -> list[tuple[int, int]]:
     """Maximum one-to-one matching within tolerance, of least total offset (Hungarian)."""
     reference = np.asarray(reference, np.float64)
     estimate = np.asarray(estimate, np.float64)
@@ -209,22 +220,25 @@ def motion_change(video: np.ndarray, max_side: int = 64) -> np.ndarray:
     def blurred(frames: np.ndarray) -> np.ndarray:  # [f, H, W, 3] -> [f, h, w, 3] float64
         frames = _to_unit(frames[:, :h, :w])
         if factor > 1:
-            frames = frames.reshape(len(frames), h // factor, factor, w // factor, factor,
-                                    3).mean(axis=(2, 4))
+            frames = frames.reshape(len(frames), h // factor, factor, w // factor, factor, 3).mean(
+                axis=(2, 4)
+            )
         return scipy.ndimage.gaussian_filter(frames, (0, sigma, sigma, 0))
 
     # the blur is per frame: blurring _CHUNK frames (+ 2 shared) at a time is exact, and holds
     # only those in float64 however long the clip
     out = []
     for start in range(0, len(video) - 2, _CHUNK):
-        frames = blurred(video[start:start + _CHUNK + 2])
-        out.append(np.sqrt(np.mean((frames[2:] - 2 * frames[1:-1] + frames[:-2])**2,
-                                   axis=(1, 2, 3))))
+        frames = blurred(video[start : start + _CHUNK + 2])
+        out.append(
+            np.sqrt(np.mean((frames[2:] - 2 * frames[1:-1] + frames[:-2]) ** 2, axis=(1, 2, 3)))
+        )
     return np.concatenate(out)
 
 
-def _correlation(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
-                 max_lag: float) -> tuple[np.ndarray, np.ndarray]:
+def _correlation(
+    video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int, max_lag: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(lags in grid steps [L], scores [L]): the cross-correlation `av_offset` maximises."""
     rate = _ENVELOPE_RATE
     duration = len(audio) / sample_rate
@@ -238,13 +252,16 @@ def _correlation(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: 
     v = np.where(np.isnan(v), 0.0, v - np.nanmean(v))
     a = a - a.mean()
     lags = np.arange(-int(max_lag * rate), int(max_lag * rate) + 1)
-    scores = [np.dot(v[max(0, -lag):len(v) - max(0, lag)], a[max(0, lag):len(a) - max(0, -lag)])
-              for lag in lags]
+    scores = [
+        np.dot(v[max(0, -lag) : len(v) - max(0, lag)], a[max(0, lag) : len(a) - max(0, -lag)])
+        for lag in lags
+    ]
     return lags, np.asarray(scores, np.float64)
 
 
-def av_offset(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
-              max_lag: float = 1.0) -> float:
+def av_offset(
+    video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int, max_lag: float = 1.0
+) -> float:
     """Audio-video offset (seconds) of any clip; positive = audio late (sounds after the motion).
 
     The video motion-change envelope and the audio onset-strength envelope, both on a 100 Hz grid
@@ -255,8 +272,13 @@ def av_offset(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int
     return float(lags[int(np.argmax(scores))] / _ENVELOPE_RATE)
 
 
-def motion_events(video: np.ndarray, fps: float, threshold: float = 0.2, min_gap: float = 0.1,
-                  floor: float = _MOTION_FLOOR) -> np.ndarray:
+def motion_events(
+    video: np.ndarray,
+    fps: float,
+    threshold: float = 0.2,
+    min_gap: float = 0.1,
+    floor: float = _MOTION_FLOOR,
+) -> np.ndarray:
     """Times (s, at frame k / fps) of changes of motion: peaks of `motion_change` that reach
     `floor` (a static clip's coding noise stays far below it) and stand out from their
     surroundings by `threshold` x the largest (steady motion's ripple does not)."""
@@ -264,14 +286,18 @@ def motion_events(video: np.ndarray, fps: float, threshold: float = 0.2, min_gap
     if motion.max() < floor:
         return np.zeros(0)
     # zero-padded, so a change at the first or last analysed frame counts as a peak
-    peaks, _ = scipy.signal.find_peaks(np.pad(motion, 1), height=floor,
-                                       prominence=threshold * motion.max(),
-                                       distance=max(1, int(round(min_gap * fps))))
+    peaks, _ = scipy.signal.find_peaks(
+        np.pad(motion, 1),
+        height=floor,
+        prominence=threshold * motion.max(),
+        distance=max(1, int(round(min_gap * fps))),
+    )
     return peaks / fps  # padded index k = frame k
 
 
-def offset_evidence(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
-                    max_lag: float = 1.0) -> dict[str, float]:
+def offset_evidence(
+    video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int, max_lag: float = 1.0
+) -> dict[str, float]:
     """`av_offset` with the evidence behind it: av_offset_ms (nan when there is no evidence),
     peak_to_sidelobe (the correlation's peak over the rest, (peak - mean) / std of the lags more
     than `_PEAK_HALF_WIDTH` from it), motion_events and onset_events (counts).
@@ -288,13 +314,21 @@ def offset_evidence(video: np.ndarray, fps: float, audio: np.ndarray, sample_rat
     spread = sidelobes.std() if len(sidelobes) > 1 else 0.0
     psr = float((scores[best] - sidelobes.mean()) / spread) if spread > 0 else 0.0
     found = len(moves) > 0 and len(onsets) > 0 and psr >= _MIN_PSR
-    return {"av_offset_ms": 1000.0 * float(lags[best] / _ENVELOPE_RATE) if found else float("nan"),
-            "peak_to_sidelobe": psr, "motion_events": float(len(moves)),
-            "onset_events": float(len(onsets))}
+    return {
+        "av_offset_ms": 1000.0 * float(lags[best] / _ENVELOPE_RATE) if found else float("nan"),
+        "peak_to_sidelobe": psr,
+        "motion_events": float(len(moves)),
+        "onset_events": float(len(onsets)),
+    }
 
 
-def clip_sync_metrics(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
-                      tolerance: float | None = None) -> dict[str, float]:
+def clip_sync_metrics(
+    video: np.ndarray,
+    fps: float,
+    audio: np.ndarray,
+    sample_rate: int,
+    tolerance: float | None = None,
+) -> dict[str, float]:
     """Sync of one clip, no ground truth needed: bounces seen in the frames (reference) vs onsets
     heard in the audio (estimate). `tolerance` seconds; None = half a frame period.
 
@@ -321,8 +355,10 @@ def sync_table(rows: dict[str, list[dict[str, float]]]) -> str:
     header = f"{'name':<24} {'event F1':>9} {'|offset| ms':>12} {'AV offset ms':>13} {'clips':>6}"
     lines = [header, "-" * len(header)]
     for name, clips in rows.items():
-        f1, offset, av = (_nan_mean([c[key] for c in clips])
-                          for key in ("event_f1", "mean_abs_offset_ms", "av_offset_ms"))
+        f1, offset, av = (
+            _nan_mean([c[key] for c in clips])
+            for key in ("event_f1", "mean_abs_offset_ms", "av_offset_ms")
+        )
         lines.append(f"{name:<24} {f1:>9.3f} {offset:>12.1f} {av:>13.1f} {len(clips):>6d}")
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,15 +25,21 @@ _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # as jax.nn.dot_product_atte
 
 def uses_splash(implementation: str) -> bool:
     """Whether `config.model.attention` runs the splash kernel on this backend."""
-    return implementation == "splash" or (implementation == "auto"
-                                          and jax.default_backend() == "tpu")
+    return implementation == "splash" or (
+        implementation == "auto" and jax.default_backend() == "tpu"
+    )
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
-                          mask: Optional[jax.Array] = None,
-                          implementation: str = "xla",
-                          splash_blocks: SplashBlocks = SplashBlocks(),  # noqa: B008 (frozen)
-                          splash_band: Optional[BandKernel] = None) -> jax.Array:
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    implementation: str = "xla",
+    splash_blocks: SplashBlocks = SplashBlocks(),  # noqa: B008 (frozen)
+    splash_band: BandKernel | None = None,
+) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v for q [B, Lq, N, Hd], k/v [B, Lk, N, Hd].
 
     `mask` (bool, True = attend) broadcasts to [B, N, Lq, Lk]. `implementation` is
@@ -50,8 +56,10 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     if uses_splash(implementation):
         return splash_attention(q, k, v, mask=mask, band=splash_band, blocks=splash_blocks)
     if implementation == "blockwise" or (
-            implementation == "auto" and backend != "gpu"
-            and q.shape[1] * k.shape[1] > 4 * BLOCK * BLOCK):
+        implementation == "auto"
+        and backend != "gpu"
+        and q.shape[1] * k.shape[1] > 4 * BLOCK * BLOCK
+    ):
         return blockwise_attention(q, k, v, mask=mask)
     impl = None if implementation == "auto" else implementation
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
@@ -63,8 +71,9 @@ def _pad_to(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
     return jnp.pad(x, pad, constant_values=value)
 
 
-def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
-                        mask: Optional[jax.Array] = None, block: int = BLOCK) -> jax.Array:
+def blockwise_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None = None, block: int = BLOCK
+) -> jax.Array:
     """`dot_product_attention` block by block with an online softmax: flash attention's memory
     (one [B, N, block, block] score block live) in plain XLA, so it runs on any backend.
 
@@ -84,10 +93,11 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
         mask = _pad_to(mask, 2, nq * bq, True)
     if mask.shape[3] > 1:
         mask = _pad_to(mask, 3, nk * bk, False)
-    blocks = lambda x, size, count: _pad_to(x, 1, size * count).reshape(
-        b, count, size, n, hd).swapaxes(0, 1)  # [count, B, size, N, Hd]
+    blocks = lambda x, size, count: (
+        _pad_to(x, 1, size * count).reshape(b, count, size, n, hd).swapaxes(0, 1)
+    )  # [count, B, size, N, Hd]
     qs, ks, vs = blocks(q, bq, nq), blocks(k, bk, nk), blocks(v, bk, nk)
-    scale = hd ** -0.5
+    scale = hd**-0.5
 
     def query_block(args):
         i, qb = args  # qb [B, bq, N, Hd]
@@ -96,8 +106,9 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
         def key_block(carry, xs):
             top, total, acc = carry  # [B, N, bq], [B, N, bq], [B, bq, N, Hd] float32
             j, kb, vb = xs
-            s = jnp.einsum("bqnh,bknh->bnqk", qb, kb,
-                           preferred_element_type=jnp.float32) * scale  # [B, N, bq, bk]
+            s = (
+                jnp.einsum("bqnh,bknh->bnqk", qb, kb, preferred_element_type=jnp.float32) * scale
+            )  # [B, N, bq, bk]
             mk = mq if mq.shape[3] == 1 else jax.lax.dynamic_slice_in_dim(mq, j * bk, bk, 3)
             s = jnp.where(mk, s, _MASKED)
             s = jnp.where(j * bk + jnp.arange(bk) < lk, s, -jnp.inf)  # padded keys: weight 0
@@ -106,13 +117,16 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
             decay = jnp.exp(top - new_top)
             total = total * decay + p.sum(-1)
             acc = acc * decay.swapaxes(1, 2)[..., None] + jnp.einsum(
-                "bnqk,bknh->bqnh", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
+                "bnqk,bknh->bqnh", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32
+            )
             return (new_top, total, acc), None
 
-        init = (jnp.full((b, n, bq), -jnp.inf, jnp.float32), jnp.zeros((b, n, bq), jnp.float32),
-                jnp.zeros((b, bq, n, hd), jnp.float32))
-        (_, total, acc), _ = jax.lax.scan(jax.checkpoint(key_block), init,
-                                          (jnp.arange(nk), ks, vs))
+        init = (
+            jnp.full((b, n, bq), -jnp.inf, jnp.float32),
+            jnp.zeros((b, n, bq), jnp.float32),
+            jnp.zeros((b, bq, n, hd), jnp.float32),
+        )
+        (_, total, acc), _ = jax.lax.scan(jax.checkpoint(key_block), init, (jnp.arange(nk), ks, vs))
         return (acc / total.swapaxes(1, 2)[..., None]).astype(q.dtype)
 
     out = jax.lax.map(jax.checkpoint(query_block), (jnp.arange(nq), qs))  # [nq, B, bq, N, Hd]
@@ -138,10 +152,16 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: Optional[jax.Array] = None, *,
-                 q_angles: Optional[jax.Array] = None, k_angles: Optional[jax.Array] = None,
-                 mask: Optional[jax.Array] = None,
-                 splash_band: Optional[BandKernel] = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        *,
+        q_angles: jax.Array | None = None,
+        k_angles: jax.Array | None = None,
+        mask: jax.Array | None = None,
+        splash_band: BandKernel | None = None,
+    ) -> jax.Array:
         self_attention, context = context is None, x if context is None else context
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         q = dense(self.dim, ("embed", "heads"), name="q", **kw)(x)
@@ -157,8 +177,12 @@ class Attention(nn.Module):
         if k_angles is not None:
             k = apply_rope(k, k_angles)
         q = nn.with_logical_constraint(q, ("batch", "act_length", "act_heads", "kv"))
-        attend = functools.partial(dot_product_attention, implementation=self.implementation,
-                                   splash_blocks=self.splash_blocks, splash_band=splash_band)
+        attend = functools.partial(
+            dot_product_attention,
+            implementation=self.implementation,
+            splash_blocks=self.splash_blocks,
+            splash_band=splash_band,
+        )
         axis = None
         if self_attention and mask is None:
             axis = ulysses.sequence_axis(q.shape[1], self.heads)

@@ -16,8 +16,6 @@ a clean reference frame or a clean driving modality is expressed as timestep 0 o
 
 from __future__ import annotations
 
-from typing import Optional
-
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -32,7 +30,7 @@ class Conditioning:
     transcript: jax.Array  # [B, Lc] int32 character ids, 0 = padding
     video_time: jax.Array  # [B, Tv] seconds at the centre of each video latent frame
     audio_time: jax.Array  # [B, Ta] seconds at the centre of each audio latent frame
-    ref_audio: Optional[jax.Array] = None  # [B, Tr, Ca] clean reference-voice latents
+    ref_audio: jax.Array | None = None  # [B, Tr, Ca] clean reference-voice latents
 
     @property
     def batch_size(self) -> int:

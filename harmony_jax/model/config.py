@@ -74,15 +74,19 @@ class ModelConfig:
         _check("model.remat", self.remat, REMAT_POLICIES)
         _check("model.attention", self.attention, _ATTENTION)
         if self.video.text_pad_to < 0:
-            raise ValueError(f"model.video.text_pad_to={self.video.text_pad_to} must be >= 0 "
-                             f"(0: mask padded caption tokens)")
+            raise ValueError(
+                f"model.video.text_pad_to={self.video.text_pad_to} must be >= 0 "
+                f"(0: mask padded caption tokens)"
+            )
         for name, tower in (("video", self.video), ("audio", self.audio)):
             if tower.dim % tower.heads:
-                raise ValueError(f"model.{name}.dim={tower.dim} is not divisible by "
-                                 f"model.{name}.heads={tower.heads}")
+                raise ValueError(
+                    f"model.{name}.dim={tower.dim} is not divisible by "
+                    f"model.{name}.heads={tower.heads}"
+                )
 
     @classmethod
-    def from_config(cls, model_cfg, *, video_latent_rate: float) -> "ModelConfig":
+    def from_config(cls, model_cfg, *, video_latent_rate: float) -> ModelConfig:
         """Builds the frozen config from the `config.model` ConfigDict.
 
         `video_latent_rate` comes from the video codec (fps / temporal stride), so the model never
@@ -94,21 +98,31 @@ class ModelConfig:
             text_dim=int(m.text_dim),
             freq_dim=int(m.freq_dim),
             eps=float(m.eps),
-            video=VideoTowerConfig(dim=int(m.video.dim), heads=int(m.video.heads),
-                                   ffn_dim=int(m.video.ffn_dim),
-                                   in_channels=int(m.video.in_channels),
-                                   patch=tuple(int(p) for p in m.video.patch),
-                                   text_pad_to=int(m.video.text_pad_to)),
-            audio=TowerConfig(dim=int(m.audio.dim), heads=int(m.audio.heads),
-                              ffn_dim=int(m.audio.ffn_dim), in_channels=int(m.audio.in_channels)),
+            video=VideoTowerConfig(
+                dim=int(m.video.dim),
+                heads=int(m.video.heads),
+                ffn_dim=int(m.video.ffn_dim),
+                in_channels=int(m.video.in_channels),
+                patch=tuple(int(p) for p in m.video.patch),
+                text_pad_to=int(m.video.text_pad_to),
+            ),
+            audio=TowerConfig(
+                dim=int(m.audio.dim),
+                heads=int(m.audio.heads),
+                ffn_dim=int(m.audio.ffn_dim),
+                in_channels=int(m.audio.in_channels),
+            ),
             transcript=TranscriptConfig(**{k: int(v) for k, v in m.transcript.items()}),
-            interaction=InteractionConfig(mode=str(m.interaction.mode),
-                                          window=float(m.interaction.window),
-                                          rope_align=bool(m.interaction.rope_align)),
+            interaction=InteractionConfig(
+                mode=str(m.interaction.mode),
+                window=float(m.interaction.window),
+                rope_align=bool(m.interaction.rope_align),
+            ),
             video_latent_rate=float(video_latent_rate),
             attention=str(m.attention),
-            splash=SplashBlocks(**{k: type(getattr(SplashBlocks(), k))(v)
-                                   for k, v in m.splash.items()}),
+            splash=SplashBlocks(
+                **{k: type(getattr(SplashBlocks(), k))(v) for k, v in m.splash.items()}
+            ),
             dtype=jnp.dtype(m.dtype),
             param_dtype=jnp.dtype(m.param_dtype),
             scan_layers=bool(m.scan_layers),

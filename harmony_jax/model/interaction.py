@@ -9,8 +9,6 @@ self-attention sees their updated state (paper eq. 7). Every output projection s
 
 from __future__ import annotations
 
-from typing import Optional
-
 import flax.linen as nn
 import flax.struct
 import jax
@@ -32,11 +30,11 @@ class CrossModalGeometry:
     audio_angles: jax.Array  # [B, Ta, Hd_a/2] same for the (noisy) audio tokens, video head dim
     audio_angles_a: jax.Array  # [B, Ta, Hd_a/2] audio tokens, audio head dim
     video_angles_a: jax.Array  # [B, Lv, Hd_a/2] video tokens, audio head dim
-    a2v_mask: Optional[jax.Array]  # [B, 1, Lv, Ta] bool, None = unmasked
-    v2a_mask: Optional[jax.Array]  # [B, 1, Ta, Lv] bool
+    a2v_mask: jax.Array | None  # [B, 1, Lv, Ta] bool, None = unmasked
+    v2a_mask: jax.Array | None  # [B, 1, Ta, Lv] bool
     # the two bands as the splash kernel's block maps (`model.attention` splash only)
-    a2v_splash: Optional[BandKernel] = None
-    v2a_splash: Optional[BandKernel] = None
+    a2v_splash: BandKernel | None = None
+    v2a_splash: BandKernel | None = None
 
 
 def band_mask(q_time: jax.Array, k_time: jax.Array, window_seconds: float) -> jax.Array:
@@ -45,8 +43,9 @@ def band_mask(q_time: jax.Array, k_time: jax.Array, window_seconds: float) -> ja
     return jnp.abs(q_time[:, :, None] - k_time[:, None, :]) <= window_seconds * (1 + 1e-6)
 
 
-def cross_modal_geometry(cfg: ModelConfig, cond: Conditioning, frames: int, tokens_per_frame: int,
-                         audio_frames: int) -> CrossModalGeometry:
+def cross_modal_geometry(
+    cfg: ModelConfig, cond: Conditioning, frames: int, tokens_per_frame: int, audio_frames: int
+) -> CrossModalGeometry:
     """Cross-modal RoPE angles and band masks from the per-latent-frame times in seconds.
 
     Positions are time x video latent rate (`rope_align`) or raw frame indices (the ablation).
@@ -72,16 +71,18 @@ def cross_modal_geometry(cfg: ModelConfig, cond: Conditioning, frames: int, toke
         v2a = jnp.swapaxes(a2v, -1, -2)  # [B, 1, Ta, Lv]
         if uses_splash(cfg.attention):
             lv = a2v.shape[2]
-            a2v_splash = band_kernel(a2v, block_sizes(cfg.splash, lv, audio_frames,
-                                                      band_axis="kv"))
-            v2a_splash = band_kernel(v2a, block_sizes(cfg.splash, audio_frames, lv,
-                                                      band_axis="q"))
+            a2v_splash = band_kernel(a2v, block_sizes(cfg.splash, lv, audio_frames, band_axis="kv"))
+            v2a_splash = band_kernel(v2a, block_sizes(cfg.splash, audio_frames, lv, band_axis="q"))
     return CrossModalGeometry(
         video_angles=sequence_angles(v_pos_tokens, hd_v),
         audio_angles=sequence_angles(a_pos, hd_v),
         audio_angles_a=sequence_angles(a_pos, hd_a),
         video_angles_a=sequence_angles(v_pos_tokens, hd_a),
-        a2v_mask=a2v, v2a_mask=v2a, a2v_splash=a2v_splash, v2a_splash=v2a_splash)
+        a2v_mask=a2v,
+        v2a_mask=v2a,
+        a2v_splash=a2v_splash,
+        v2a_splash=v2a_splash,
+    )
 
 
 class CrossModalAttention(nn.Module):
@@ -96,17 +97,29 @@ class CrossModalAttention(nn.Module):
     splash_blocks: SplashBlocks = SplashBlocks()
 
     @nn.compact
-    def __call__(self, x, context, *, q_angles=None, k_angles=None, mask=None,
-                 splash_band=None):
+    def __call__(self, x, context, *, q_angles=None, k_angles=None, mask=None, splash_band=None):
         q_in = LayerNorm32(self.eps, affine=True, param_dtype=self.param_dtype, name="norm_q_in")(x)
-        kv_in = LayerNorm32(self.eps, affine=True, param_dtype=self.param_dtype,
-                            name="norm_kv_in")(context)
-        y = Attention(self.dim, self.heads, self.eps, zero_out=True,
-                      implementation=self.implementation, splash_blocks=self.splash_blocks,
-                      dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="attn")(
-            q_in.astype(self.dtype), kv_in.astype(self.dtype), q_angles=q_angles,
-            k_angles=k_angles, mask=mask, splash_band=splash_band)
+        kv_in = LayerNorm32(self.eps, affine=True, param_dtype=self.param_dtype, name="norm_kv_in")(
+            context
+        )
+        y = Attention(
+            self.dim,
+            self.heads,
+            self.eps,
+            zero_out=True,
+            implementation=self.implementation,
+            splash_blocks=self.splash_blocks,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="attn",
+        )(
+            q_in.astype(self.dtype),
+            kv_in.astype(self.dtype),
+            q_angles=q_angles,
+            k_angles=k_angles,
+            mask=mask,
+            splash_band=splash_band,
+        )
         return x + y.astype(x.dtype)
 
 
@@ -120,15 +133,32 @@ class Interaction(nn.Module):
     def __call__(self, x_v: jax.Array, x_a: jax.Array, geo: CrossModalGeometry):
         # x_v [B, Lv, Dv]; x_a [B, Tr + Ta, Da]
         cfg = self.config
-        kw = dict(eps=cfg.eps, implementation=cfg.attention, splash_blocks=cfg.splash,
-                  dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        kw = dict(
+            eps=cfg.eps,
+            implementation=cfg.attention,
+            splash_blocks=cfg.splash,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+        )
         to_video = CrossModalAttention(cfg.video.dim, cfg.video.heads, name="a2v", **kw)
         to_audio = CrossModalAttention(cfg.audio.dim, cfg.audio.heads, name="v2a", **kw)
-        ref, audio = x_a[:, : self.num_ref], x_a[:, self.num_ref:]
-        new_v = to_video(x_v, audio, q_angles=geo.video_angles, k_angles=geo.audio_angles,
-                         mask=geo.a2v_mask, splash_band=geo.a2v_splash)
-        new_a = to_audio(audio, x_v, q_angles=geo.audio_angles_a, k_angles=geo.video_angles_a,
-                         mask=geo.v2a_mask, splash_band=geo.v2a_splash)
+        ref, audio = x_a[:, : self.num_ref], x_a[:, self.num_ref :]
+        new_v = to_video(
+            x_v,
+            audio,
+            q_angles=geo.video_angles,
+            k_angles=geo.audio_angles,
+            mask=geo.a2v_mask,
+            splash_band=geo.a2v_splash,
+        )
+        new_a = to_audio(
+            audio,
+            x_v,
+            q_angles=geo.audio_angles_a,
+            k_angles=geo.video_angles_a,
+            mask=geo.v2a_mask,
+            splash_band=geo.v2a_splash,
+        )
         if cfg.interaction.mode == "gldi":
             # Global style path: timbre tokens read the whole video, no band, no positions.
             ref = CrossModalAttention(cfg.audio.dim, cfg.audio.heads, name="global", **kw)(ref, x_v)

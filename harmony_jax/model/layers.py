@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -12,14 +13,27 @@ import jax.numpy as jnp
 Dtype = Any
 
 
-def dense(features: int, axes: tuple[str, str], *, name: str, dtype: Dtype, param_dtype: Dtype,
-          zero_init: bool = False, use_bias: bool = True) -> nn.Dense:
+def dense(
+    features: int,
+    axes: tuple[str, str],
+    *,
+    name: str,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    zero_init: bool = False,
+    use_bias: bool = True,
+) -> nn.Dense:
     """A Dense whose kernel and bias carry logical axis names (and optionally start at zero)."""
     kernel_init = nn.initializers.zeros_init() if zero_init else nn.initializers.xavier_uniform()
     return nn.Dense(
-        features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
         kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+    )
 
 
 class RMSNorm(nn.Module):
@@ -31,9 +45,12 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
-                                                                 (self.axis_name,)),
-                           (x.shape[-1],), self.param_dtype)
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
         return (y * scale).astype(x.dtype)
@@ -49,11 +66,15 @@ class LayerNorm32(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return nn.LayerNorm(
-            epsilon=self.eps, use_scale=self.affine, use_bias=self.affine, dtype=jnp.float32,
+            epsilon=self.eps,
+            use_scale=self.affine,
+            use_bias=self.affine,
+            dtype=jnp.float32,
             param_dtype=self.param_dtype,
             scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
-            name="ln")(x.astype(jnp.float32))
+            name="ln",
+        )(x.astype(jnp.float32))
 
 
 def timestep_features(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -77,11 +98,21 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         a_in, a_hidden = self.axes
-        x = dense(self.hidden, (a_in, a_hidden), name="fc1", dtype=self.dtype,
-                  param_dtype=self.param_dtype)(x)
+        x = dense(
+            self.hidden,
+            (a_in, a_hidden),
+            name="fc1",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
         x = self.activation(x)
-        return dense(self.out, (a_hidden, "embed"), name="fc2", dtype=self.dtype,
-                     param_dtype=self.param_dtype)(x)
+        return dense(
+            self.out,
+            (a_hidden, "embed"),
+            name="fc2",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
 
 
 def gelu_tanh(x: jax.Array) -> jax.Array:

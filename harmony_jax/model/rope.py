@@ -6,7 +6,7 @@ Positions may be fractional: the cross-modal attention places both branches on o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Optional
 
 import flax.linen as nn
 import flax.struct
@@ -37,8 +36,7 @@ LANES = 128  # every splash block is a multiple of the TPU lane width
 # (block_q, block_kv, block_kv_compute) per TPU generation: MaxText's 512 on v5e; larger blocks
 # where VMEM and the MXU are larger (MaxDiffusion's Wan runs use 2k-3k blocks on v6e). Starting
 # points, not tuned here; `config.model.splash` overrides them.
-_GENERATION_BLOCKS = {"v5e": (512, 512, 512), "v5p": (1024, 1024, 512),
-                      "v6e": (2048, 2048, 512)}
+_GENERATION_BLOCKS = {"v5e": (512, 512, 512), "v5p": (1024, 1024, 512), "v6e": (2048, 2048, 512)}
 _OTHER_BLOCKS = (512, 512, 512)  # other TPUs, and interpret mode off TPU
 
 
@@ -61,17 +59,22 @@ class SplashBlocks:
         for name in ("block_q", "block_kv", "block_kv_compute"):
             value = getattr(self, name)
             if value < 0 or value % LANES:
-                raise ValueError(f"config model.splash.{name}={value} is not 0 or a positive "
-                                 f"multiple of {LANES}")
+                raise ValueError(
+                    f"config model.splash.{name}={value} is not 0 or a positive multiple of {LANES}"
+                )
         if self.band_block <= 0 or self.band_block % LANES:
-            raise ValueError(f"config model.splash.band_block={self.band_block} is not a "
-                             f"positive multiple of {LANES}")
+            raise ValueError(
+                f"config model.splash.band_block={self.band_block} is not a "
+                f"positive multiple of {LANES}"
+            )
         if self.block_kv and self.block_kv_compute and self.block_kv % self.block_kv_compute:
-            raise ValueError(f"config model.splash.block_kv_compute={self.block_kv_compute} "
-                             f"does not divide model.splash.block_kv={self.block_kv}")
+            raise ValueError(
+                f"config model.splash.block_kv_compute={self.block_kv_compute} "
+                f"does not divide model.splash.block_kv={self.block_kv}"
+            )
 
 
-def tpu_generation() -> Optional[str]:
+def tpu_generation() -> str | None:
     """'v5e' | 'v5p' | 'v6e' from the first device's kind, None off TPU or for others."""
     device = jax.devices()[0]
     if device.platform != "tpu":
@@ -88,8 +91,9 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def block_sizes(blocks: SplashBlocks, lq: int, lk: int, *,
-                band_axis: Optional[str] = None) -> sk.BlockSizes:
+def block_sizes(
+    blocks: SplashBlocks, lq: int, lk: int, *, band_axis: str | None = None
+) -> sk.BlockSizes:
     """The kernel's tile sizes for these lengths: the configured (or generation) blocks, cut to
     the padded lengths so a short sequence (157 audio latents) is one block, not a mostly
     padded 2048. `band_axis` ('q' for V2A, 'kv' for A2V) is a band's audio axis, tiled by
@@ -100,10 +104,17 @@ def block_sizes(blocks: SplashBlocks, lq: int, lk: int, *,
     bq, bkv = min(bq, _round_up(lq, LANES)), min(bkv, _round_up(lk, LANES))
     bc = math.gcd(bkv, min(blocks.block_kv_compute or dc, bkv))
     fused = blocks.fused_bwd
-    return sk.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bc,
-                         block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bc,
-                         block_q_dq=None if fused else bq, block_kv_dq=None if fused else bkv,
-                         use_fused_bwd_kernel=fused)
+    return sk.BlockSizes(
+        block_q=bq,
+        block_kv=bkv,
+        block_kv_compute=bc,
+        block_q_dkv=bq,
+        block_kv_dkv=bkv,
+        block_kv_dkv_compute=bc,
+        block_q_dq=None if fused else bq,
+        block_kv_dq=None if fused else bkv,
+        use_fused_bwd_kernel=fused,
+    )
 
 
 @flax.struct.dataclass
@@ -130,8 +141,9 @@ class BandKernel:
         return sk.SplashAttentionKernel(*map(flag, masks), **dict(self.kernel_args))
 
 
-def band_kernel(mask: jax.Array, sizes: sk.BlockSizes, *,
-                interpret: Optional[bool] = None) -> BandKernel:
+def band_kernel(
+    mask: jax.Array, sizes: sk.BlockSizes, *, interpret: bool | None = None
+) -> BandKernel:
     """The `BandKernel` of a boolean [B, N|1, Lq, Lk] mask for these tile sizes: padded keys
     off, padded queries repeating the last real row."""
     interpret = jax.default_backend() != "tpu" if interpret is None else interpret
@@ -140,16 +152,20 @@ def band_kernel(mask: jax.Array, sizes: sk.BlockSizes, *,
     static = {}
 
     def row(m):  # [N|1, lq, lk] -> the kernel's MaskInfos
-        kernel = sk.make_splash_mha(m, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                    interpret=interpret)
+        kernel = sk.make_splash_mha(
+            m, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+        )
         static.update(kernel.kwargs)
         drop = lambda info: None if info is None else info._replace(is_dynamic_mask=None)
-        return tuple(map(drop, (kernel.fwd_mask_info, kernel.dq_mask_info,
-                                kernel.dkv_mask_info)))
+        return tuple(map(drop, (kernel.fwd_mask_info, kernel.dq_mask_info, kernel.dkv_mask_info)))
 
     masks = jax.vmap(row)(rows)
-    return BandKernel(masks=masks, has_key=mask.any(-1), lengths=(lq, lk),
-                      kernel_args=tuple(sorted(static.items())))
+    return BandKernel(
+        masks=masks,
+        has_key=mask.any(-1),
+        lengths=(lq, lk),
+        kernel_args=tuple(sorted(static.items())),
+    )
 
 
 def computed_blocks(mask: jax.Array, sizes: sk.BlockSizes) -> np.ndarray:
@@ -167,10 +183,16 @@ def _pad_mask(mask: jax.Array, lq: int, lk: int) -> jax.Array:
     return jnp.pad(mask, pad + [(0, 0), (0, lk - mask.shape[-1])])
 
 
-def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
-                     mask: Optional[jax.Array] = None, band: Optional[BandKernel] = None,
-                     blocks: SplashBlocks = SplashBlocks(),
-                     interpret: Optional[bool] = None) -> jax.Array:
+def splash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    band: BandKernel | None = None,
+    blocks: SplashBlocks = SplashBlocks(),
+    interpret: bool | None = None,
+) -> jax.Array:
     """`dot_product_attention`'s contract (q [B, Lq, N, Hd], k/v [B, Lk, N, Hd], bool mask
     broadcasting to [B, N, Lq, Lk]) through the splash kernel; `interpret` defaults to off-TPU.
 
@@ -188,20 +210,24 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
         rows = jnp.broadcast_to(mask, (b, mask.shape[1], lq, lk))
         band = band_kernel(rows, block_sizes(blocks, lq, lk), interpret=interpret)
     if band is None:  # keys only (padding of text, transcript or blocks): segment ids
-        local = functools.partial(_keys_attention, sizes=block_sizes(blocks, lq, lk),
-                                  interpret=interpret)
+        local = functools.partial(
+            _keys_attention, sizes=block_sizes(blocks, lq, lk), interpret=interpret
+        )
         return _on_local_shards(local, q, k, v, mask)
     if band.lengths != (lq, lk) or band.has_key.shape[0] != b:
-        raise ValueError(f"splash band of {band.has_key.shape[0]} rows of {band.lengths} "
-                         f"(queries, keys) for attention of {b} rows of {(lq, lk)}")
+        raise ValueError(
+            f"splash band of {band.has_key.shape[0]} rows of {band.lengths} "
+            f"(queries, keys) for attention of {b} rows of {(lq, lk)}"
+        )
     return _on_local_shards(_band_attention, q, k, v, band)
 
 
 def _heads_first(q, k, v, sizes: sk.BlockSizes):
     """[B, L, N, Hd] -> [B, N, L padded to whole blocks, Hd]; q scaled (the kernel does not)."""
     scaled = (q.astype(jnp.float32) * q.shape[-1] ** -0.5).astype(q.dtype)
-    pad = lambda x, block: jnp.pad(x, ((0, 0), (0, _round_up(x.shape[1], block) - x.shape[1]),
-                                       (0, 0), (0, 0))).swapaxes(1, 2)
+    pad = lambda x, block: jnp.pad(
+        x, ((0, 0), (0, _round_up(x.shape[1], block) - x.shape[1]), (0, 0), (0, 0))
+    ).swapaxes(1, 2)
     return pad(scaled, sizes.block_q), pad(k, sizes.block_kv), pad(v, sizes.block_kv)
 
 
@@ -228,9 +254,13 @@ def _keys_attention(q, k, v, mask, *, sizes: sk.BlockSizes, interpret: bool) -> 
     lk = k.shape[1]
     qt, kt, vt = _heads_first(q, k, v, sizes)
     lq_pad, lk_pad = qt.shape[2], kt.shape[2]
-    kernel = sk.make_splash_mha(sm.MultiHeadMask([sm.FullMask((lq_pad, lk_pad))]),
-                                block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                interpret=interpret)
+    kernel = sk.make_splash_mha(
+        sm.MultiHeadMask([sm.FullMask((lq_pad, lk_pad))]),
+        block_sizes=sizes,
+        head_shards=1,
+        q_seq_shards=1,
+        interpret=interpret,
+    )
     if mask is None and lk_pad == lk:
         return jax.vmap(kernel)(qt, kt, vt).swapaxes(1, 2)[:, :lq]
     keys = jnp.ones((1, lk), bool) if mask is None else mask[:, 0, 0, :]
@@ -266,8 +296,10 @@ def _on_local_shards(fn, q, k, v, extra):
         specs, args = (spec,) * 3, (q, k, v)
     else:
         local = fn
-        extra_spec = jax.tree.map(lambda x: P(batch if x.shape[0] > 1 else None,
-                                              heads if x.shape[1] > 1 else None), extra)
+        extra_spec = jax.tree.map(
+            lambda x: P(batch if x.shape[0] > 1 else None, heads if x.shape[1] > 1 else None), extra
+        )
         specs, args = (spec,) * 3 + (extra_spec,), (q, k, v, extra)
-    return jax.shard_map(local, in_specs=specs, out_specs=spec,
-                         axis_names=set(batch + heads), check_vma=False)(*args)
+    return jax.shard_map(
+        local, in_specs=specs, out_specs=spec, axis_names=set(batch + heads), check_vma=False
+    )(*args)

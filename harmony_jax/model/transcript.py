@@ -41,17 +41,29 @@ class ConvNeXtV2Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dim = x.shape[-1]
-        h = nn.Conv(dim, (7,), padding=3, feature_group_count=dim, name="dwconv",
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                             (None, None, "embed")),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                           ("embed",)))(x)
+        h = nn.Conv(
+            dim,
+            (7,),
+            padding=3,
+            feature_group_count=dim,
+            name="dwconv",
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), (None, None, "embed")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+        )(x)
         h = LayerNorm32(1e-6, affine=True, name="norm")(h)
-        h = dense(dim * self.mult, ("embed", "mlp"), name="pwconv1", dtype=jnp.float32,
-                  param_dtype=jnp.float32)(h)
+        h = dense(
+            dim * self.mult,
+            ("embed", "mlp"),
+            name="pwconv1",
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+        )(h)
         h = GRN(name="grn")(jax.nn.gelu(h, approximate=False))
-        h = dense(dim, ("mlp", "embed"), name="pwconv2", dtype=jnp.float32,
-                  param_dtype=jnp.float32)(h)
+        h = dense(
+            dim, ("mlp", "embed"), name="pwconv2", dtype=jnp.float32, param_dtype=jnp.float32
+        )(h)
         return x + h
 
 
@@ -70,17 +82,29 @@ class TranscriptEncoder(nn.Module):
     def __call__(self, ids: jax.Array, features_only: bool = False) -> jax.Array:
         cfg = self.config
         if ids.shape[1] > cfg.max_len:
-            raise ValueError(f"transcript has {ids.shape[1]} characters; "
-                             f"model.transcript.max_len is {cfg.max_len}")
+            raise ValueError(
+                f"transcript has {ids.shape[1]} characters; "
+                f"model.transcript.max_len is {cfg.max_len}"
+            )
         keep = (ids > 0)[..., None]
-        x = nn.Embed(cfg.vocab_size, cfg.dim, name="char_embed",
-                     embedding_init=nn.with_logical_partitioning(
-                         nn.initializers.normal(1.0), ("vocab", "embed")))(ids)
+        x = nn.Embed(
+            cfg.vocab_size,
+            cfg.dim,
+            name="char_embed",
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(1.0), ("vocab", "embed")
+            ),
+        )(ids)
         x = x + sinusoidal_table(cfg.max_len, cfg.dim)[: ids.shape[1]]
         for i in range(cfg.conv_layers):
             x = ConvNeXtV2Block(cfg.conv_mult, name=f"convnext_{i}")(x * keep)
         x = x * keep  # [B, Lc, dim]
         if features_only:
             return x
-        return dense(self.out_dim, ("embed", "embed_out"), name="proj", dtype=jnp.float32,
-                     param_dtype=jnp.float32)(x)
+        return dense(
+            self.out_dim,
+            ("embed", "embed_out"),
+            name="proj",
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+        )(x)

@@ -7,7 +7,7 @@ import glob
 import json
 import logging as std_logging
 import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
 from absl import logging
@@ -16,8 +16,12 @@ from orbax.checkpoint import multihost
 from harmony_jax.config_diff import first_difference
 from harmony_jax.errors import ConfigError
 
-_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
-                "MEGASCALE_COORDINATOR_ADDRESS")
+_CLUSTER_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "TPU_WORKER_HOSTNAMES",
+    "TPU_PROCESS_ADDRESSES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
 
 
 class ProcessMismatchError(ConfigError):
@@ -38,7 +42,7 @@ def is_multihost_environment() -> bool:
     return any(os.environ.get(k) for k in _CLUSTER_ENV) or _on_cloud_tpu_vm()
 
 
-def maybe_initialize(timeouts: Optional[Any] = None) -> None:
+def maybe_initialize(timeouts: Any | None = None) -> None:
     """`jax.distributed.initialize()` when the environment describes a cluster; else nothing.
 
     JAX reads the coordinator, process count and id from the cluster: SLURM variables (the
@@ -54,15 +58,25 @@ def maybe_initialize(timeouts: Optional[Any] = None) -> None:
     count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
     kwargs = {}
     if timeouts is not None:
-        kwargs = dict(initialization_timeout=int(timeouts.init_timeout_s),
-                      heartbeat_timeout_seconds=int(timeouts.heartbeat_timeout_s),
-                      shutdown_timeout_seconds=int(timeouts.shutdown_timeout_s))
+        kwargs = dict(
+            initialization_timeout=int(timeouts.init_timeout_s),
+            heartbeat_timeout_seconds=int(timeouts.heartbeat_timeout_s),
+            shutdown_timeout_seconds=int(timeouts.shutdown_timeout_s),
+        )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts (and tests)
-    jax.distributed.initialize(num_processes=int(count) if count else None,
-                               process_id=int(index) if index else None, **kwargs)
+    jax.distributed.initialize(
+        num_processes=int(count) if count else None,
+        process_id=int(index) if index else None,
+        **kwargs,
+    )
     _name_process_in_logs()
-    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
+    logging.info(
+        "process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 class _ProcessPrefix(std_logging.Filter):
@@ -101,8 +115,9 @@ def check_same_config(config, timeout_s: float) -> None:
     client = multihost.get_jax_distributed_client()
     client.key_value_set(f"harmony/config/{jax.process_index()}", config.to_json(sort_keys=True))
     barrier("harmony_config_published", timeout_s)
-    read = lambda i: json.loads(client.blocking_key_value_get(f"harmony/config/{i}",
-                                                              int(timeout_s * 1000)))
+    read = lambda i: json.loads(
+        client.blocking_key_value_get(f"harmony/config/{i}", int(timeout_s * 1000))
+    )
     reference = read(0)
     for other in range(1, jax.process_count()):
         difference = first_difference(reference, read(other))
@@ -111,5 +126,5 @@ def check_same_config(config, timeout_s: float) -> None:
             raise ProcessMismatchError(
                 f"process {other} was started with another config than process 0: "
                 f"{key}={there!r} there, {on_0!r} on process 0; start every process with the "
-                f"same command")
-
+                f"same command"
+            )

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
 _DEVICE_FLAG = re.compile(r"--xla_force_host_platform_device_count=\S+")
 
@@ -34,14 +34,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def process_env(index: int, count: int, devices: int, port: int,
-                base: Optional[dict[str, str]] = None) -> dict[str, str]:
+def process_env(
+    index: int, count: int, devices: int, port: int, base: dict[str, str] | None = None
+) -> dict[str, str]:
     """The environment of process `index` of `count`, each with `devices` CPU devices."""
     env = dict(os.environ if base is None else base)
     flags = _DEVICE_FLAG.sub("", env.get("XLA_FLAGS", "")).strip()
-    env.update(JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-               JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(index),
-               XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip())
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+        JAX_NUM_PROCESSES=str(count),
+        JAX_PROCESS_ID=str(index),
+        XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip(),
+    )
     return env
 
 
@@ -49,13 +54,20 @@ class LocalCluster:
     """`count` processes of `command` (or of `command(i)` for process i, where processes are
     to differ), started together; `wait()` ends every one of them."""
 
-    def __init__(self, command: Union[Sequence[str], Callable[[int], Sequence[str]]], *,
-                 count: int, devices: int, cwd: Optional[str] = None,
-                 env: Optional[dict[str, str]] = None, log_dir: Optional[str] = None):
+    def __init__(
+        self,
+        command: Sequence[str] | Callable[[int], Sequence[str]],
+        *,
+        count: int,
+        devices: int,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        log_dir: str | None = None,
+    ):
         if count < 1 or devices < 1:
             raise ValueError(f"--processes {count} and --devices {devices} must be >= 1")
         port = free_port()
-        self.logs: list[Optional[str]] = []
+        self.logs: list[str | None] = []
         self.procs: list[subprocess.Popen] = []
         self._pumps: list[threading.Thread] = []
         for i in range(count):
@@ -65,14 +77,22 @@ class LocalCluster:
                 os.makedirs(log_dir, exist_ok=True)
                 path = os.path.join(log_dir, f"process_{i}.log")
                 with open(path, "w") as out:
-                    proc = subprocess.Popen(argv, cwd=cwd, env=proc_env, stdout=out,
-                                            stderr=subprocess.STDOUT)
+                    proc = subprocess.Popen(
+                        argv, cwd=cwd, env=proc_env, stdout=out, stderr=subprocess.STDOUT
+                    )
                 self.logs.append(path)
             else:
-                proc = subprocess.Popen(argv, cwd=cwd, env=proc_env, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                pump = threading.Thread(target=_prefix_lines, args=(proc.stdout, f"[p{i}] "),
-                                        daemon=True)
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    env=proc_env,
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                )
+                pump = threading.Thread(
+                    target=_prefix_lines, args=(proc.stdout, f"[p{i}] "), daemon=True
+                )
                 pump.start()
                 self._pumps.append(pump)
                 self.logs.append(None)
@@ -120,27 +140,39 @@ def _prefix_lines(stream, prefix: str) -> None:
         sys.stdout.flush()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m harmony_jax.parallel.local_cluster",
-        description="Run K JAX processes of one command on this machine, as a pod's hosts.")
+        description="Run K JAX processes of one command on this machine, as a pod's hosts.",
+    )
     parser.add_argument("--processes", type=int, default=2, help="JAX processes (hosts).")
     parser.add_argument("--devices", type=int, default=4, help="CPU devices per process.")
-    parser.add_argument("--log-dir", default=None,
-                        help="Write process_<i>.log here instead of prefixed lines.")
-    parser.add_argument("--timeout", type=float, default=24 * 3600.0,
-                        help="Kill every process after this many seconds.")
-    parser.add_argument("--grace", type=float, default=60.0,
-                        help="Seconds the others get to stop after one process fails.")
-    parser.add_argument("command", nargs=argparse.REMAINDER,
-                        help="-- then the command every process runs.")
+    parser.add_argument(
+        "--log-dir", default=None, help="Write process_<i>.log here instead of prefixed lines."
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=24 * 3600.0,
+        help="Kill every process after this many seconds.",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        help="Seconds the others get to stop after one process fails.",
+    )
+    parser.add_argument(
+        "command", nargs=argparse.REMAINDER, help="-- then the command every process runs."
+    )
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command after --, e.g. -- python -m harmony_jax.train ...")
     try:
-        cluster = LocalCluster(command, count=args.processes, devices=args.devices,
-                               log_dir=args.log_dir)
+        cluster = LocalCluster(
+            command, count=args.processes, devices=args.devices, log_dir=args.log_dir
+        )
     except (ValueError, OSError) as e:
         parser.exit(2, f"error: {e}\n")
     # SIGTERM to the launcher (scancel, a maintenance event) goes to every process, as a pod

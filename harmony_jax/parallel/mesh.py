@@ -10,7 +10,8 @@ per step, while sequence and tensor traffic sits inside every layer.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -44,8 +45,9 @@ def mesh_axes(mesh_cfg) -> tuple[str, ...]:
 
 def dcn_shape(mesh_cfg) -> dict[str, int]:
     """Slices along each mesh axis (`mesh.dcn_data`, `mesh.dcn_fsdp`; 1 elsewhere)."""
-    sizes = {a: int(mesh_cfg.get(f"dcn_{a}", 1)) if a in DCN_AXES else 1
-             for a in mesh_axes(mesh_cfg)}
+    sizes = {
+        a: int(mesh_cfg.get(f"dcn_{a}", 1)) if a in DCN_AXES else 1 for a in mesh_axes(mesh_cfg)
+    }
     for axis, size in sizes.items():
         if size < 1:
             raise ValueError(f"config.mesh.dcn_{axis}={size} must be >= 1")
@@ -60,8 +62,10 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
     """
     slices = math.prod(dcn_shape(mesh_cfg).values())
     if num_devices % slices:
-        raise ValueError(f"config.mesh dcn sizes {dcn_shape(mesh_cfg)} ask for {slices} slices; "
-                         f"{num_devices} devices do not split into {slices} equal slices")
+        raise ValueError(
+            f"config.mesh dcn sizes {dcn_shape(mesh_cfg)} ask for {slices} slices; "
+            f"{num_devices} devices do not split into {slices} equal slices"
+        )
     per_slice = num_devices // slices
     sizes = {axis: int(mesh_cfg.get(axis, 1)) for axis in mesh_axes(mesh_cfg)}
     free = [axis for axis, size in sizes.items() if size == -1]
@@ -73,12 +77,16 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
     fixed = math.prod(size for size in sizes.values() if size != -1)
     if free:
         if per_slice % fixed:
-            raise ValueError(f"config.mesh {sizes}: {per_slice} devices are not divisible by "
-                             f"the fixed axes' product {fixed}")
+            raise ValueError(
+                f"config.mesh {sizes}: {per_slice} devices are not divisible by "
+                f"the fixed axes' product {fixed}"
+            )
         sizes[free[0]] = per_slice // fixed
     if math.prod(sizes.values()) != per_slice:
-        raise ValueError(f"config.mesh {sizes} needs {math.prod(sizes.values())} devices; "
-                         f"{per_slice} are available" + (" per slice" if slices > 1 else ""))
+        raise ValueError(
+            f"config.mesh {sizes} needs {math.prod(sizes.values())} devices; "
+            f"{per_slice} are available" + (" per slice" if slices > 1 else "")
+        )
     return sizes
 
 
@@ -96,11 +104,15 @@ def device_grid(mesh_cfg, devices: Sequence[Any]) -> np.ndarray:
     if math.prod(across) == 1:
         return mesh_utils.create_device_mesh(within, devices, allow_split_physical_axes=True)
     return mesh_utils.create_hybrid_device_mesh(
-        within, across, devices, process_is_granule=not hasattr(devices[0], "slice_index"),
-        allow_split_physical_axes=True)
+        within,
+        across,
+        devices,
+        process_is_granule=not hasattr(devices[0], "slice_index"),
+        allow_split_physical_axes=True,
+    )
 
 
-def make_mesh(mesh_cfg, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """The run's mesh with Auto axis types, so linen's logical-axis rules drive the layout."""
     devices = list(jax.devices() if devices is None else devices)
     names = mesh_axes(mesh_cfg)

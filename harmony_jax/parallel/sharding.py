@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from harmony_jax.parallel.mesh import AXES, mesh_axes
 
@@ -23,10 +25,12 @@ def axis_rules(config) -> tuple[tuple[str, Any], ...]:
         axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
         unknown = [a for a in axes if a not in AXES]
         if unknown:
-            raise ValueError(f"config.axis_rules: {name!r} -> {unknown} names no mesh axis of "
-                             f"{AXES}")
+            raise ValueError(
+                f"config.axis_rules: {name!r} -> {unknown} names no mesh axis of {AXES}"
+            )
         axes = tuple(a for a in axes if a in present)
         return axes[0] if len(axes) == 1 else (axes or None)
+
     return tuple((name, keep(name, axes)) for name, axes in config.axis_rules)
 
 
@@ -63,12 +67,18 @@ def process_rows(sharding: NamedSharding, batch_size: int) -> tuple[int, int]:
     batch, b = batch_size / blocks, the rows its devices hold under `sharding`. Processes that
     share a block (a mesh axis crossing hosts that the batch is not split over, e.g. `sequence`)
     load the same rows."""
-    rows = sorted({index[0].indices(batch_size)[:2]
-                   for index in sharding.addressable_devices_indices_map((batch_size,)).values()})
+    rows = sorted(
+        {
+            index[0].indices(batch_size)[:2]
+            for index in sharding.addressable_devices_indices_map((batch_size,)).values()
+        }
+    )
     start, stop = rows[0][0], rows[-1][1]
     size = stop - start
     if any(a[1] != b[0] for a, b in zip(rows, rows[1:])) or batch_size % size or start % size:
-        raise ValueError(f"this process's devices hold rows {rows} of the batch of {batch_size}:"
-                         f" not one contiguous block (the mesh's devices are not grouped by "
-                         f"process)")
+        raise ValueError(
+            f"this process's devices hold rows {rows} of the batch of {batch_size}:"
+            f" not one contiguous block (the mesh's devices are not grouped by "
+            f"process)"
+        )
     return start // size, batch_size // size

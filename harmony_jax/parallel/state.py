@@ -23,8 +23,12 @@ def train_state_shardings(state: TrainState, param_shardings: Any, mesh: Mesh) -
     path with that parameter's shape (its EMA, Adam's mu and nu, under any optax nesting or
     freeze mask) as that parameter; counters and the rest replicated."""
     rep = replicated(mesh)
-    params = {tuple(path): (leaf.shape, sharding) for (path, leaf), sharding in zip(
-        jax.tree_util.tree_leaves_with_path(state.params), jax.tree.leaves(param_shardings))}
+    params = {
+        tuple(path): (leaf.shape, sharding)
+        for (path, leaf), sharding in zip(
+            jax.tree_util.tree_leaves_with_path(state.params), jax.tree.leaves(param_shardings)
+        )
+    }
 
     def layout(path, leaf):
         for start in range(len(path)):
@@ -32,11 +36,13 @@ def train_state_shardings(state: TrainState, param_shardings: Any, mesh: Mesh) -
             if shape == leaf.shape:
                 return sharding
         return rep
+
     return jax.tree_util.tree_map_with_path(layout, state)
 
 
-def sharded_train_state(params: Any, param_shardings: Any, tx: optax.GradientTransformation,
-                        ema: bool, mesh: Mesh) -> TrainState:
+def sharded_train_state(
+    params: Any, param_shardings: Any, tx: optax.GradientTransformation, ema: bool, mesh: Mesh
+) -> TrainState:
     """`create_train_state(params, tx, ema)` laid out by `train_state_shardings` (parameters as
     `param_shardings`, e.g. from `sharded_init`, wherever `params` are now); `params` are
     donated, so they are not held twice."""

@@ -14,7 +14,7 @@ and the partitioner handles whatever layout it is given.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 Kernel = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def sequence_axis(length: int, heads: int) -> Optional[str]:
+def sequence_axis(length: int, heads: int) -> str | None:
     """The mesh axis to run Ulysses over for this attention, or None for plain attention.
 
     Read at trace time from the logical-axis rules and the mesh in context (`jax.set_mesh`).
@@ -35,30 +35,37 @@ def sequence_axis(length: int, heads: int) -> Optional[str]:
     if axis is None:
         return None
     if not isinstance(axis, str):
-        raise ValueError(f"config.axis_rules maps 'act_length' to {axis}; sequence parallelism "
-                         "needs it on a single mesh axis")
+        raise ValueError(
+            f"config.axis_rules maps 'act_length' to {axis}; sequence parallelism "
+            "needs it on a single mesh axis"
+        )
     size = mesh.shape.get(axis, 1)
     if size == 1 or length % size or heads % size:
         return None
     return axis
 
 
-def ulysses_attention(kernel: Kernel, q: jax.Array, k: jax.Array, v: jax.Array,
-                      axis: str) -> jax.Array:
+def ulysses_attention(
+    kernel: Kernel, q: jax.Array, k: jax.Array, v: jax.Array, axis: str
+) -> jax.Array:
     """`kernel(q, k, v)` for q/k/v [B, L, N, Hd] split along L over `axis`; same layout out.
 
     Only `axis` is manual inside: batch and head splits over the other mesh axes stay with the
     partitioner. `kernel` is any attention over [B, L, N, Hd] (the model's
     `dot_product_attention` with its configured implementation).
     """
+
     def local(q, k, v):  # [B, L/S, N, Hd] each
-        to_heads = lambda t: jax.lax.all_to_all(t, axis, split_axis=2, concat_axis=1,
-                                                tiled=True)  # [B, L, N/S, Hd]
+        to_heads = lambda t: jax.lax.all_to_all(
+            t, axis, split_axis=2, concat_axis=1, tiled=True
+        )  # [B, L, N/S, Hd]
         out = kernel(to_heads(q), to_heads(k), to_heads(v))  # [B, L, N/S, Hd]
-        return jax.lax.all_to_all(out, axis, split_axis=1, concat_axis=2,
-                                  tiled=True)  # [B, L/S, N, Hd]
+        return jax.lax.all_to_all(
+            out, axis, split_axis=1, concat_axis=2, tiled=True
+        )  # [B, L/S, N, Hd]
 
     spec = P(None, axis, None, None)
     # check_vma=False: any kernel may run inside, e.g. one whose loop carries start as constants
-    return jax.shard_map(local, in_specs=(spec, spec, spec), out_specs=spec,
-                         axis_names={axis}, check_vma=False)(q, k, v)
+    return jax.shard_map(
+        local, in_specs=(spec, spec, spec), out_specs=spec, axis_names={axis}, check_vma=False
+    )(q, k, v)

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -34,17 +34,37 @@ def write_clip_folder(config: ml_collections.ConfigDict, root: str, num_clips: i
     """`num_clips` sounding-shapes clips at `config.data`'s geometry as a clip folder (mp4 files
     and captions.jsonl): real files for the encoder to decode."""
     d = config.data
-    shapes = SoundingShapes(num_clips=num_clips, fps=d.fps, num_frames=d.num_frames,
-                            height=d.height, width=d.width, sample_rate=d.sample_rate,
-                            seed=config.seed)
+    shapes = SoundingShapes(
+        num_clips=num_clips,
+        fps=d.fps,
+        num_frames=d.num_frames,
+        height=d.height,
+        width=d.width,
+        sample_rate=d.sample_rate,
+        seed=config.seed,
+    )
     os.makedirs(root, exist_ok=True)
     lines = []
     for i in range(num_clips):
         item = shapes[i]
-        write_av(os.path.join(root, f"clip{i:05d}.mp4"), item["video"], d.fps, item["audio"],
-                 d.sample_rate, overwrite=True)
-        lines.append(json.dumps(dict(path=f"clip{i:05d}.mp4", video_caption=item["video_caption"],
-                                     audio_caption=item["audio_caption"], transcript="")))
+        write_av(
+            os.path.join(root, f"clip{i:05d}.mp4"),
+            item["video"],
+            d.fps,
+            item["audio"],
+            d.sample_rate,
+            overwrite=True,
+        )
+        lines.append(
+            json.dumps(
+                dict(
+                    path=f"clip{i:05d}.mp4",
+                    video_caption=item["video_caption"],
+                    audio_caption=item["audio_caption"],
+                    transcript="",
+                )
+            )
+        )
     with open(os.path.join(root, CAPTIONS_FILE), "w") as f:
         f.write("\n".join(lines) + "\n")
     return root
@@ -60,14 +80,26 @@ class EncodeRow:
         return self.stage, self.clips, self.seconds, self.clips / self.seconds
 
 
-def measure_encode(config: ml_collections.ConfigDict, src: str, dst: str, *,
-                   batch_per_device: int = 1, runs: int = 3) -> list[EncodeRow]:
+def measure_encode(
+    config: ml_collections.ConfigDict,
+    src: str,
+    dst: str,
+    *,
+    batch_per_device: int = 1,
+    runs: int = 3,
+) -> list[EncodeRow]:
     """Rows: reading the folder; the compiled codecs on one batch (median of `runs`); and
     `encode_folder(src, dst)` end to end (bfloat16 records, one compile)."""
     system = build_system(config)
     d = config.data
-    folder = ClipFolder(src, fps=d.fps, num_frames=d.num_frames, height=d.height,
-                        width=d.width, sample_rate=d.sample_rate)
+    folder = ClipFolder(
+        src,
+        fps=d.fps,
+        num_frames=d.num_frames,
+        height=d.height,
+        width=d.width,
+        sample_rate=d.sample_rate,
+    )
     start = time.perf_counter()
     items = [load_item(folder, system, i) for i in range(len(folder))]
     read = time.perf_counter() - start
@@ -77,11 +109,15 @@ def measure_encode(config: ml_collections.ConfigDict, src: str, dst: str, *,
     start = time.perf_counter()
     manifest = encode_folder(config, src, dst, batch_per_device=batch_per_device, progress=False)
     end_to_end = time.perf_counter() - start
-    return [EncodeRow("read + decode + tokenise (clip folder, 1 thread)", len(items), read),
-            EncodeRow(f"codecs, jitted and compiled (batch of {encoder.batch})", encoder.batch,
-                      codecs),
-            EncodeRow("encode_folder end to end (compile, read, encode, write)",
-                      manifest["num_examples"], end_to_end)]
+    return [
+        EncodeRow("read + decode + tokenise (clip folder, 1 thread)", len(items), read),
+        EncodeRow(f"codecs, jitted and compiled (batch of {encoder.batch})", encoder.batch, codecs),
+        EncodeRow(
+            "encode_folder end to end (compile, read, encode, write)",
+            manifest["num_examples"],
+            end_to_end,
+        ),
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,15 +127,21 @@ class StepRow:
     compile_seconds: float
 
 
-def measure_steps(config: ml_collections.ConfigDict, *, steps: int = 5, warmup: int = 1,
-                  num_devices: Optional[int] = None) -> list[StepRow]:
+def measure_steps(
+    config: ml_collections.ConfigDict,
+    *,
+    steps: int = 5,
+    warmup: int = 1,
+    num_devices: int | None = None,
+) -> list[StepRow]:
     """The train step of a run from latent records and of the same run from media (the codec
     encoders inside the step), each assembled as `perf.train_step` assembles a row, timed in
     turn step after step (so a shared machine's load falls on both alike)."""
     steps_of, compile_seconds = {}, {}
     for inputs in ("latents", "media"):
         steps_of[inputs], compile_seconds[inputs], _ = compiled_step(
-            plan.plan_system(config, inputs), config, num_devices=num_devices)
+            plan.plan_system(config, inputs), config, num_devices=num_devices
+        )
     seconds = interleaved_medians(steps_of, steps, warmup)
     return [StepRow(inputs, seconds[inputs], compile_seconds[inputs]) for inputs in steps_of]
 
@@ -110,14 +152,20 @@ def encode_table(rows: Sequence[EncodeRow]) -> str:
 
 def step_table(rows: Sequence[StepRow]) -> str:
     latent = next(r.step_seconds for r in rows if r.inputs == "latents")
-    return format_table(STEP_HEADERS, [
-        (r.inputs, 1e3 * r.step_seconds, r.compile_seconds, r.step_seconds / latent)
-        for r in rows])
+    return format_table(
+        STEP_HEADERS,
+        [
+            (r.inputs, 1e3 * r.step_seconds, r.compile_seconds, r.step_seconds / latent)
+            for r in rows
+        ],
+    )
 
 
 def describe(config: ml_collections.ConfigDict) -> str:
     d, k = config.data, config.codecs
-    return (f"codecs video={k.video.name} audio={k.audio.name} text={k.text.name}; clips of "
-            f"{d.num_frames} frames at {d.height}x{d.width}, {d.num_frames / d.fps:g} s at "
-            f"{d.sample_rate} Hz; global batch {config.batch_size}; backend "
-            f"{jax.default_backend()}, {jax.device_count()} device(s)")
+    return (
+        f"codecs video={k.video.name} audio={k.audio.name} text={k.text.name}; clips of "
+        f"{d.num_frames} frames at {d.height}x{d.width}, {d.num_frames / d.fps:g} s at "
+        f"{d.sample_rate} Hz; global batch {config.batch_size}; backend "
+        f"{jax.default_backend()}, {jax.device_count()} device(s)"
+    )

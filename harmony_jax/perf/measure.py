@@ -8,13 +8,14 @@ import math
 import multiprocessing
 import statistics
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.extend.core
 import jax.numpy as jnp
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 def median_seconds(fn: Callable[[], Any], steps: int, warmup: int) -> float:
@@ -22,8 +23,9 @@ def median_seconds(fn: Callable[[], Any], steps: int, warmup: int) -> float:
     return interleaved_medians({"fn": fn}, steps, warmup)["fn"]
 
 
-def interleaved_medians(fns: dict[str, Callable[[], Any]], runs: int,
-                        warmup: int) -> dict[str, float]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], Any]], runs: int, warmup: int
+) -> dict[str, float]:
     """Median wall time of each `fn()` (blocked until ready), the functions called in turn run
     after run, so load that comes and goes on a shared machine falls on all of them alike."""
     for fn in fns.values():
@@ -48,8 +50,10 @@ def peak_matmul(steps: int = 10) -> tuple[float, str]:
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     matmul = jax.jit(jnp.matmul)
     seconds = median_seconds(lambda: matmul(a, b), steps, warmup=2)
-    return 2 * n ** 3 / seconds, f"{jnp.dtype(dtype).name} {n}x{n} matmul on " \
-        f"{jax.devices()[0].device_kind}"
+    return (
+        2 * n** 3 / seconds,
+        f"{jnp.dtype(dtype).name} {n}x{n} matmul on {jax.devices()[0].device_kind}",
+    )
 
 
 def matmul_flops_by_dtype(fn: Callable, *args) -> dict[str, float]:
@@ -63,15 +67,19 @@ def matmul_flops_by_dtype(fn: Callable, *args) -> dict[str, float]:
                 a, b = (v.aval for v in eqn.invars)
                 (contract, _), _ = eqn.params["dimension_numbers"]
                 key = a.dtype.name if a.dtype == b.dtype else "mixed"
-                flops[key] += 2.0 * math.prod(a.shape[i] for i in contract) * math.prod(
-                    eqn.outvars[0].aval.shape)
+                flops[key] += (
+                    2.0
+                    * math.prod(a.shape[i] for i in contract)
+                    * math.prod(eqn.outvars[0].aval.shape)
+                )
             for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 visit(sub)
+
     visit(jax.make_jaxpr(fn)(*args).jaxpr)
     return dict(flops)
 
 
-def peak_memory_bytes() -> Optional[int]:
+def peak_memory_bytes() -> int | None:
     """The largest `peak_bytes_in_use` over local devices, or None where the backend keeps no
     statistics (CPU). It is the process's running peak: isolate rows to read one row's."""
     stats = [d.memory_stats() for d in jax.local_devices()]
@@ -83,8 +91,13 @@ def compiled_bytes(compiled) -> int:
     """Bytes one device needs for a compiled function: arguments, temporaries and the outputs
     that do not reuse donated arguments (as `harmony_jax.plan` counts them)."""
     m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
-               - m.alias_size_in_bytes + m.generated_code_size_in_bytes)
+    return int(
+        m.argument_size_in_bytes
+        + m.temp_size_in_bytes
+        + m.output_size_in_bytes
+        - m.alias_size_in_bytes
+        + m.generated_code_size_in_bytes
+    )
 
 
 def isolated(fn: Callable, *args, **kwargs):

@@ -54,8 +54,9 @@ def quick_sampler_config() -> ml_collections.ConfigDict:
     return config
 
 
-def measure_sampler(config: ml_collections.ConfigDict, *, steps: int = 40, runs: int = 3,
-                    warmup: int = 1) -> SamplerTimes:
+def measure_sampler(
+    config: ml_collections.ConfigDict, *, steps: int = 40, runs: int = 3, warmup: int = 1
+) -> SamplerTimes:
     """Times of `config`'s model on latents of its geometry (`plan.latent_system`), randomly
     initialised, `config.batch_size` clips at a time, text-to-AV with SyncCFG."""
     system = plan.latent_system(config)
@@ -69,15 +70,37 @@ def measure_sampler(config: ml_collections.ConfigDict, *, steps: int = 40, runs:
     tile = lambda x: jnp.concatenate([x] * 3)
     args3 = (tile(video), tile(audio), tile(t_v), tile(t_a), concat_conditionings([cond] * 3))
     s = config.sample
-    run = jax.jit(lambda p, rng, c: sample(
-        system.denoiser(p), rng, c, video_shape=video.shape, audio_shape=audio.shape,
-        mode="t2av", guidance="syncfg", steps=steps, shift=s.shift, s_v=s.s_v, s_a=s.s_a))
-    times = interleaved_medians({
-        "forward": lambda: forward(params, video, audio, t_v, t_a, cond),
-        "batched": lambda: forward(params, *args3),
-        "clip": lambda: run(params, jax.random.key(2), cond)}, runs, warmup)
-    return SamplerTimes(batch=b, steps=steps, forward_seconds=times["forward"],
-                        batched_seconds=times["batched"], clip_seconds=times["clip"])
+    run = jax.jit(
+        lambda p, rng, c: sample(
+            system.denoiser(p),
+            rng,
+            c,
+            video_shape=video.shape,
+            audio_shape=audio.shape,
+            mode="t2av",
+            guidance="syncfg",
+            steps=steps,
+            shift=s.shift,
+            s_v=s.s_v,
+            s_a=s.s_a,
+        )
+    )
+    times = interleaved_medians(
+        {
+            "forward": lambda: forward(params, video, audio, t_v, t_a, cond),
+            "batched": lambda: forward(params, *args3),
+            "clip": lambda: run(params, jax.random.key(2), cond),
+        },
+        runs,
+        warmup,
+    )
+    return SamplerTimes(
+        batch=b,
+        steps=steps,
+        forward_seconds=times["forward"],
+        batched_seconds=times["batched"],
+        clip_seconds=times["clip"],
+    )
 
 
 def default_attentions(config: ml_collections.ConfigDict, quick: bool) -> tuple[str, ...]:
@@ -87,12 +110,16 @@ def default_attentions(config: ml_collections.ConfigDict, quick: bool) -> tuple[
     kernel = str(config.model.attention)
     if not (quick or jax.default_backend() == "tpu"):
         return (kernel,)
-    return (kernel,) + tuple(k for k in ("blockwise", "splash") if k != kernel
-                             and not (k == "splash" and uses_splash(kernel)))
+    return (kernel,) + tuple(
+        k
+        for k in ("blockwise", "splash")
+        if k != kernel and not (k == "splash" and uses_splash(kernel))
+    )
 
 
-def measure_attentions(config: ml_collections.ConfigDict, attentions, **kwargs
-                       ) -> dict[str, SamplerTimes]:
+def measure_attentions(
+    config: ml_collections.ConfigDict, attentions, **kwargs
+) -> dict[str, SamplerTimes]:
     """`measure_sampler` (same `kwargs`) once per `model.attention` kernel, in this order."""
     times = {}
     for attention in attentions:
@@ -103,10 +130,12 @@ def measure_attentions(config: ml_collections.ConfigDict, attentions, **kwargs
 
 
 def _rows(t: SamplerTimes) -> list[tuple[str, int, float]]:
-    return [("joint forward", t.batch, t.forward_seconds),
-            ("batched forward (the SyncCFG call)", 3 * t.batch, t.batched_seconds),
-            ("SyncCFG step (in the jitted sampler)", 3 * t.batch, t.step_seconds),
-            (f"SyncCFG clip ({t.steps} steps)", 3 * t.batch, t.clip_seconds)]
+    return [
+        ("joint forward", t.batch, t.forward_seconds),
+        ("batched forward (the SyncCFG call)", 3 * t.batch, t.batched_seconds),
+        ("SyncCFG step (in the jitted sampler)", 3 * t.batch, t.step_seconds),
+        (f"SyncCFG clip ({t.steps} steps)", 3 * t.batch, t.clip_seconds),
+    ]
 
 
 def sampler_table(times: dict[str, SamplerTimes]) -> str:
@@ -117,6 +146,5 @@ def sampler_table(times: dict[str, SamplerTimes]) -> str:
     for attention, t in times.items():
         name = f"{attention} (interpreted)" if interpreted_note(attention) else attention
         for (what, n, seconds), (_, _, base) in zip(_rows(t), _rows(times[baseline])):
-            rows.append((name, what, n, 1e3 * seconds, seconds / t.forward_seconds,
-                         seconds / base))
+            rows.append((name, what, n, 1e3 * seconds, seconds / t.forward_seconds, seconds / base))
     return format_table(headers(baseline), rows)

@@ -12,7 +12,8 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import ml_collections
@@ -38,8 +39,7 @@ class CheckpointMismatchError(CheckpointError):
 
 
 def _path(keys: tuple) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                    for k in keys)
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -59,14 +59,16 @@ def check_params(saved: Any, params: Any, where: str) -> None:
             raise CheckpointMismatchError(
                 f"{where}: parameter {path} is {got} in the checkpoint but {want} in the config; "
                 f"it was trained with another model config (its own is saved beside it, in "
-                f"config/metadata): use that config or another --workdir")
+                f"config/metadata): use that config or another --workdir"
+            )
 
 
 def _abstract(tree: Any) -> Any:
     """ShapeDtypeStructs with the live shardings: restore lands each array on its shard."""
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        tree)
+        tree,
+    )
 
 
 def steps_in(directory: epath.Path) -> list[int]:
@@ -76,7 +78,7 @@ def steps_in(directory: epath.Path) -> list[int]:
     return sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
 
 
-def damage(error: BaseException) -> Optional[BaseException]:
+def damage(error: BaseException) -> BaseException | None:
     """The error in `error`'s chain that says a checkpoint cannot be read (orbax wraps
     tensorstore's ValueError in a bare Exception), or None: then it is a bug, not damage."""
     seen = set()
@@ -112,8 +114,9 @@ def damaged_file(step_dir: epath.Path, error: BaseException) -> str:
     return named[-1] if named else str(step_dir)
 
 
-def newest_intact(directory: epath.Path, load: Callable[[int], T], *,
-                  set_aside: bool = False) -> Optional[tuple[int, T]]:
+def newest_intact(
+    directory: epath.Path, load: Callable[[int], T], *, set_aside: bool = False
+) -> tuple[int, T] | None:
     """(step, load(step)) for the newest step `load` can read; None without any step.
 
     A damaged step is named (which file) in a warning and the next older one is tried. With
@@ -135,24 +138,30 @@ def newest_intact(directory: epath.Path, load: Callable[[int], T], *,
             file, reason = damaged_file(directory / str(step), e), one_line(e)
             what = reason if reason.startswith(file) else f"{file}: {reason}"
             damaged.append((step, f"step {step} ({what[:300]})"))
-            logging.warning("checkpoint step %d is damaged: %s; trying the previous step",
-                            step, what[:600])
+            logging.warning(
+                "checkpoint step %d is damaged: %s; trying the previous step", step, what[:600]
+            )
             continue
         for bad, _ in damaged if set_aside and jax.process_index() == 0 else ():
             (directory / str(bad)).rename(directory / f"{DAMAGED_PREFIX}{bad}")
-            logging.warning("moved damaged %s to %s%d; resuming from step %d",
-                            directory / str(bad), DAMAGED_PREFIX, bad, step)
+            logging.warning(
+                "moved damaged %s to %s%d; resuming from step %d",
+                directory / str(bad),
+                DAMAGED_PREFIX,
+                bad,
+                step,
+            )
         return found
     if damaged:
-        raise CheckpointError(f"{directory}: no intact checkpoint; damaged: "
-                              f"{'; '.join(text for _, text in damaged)}")
+        raise CheckpointError(
+            f"{directory}: no intact checkpoint; damaged: {'; '.join(text for _, text in damaged)}"
+        )
     return None
 
 
 def state_bytes(state: Any) -> int:
     """Bytes one checkpoint of `state` takes (arrays or ShapeDtypeStructs: shapes only)."""
-    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
-               for x in jax.tree.leaves(state))
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
 
 
 class Checkpointer:
@@ -162,14 +171,16 @@ class Checkpointer:
         self.directory = epath.Path(workdir).absolute() / "checkpoints"
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 enable_async_checkpointing=async_save),
-            item_names=("state", "config", "run"))
-        self._saving: Optional[int] = None  # the step whose save may still be running
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+            ),
+            item_names=("state", "config", "run"),
+        )
+        self._saving: int | None = None  # the step whose save may still be running
         self._broken = False  # a save failed (and was reported)
-        self._good: Optional[int] = self._manager.latest_step()  # the newest complete save
+        self._good: int | None = self._manager.latest_step()  # the newest complete save
 
-    def latest_step(self) -> Optional[int]:
+    def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
     def check_resumable(self, step: int, config: ml_collections.ConfigDict) -> None:
@@ -188,14 +199,18 @@ class Checkpointer:
             if saved["process_count"] != jax.process_count():
                 raise CheckpointMismatchError(
                     f"{where} was written by a run of {saved['process_count']} processes; this "
-                    f"one has {jax.process_count()}: restart it with {saved['process_count']}")
-        difference = first_difference(without(saved_config, RESUMABLE_CHANGES),
-                                      without(json.loads(config.to_json()), RESUMABLE_CHANGES))
+                    f"one has {jax.process_count()}: restart it with {saved['process_count']}"
+                )
+        difference = first_difference(
+            without(saved_config, RESUMABLE_CHANGES),
+            without(json.loads(config.to_json()), RESUMABLE_CHANGES),
+        )
         if difference is not None:
             key, then, now = difference
             raise CheckpointMismatchError(
                 f"{where} was written with {key}={then!r}; this run has {key}={now!r}: resume "
-                f"with the run's own config (saved in config.json) or use another --workdir")
+                f"with the run's own config (saved in config.json) or use another --workdir"
+            )
 
     def check_space(self, state: Any) -> None:
         """Raises DiskError, before training, if the disk cannot hold one more
@@ -204,17 +219,24 @@ class Checkpointer:
             return
         need, free = state_bytes(state), shutil.disk_usage(self.directory).free
         if free < need:
-            raise DiskError(f"{self.directory}: {free / 2**20:.1f} MiB free, a checkpoint "
-                            f"needs {need / 2**20:.1f} MiB; free some space or use another "
-                            f"--workdir")
+            raise DiskError(
+                f"{self.directory}: {free / 2**20:.1f} MiB free, a checkpoint "
+                f"needs {need / 2**20:.1f} MiB; free some space or use another "
+                f"--workdir"
+            )
 
     def _failed(self, step: int, error: BaseException) -> DiskError:
         self._broken = True
-        good = (f"the last good checkpoint is step {self._good} "
-                f"({self.directory / str(self._good)}), intact" if self._good is not None
-                else "no checkpoint was saved before")
-        return DiskError(f"saving step {step} to {self.directory} failed "
-                         f"({one_line(error)[:300]}); the run stopped; {good}")
+        good = (
+            f"the last good checkpoint is step {self._good} "
+            f"({self.directory / str(self._good)}), intact"
+            if self._good is not None
+            else "no checkpoint was saved before"
+        )
+        return DiskError(
+            f"saving step {step} to {self.directory} failed "
+            f"({one_line(error)[:300]}); the run stopped; {good}"
+        )
 
     def check_for_errors(self) -> None:
         """Raises DiskError at once if the last (async) save failed; a finished one
@@ -234,10 +256,14 @@ class Checkpointer:
         naming the last good step (the failed step's temporary directory never shadows it)."""
         self.check_for_errors()
         try:
-            self._manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                config=ocp.args.JsonSave(json.loads(config.to_json())),
-                run=ocp.args.JsonSave(run_layout())))
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    config=ocp.args.JsonSave(json.loads(config.to_json())),
+                    run=ocp.args.JsonSave(run_layout()),
+                ),
+            )
         except Exception as e:  # noqa: BLE001 - e.g. OSError(ENOSPC), or a previous save's
             self._saving = None
             raise self._failed(step, e) from e
@@ -254,15 +280,17 @@ class Checkpointer:
     def restore(self, step: int, like_state: Any) -> Any:
         """The state at `step`, laid out like `like_state` (arrays or abstract, with shardings)."""
         self.check_params(step, like_state.params)
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(like_state))))
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(like_state)))
+        )
         return restored["state"]
 
-    def restore_newest_intact(self, like_state: Any) -> Optional[tuple[int, Any]]:
+    def restore_newest_intact(self, like_state: Any) -> tuple[int, Any] | None:
         """(step, state) of the newest step that reads back, damaged newer ones set aside with
         a warning; None in a fresh workdir."""
-        found = newest_intact(self.directory, lambda step: self.restore(step, like_state),
-                              set_aside=True)
+        found = newest_intact(
+            self.directory, lambda step: self.restore(step, like_state), set_aside=True
+        )
         self._manager.reload()
         self._good = self._manager.latest_step()
         return found
@@ -286,9 +314,22 @@ class Checkpointer:
 
 # Config keys a resumed run may change: when to log, save and sample, where data and caches
 # live, the length of the run, how processes wait for each other, the (re)layout on devices.
-RESUMABLE_CHANGES = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "sample_every", "num_sample_clips", "compile_cache_dir", "data.root",
-                     "data.num_workers", "distributed", "init", "sample", "mesh", "axis_rules")
+RESUMABLE_CHANGES = (
+    "total_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "sample_every",
+    "num_sample_clips",
+    "compile_cache_dir",
+    "data.root",
+    "data.num_workers",
+    "distributed",
+    "init",
+    "sample",
+    "mesh",
+    "axis_rules",
+)
 
 
 def run_layout() -> dict[str, int]:
@@ -296,15 +337,17 @@ def run_layout() -> dict[str, int]:
     return dict(process_count=jax.process_count(), device_count=jax.device_count())
 
 
-def read_config(path: str) -> tuple[ml_collections.ConfigDict, Optional[epath.Path]]:
+def read_config(path: str) -> tuple[ml_collections.ConfigDict, epath.Path | None]:
     """(run config, checkpoint step dir) from a workdir (latest step) or a step directory."""
     path = epath.Path(path).absolute()
     step_dir = None
     if (path / "config").exists():  # a checkpoint step directory
         step_dir = path
     elif (path / "checkpoints").exists():
-        steps = sorted((int(p.name) for p in (path / "checkpoints").iterdir()
-                        if p.name.isdigit()), reverse=True)
+        steps = sorted(
+            (int(p.name) for p in (path / "checkpoints").iterdir() if p.name.isdigit()),
+            reverse=True,
+        )
         if steps:
             step_dir = path / "checkpoints" / str(steps[0])
     config_file = step_dir / "config" / "metadata" if step_dir else path / "config.json"

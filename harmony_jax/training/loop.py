@@ -1,4 +1,4 @@
-"""The training loop: `train_and_evaluate(config, workdir)` reads top to bottom in sections
+"""The training loop: `train(config, workdir)` reads top to bottom in sections
 (workdir, mesh, system, init, resume, data, step, loop), resuming from the latest checkpoint."""
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ class NonFiniteError(RuntimeError):
 def _nonfinite_message(step: int, metrics: dict[str, float]) -> str:
     bad = [k for k in sorted(metrics) if not np.isfinite(metrics[k])]
     what = bad[0] if bad else "a gradient (loss terms are finite)"
-    return (f"step {step}: non-finite {what} ({', '.join(bad) or 'grad'}); the update was not "
-            f"applied and the last checkpoint is intact (config.optim.on_nonfinite='halt')")
+    return (
+        f"step {step}: non-finite {what} ({', '.join(bad) or 'grad'}); the update was not "
+        f"applied and the last checkpoint is intact (config.optim.on_nonfinite='halt')"
+    )
 
 
 class PeerLostError(RuntimeError):
@@ -63,8 +65,9 @@ def _check_workdir(workdir: str) -> None:
         while not os.path.exists(parent):
             parent = os.path.dirname(parent)
         what = "a file" if os.path.isfile(parent) else "not writable"
-        raise WorkdirError(f"--workdir {workdir} cannot be created ({e.strerror}): {parent} is "
-                           f"{what}") from None
+        raise WorkdirError(
+            f"--workdir {workdir} cannot be created ({e.strerror}): {parent} is {what}"
+        ) from None
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise WorkdirError(f"--workdir {workdir} is not writable")
 
@@ -81,30 +84,40 @@ def write_samples(system: System, params, step: int, workdir: str) -> list[str]:
     config = system.config
     source = make_source(config)
     if config.data.source == "latents":  # captions from the manifest, frames decoded
-        items = sample_items(source, config.num_sample_clips, system.video_codec,
-                             frames=config.cts.ref_image_prob > 0)
+        items = sample_items(
+            source,
+            config.num_sample_clips,
+            system.video_codec,
+            frames=config.cts.ref_image_prob > 0,
+        )
     else:
         items = [source[i] for i in range(config.num_sample_clips)]
-    batch = generation.prompt_batch(system, [it["video_caption"] for it in items],
-                                    [it["audio_caption"] for it in items],
-                                    [it.get("transcript", "") for it in items])
-    ref = (np.stack([np.asarray(it["video"][0]) for it in items])
-           if config.cts.ref_image_prob > 0 else None)  # [N, H, W, 3]
-    frames, waves = generation.generate(system, params, jax.random.key(config.seed), batch,
-                                        ref_image=ref)
+    batch = generation.prompt_batch(
+        system,
+        [it["video_caption"] for it in items],
+        [it["audio_caption"] for it in items],
+        [it.get("transcript", "") for it in items],
+    )
+    ref = (
+        np.stack([np.asarray(it["video"][0]) for it in items])
+        if config.cts.ref_image_prob > 0
+        else None
+    )  # [N, H, W, 3]
+    frames, waves = generation.generate(
+        system, params, jax.random.key(config.seed), batch, ref_image=ref
+    )
     paths = []
     if jax.process_index() == 0:
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
         for i, (video, audio) in enumerate(zip(frames, waves)):
             suffix = "" if i == 0 else f"_{i}"
             path = os.path.join(workdir, "samples", f"step_{step}{suffix}.mp4")
-            write_av(path, video, config.data.fps, audio, config.data.sample_rate,
-                     overwrite=True)
+            write_av(path, video, config.data.fps, audio, config.data.sample_rate, overwrite=True)
             paths.append(path)
     return paths
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains to `config.total_steps`, resuming from `workdir` if it holds a checkpoint."""
     # ---- config, workdir, processes, mesh
     check_config(config, reads_data=True)  # every value, before anything is built
@@ -135,10 +148,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if latest is None and config.init.transcript_from:
             params = load_transcript(params, config.init.transcript_from)
         return params
+
     tx, state = make_train_state(train_system, config, mesh, rules, imported=imported)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    logging.info("parameters: %s", {k: int(sum(np.prod(x.shape) for x in jax.tree.leaves(v)))
-                                    for k, v in state.params.items()})
+    logging.info(
+        "parameters: %s",
+        {
+            k: int(sum(np.prod(x.shape) for x in jax.tree.leaves(v)))
+            for k, v in state.params.items()
+        },
+    )
 
     checkpointer.check_space(state)  # a full disk is found now, not at the first save
 
@@ -156,15 +175,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # process loads the rows of it that its devices hold
     data_sharding = batch_sharding(mesh)
     block, blocks = process_rows(data_sharding, config.batch_size)
-    batches = (_global_batch(b, data_sharding) for b in make_train_iterator(
-        config, train_system.text_encoder, seed=config.seed, start_step=start, block=block,
-        blocks=blocks, transcript_tokenizer=system.transcript_tokenizer))
+    batches = (
+        _global_batch(b, data_sharding)
+        for b in make_train_iterator(
+            config,
+            train_system.text_encoder,
+            seed=config.seed,
+            start_step=start,
+            block=block,
+            blocks=blocks,
+            transcript_tokenizer=system.transcript_tokenizer,
+        )
+    )
 
     # ---- the jitted step, compiled before the first step; processes then start it together
     # (their compiles may end minutes apart, a first collective waits 30 s)
-    train_step = jax.jit(make_train_step(train_system, tx, config),
-                         in_shardings=(state_shardings, data_sharding),
-                         out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+    train_step = jax.jit(
+        make_train_step(train_system, tx, config),
+        in_shardings=(state_shardings, data_sharding),
+        out_shardings=(state_shardings, replicated(mesh)),
+        donate_argnums=0,
+    )
     if start < config.total_steps:
         first = next(batches)
         train_step = train_step.lower(state, first).compile()
@@ -174,6 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     writer = None
     if jax.process_index() == 0:
         from tensorboardX import SummaryWriter
+
         writer = SummaryWriter(os.path.join(workdir, "tb"))
 
     # ---- loop
@@ -196,14 +228,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 if log_now:
                     progress.log(done, metrics)
                 preempted = preemption.should_stop(done)
-                if (preempted or done % config.checkpoint_every == 0
-                        or done == config.total_steps):
+                if preempted or done % config.checkpoint_every == 0 or done == config.total_steps:
                     checkpointer.save(done, state, config)
                 if preempted:
                     logging.warning("preemption notice: saved step %d; exiting", done)
                     break
-                if config.sample_every and (done % config.sample_every == 0
-                                            or done == config.total_steps):
+                if config.sample_every and (
+                    done % config.sample_every == 0 or done == config.total_steps
+                ):
                     paths = write_samples(system, state.sampling_params, done, workdir)
                     logging.info("samples: %s", paths)
     except jax.errors.JaxRuntimeError as e:  # on several processes: a peer is gone
@@ -217,7 +249,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             f"process {jax.process_index()} of {jax.process_count()}: another process stopped "
             f"during step {done + 1} ({str(e).splitlines()[0][:160]}); the last complete "
             f"checkpoint is {f'step {saved[0]}' if saved else 'none'}: restart every process "
-            f"with the same command to resume") from None
+            f"with the same command to resume"
+        ) from None
     finally:  # also on a halt: pending async saves finish, the SIGTERM handler is restored
         progress.close()
         preemption.close()

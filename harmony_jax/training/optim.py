@@ -8,7 +8,6 @@ from typing import Any
 import jax
 import optax
 
-
 SCHEDULES = ("constant", "cosine")
 ON_NONFINITE = ("skip", "halt")  # config.optim.on_nonfinite: the loop drops the update or stops
 
@@ -19,18 +18,23 @@ def learning_rate(optim_cfg, total_steps: int) -> optax.Schedule:
     from weights that have settled)."""
     warmup, lr = int(optim_cfg.warmup_steps), float(optim_cfg.lr)
     if optim_cfg.schedule not in SCHEDULES:
-        raise ValueError(f"config.optim.schedule={optim_cfg.schedule!r}: expected one of "
-                         f"{SCHEDULES}")
+        raise ValueError(
+            f"config.optim.schedule={optim_cfg.schedule!r}: expected one of {SCHEDULES}"
+        )
     if optim_cfg.schedule == "cosine":
         if total_steps <= warmup:
-            raise ValueError(f"config.optim.schedule='cosine' needs total_steps ({total_steps}) "
-                             f"> optim.warmup_steps ({warmup})")
+            raise ValueError(
+                f"config.optim.schedule='cosine' needs total_steps ({total_steps}) "
+                f"> optim.warmup_steps ({warmup})"
+            )
         return optax.warmup_cosine_decay_schedule(
-            0.0, lr, warmup, total_steps, end_value=lr * float(optim_cfg.end_lr_fraction))
+            0.0, lr, warmup, total_steps, end_value=lr * float(optim_cfg.end_lr_fraction)
+        )
     if warmup <= 0:
         return optax.constant_schedule(lr)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+    )
 
 
 def trainable_labels(params: Any, freeze_regex: str) -> Any:
@@ -40,14 +44,22 @@ def trainable_labels(params: Any, freeze_regex: str) -> Any:
     def label(path, _):
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         return "frozen" if pattern is not None and pattern.search(name) else "trained"
+
     return jax.tree_util.tree_map_with_path(label, params)
 
 
 def make_optimizer(optim_cfg, params: Any, total_steps: int) -> optax.GradientTransformation:
-    adamw = optax.adamw(learning_rate(optim_cfg, total_steps), b1=optim_cfg.b1, b2=optim_cfg.b2,
-                        weight_decay=optim_cfg.weight_decay)
-    tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), adamw) \
-        if optim_cfg.grad_clip > 0 else adamw
+    adamw = optax.adamw(
+        learning_rate(optim_cfg, total_steps),
+        b1=optim_cfg.b1,
+        b2=optim_cfg.b2,
+        weight_decay=optim_cfg.weight_decay,
+    )
+    tx = (
+        optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), adamw)
+        if optim_cfg.grad_clip > 0
+        else adamw
+    )
     if not optim_cfg.freeze:
         return tx
     labels = trainable_labels(params, optim_cfg.freeze)

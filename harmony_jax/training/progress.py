@@ -22,15 +22,27 @@ def metric_line(step: int, metrics: dict[str, float]) -> str:
 class Progress:
     """Counts steps from `start` to `total`; `log` is called at each `log_every` step."""
 
-    def __init__(self, start: int, total: int, writer=None, stream: IO[str] | None = None,
-                 show_bar: bool = True):
+    def __init__(
+        self,
+        start: int,
+        total: int,
+        writer=None,
+        stream: IO[str] | None = None,
+        show_bar: bool = True,
+    ):
         self.total, self.writer = total, writer
         self.stream = sys.stderr if stream is None else stream
         self.t_last, self.steps_since = time.time(), 0
         self.bar = None
         if show_bar and start < total and self.stream.isatty():
-            self.bar = tqdm(total=total, initial=start, unit="step", file=self.stream,
-                            dynamic_ncols=True, smoothing=0.1)
+            self.bar = tqdm(
+                total=total,
+                initial=start,
+                unit="step",
+                file=self.stream,
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
 
     def step(self) -> None:
         self.steps_since += 1
@@ -47,8 +59,7 @@ class Progress:
             self.bar.write(line, file=self.stream)
         else:
             eta = (self.total - step) / max(steps_per_s, 1e-9)
-            logging.info("%s | %.2f steps/s | ETA %dm%02ds", line, steps_per_s, eta // 60,
-                         eta % 60)
+            logging.info("%s | %.2f steps/s | ETA %dm%02ds", line, steps_per_s, eta // 60, eta % 60)
         if self.writer is not None:
             for k, v in metrics.items():
                 self.writer.add_scalar(f"train/{k}", v, step)

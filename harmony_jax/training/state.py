@@ -8,7 +8,8 @@ the parameters are (`parallel.state`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,14 +26,20 @@ from harmony_jax.training.step import TrainState, create_train_state
 
 
 def _with_shardings(shapes: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, shardings)
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
 
 
-def make_train_state(system: System, config: ml_collections.ConfigDict, mesh: Mesh, rules, *,
-                     abstract: bool = False,
-                     imported: Optional[Callable[[Any], Any]] = None
-                     ) -> tuple[optax.GradientTransformation, TrainState]:
+def make_train_state(
+    system: System,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    rules,
+    *,
+    abstract: bool = False,
+    imported: Callable[[Any], Any] | None = None,
+) -> tuple[optax.GradientTransformation, TrainState]:
     """(optimizer, train state) of `system` on `mesh`: parameters initialised from
     `config.seed` on the inputs `system.example_batch` describes (media or latents).
 
@@ -55,8 +62,9 @@ def make_train_state(system: System, config: ml_collections.ConfigDict, mesh: Me
         state = jax.eval_shape(lambda p: create_train_state(p, tx, ema), params)
         return tx, _with_shardings(state, train_state_shardings(state, param_shardings, mesh))
     zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
-    params, param_shardings = sharded_init(lambda rng: system.init(rng, zeros()), mesh, rules,
-                                           jax.random.key(config.seed))
+    params, param_shardings = sharded_init(
+        lambda rng: system.init(rng, zeros()), mesh, rules, jax.random.key(config.seed)
+    )
     if imported is not None:
         params = imported(params)
     tx = make_optimizer(config.optim, params, config.total_steps)

@@ -3,7 +3,8 @@ EMA. Randomness is `fold_in(seed, step)`, so a resumed run draws exactly what it
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -31,9 +32,13 @@ class TrainState:
 
 
 def create_train_state(params: Any, tx: optax.GradientTransformation, ema: bool) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ema_params=jax.tree.map(jnp.copy, params) if ema else None,
-                      skipped=jnp.zeros((), jnp.int32))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+        skipped=jnp.zeros((), jnp.int32),
+    )
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -70,8 +75,10 @@ def reference_frames(system: System) -> int:
         return 0
     frames, total = system.audio_codec.num_latent_frames(samples), system.audio_latent_shape[0]
     if not 0 < frames <= total:
-        raise ValueError(f"config.data.ref_audio_seconds={d.ref_audio_seconds} makes {frames} "
-                         f"audio latent frames; a clip has {total}")
+        raise ValueError(
+            f"config.data.ref_audio_seconds={d.ref_audio_seconds} makes {frames} "
+            f"audio latent frames; a clip has {total}"
+        )
     return frames
 
 
@@ -90,15 +97,26 @@ def make_loss_fn(system: System, config) -> Callable:
     def loss_fn(params, batch: Batch, rng: jax.Array):
         k_drop, rng = jax.random.split(rng)
         video0, audio0 = system.encode_media(batch)  # [B, Tv, h, w, Cv], [B, Ta, Ca]
-        cond = system.conditioning(params, drop_captions(system, batch, k_drop,
-                                                         cts.caption_dropout))
+        cond = system.conditioning(
+            params, drop_captions(system, batch, k_drop, cts.caption_dropout)
+        )
         if ref_frames and cond.ref_audio is None:  # unless the batch brings its own
             k_ref, rng = jax.random.split(rng)
             cond = cond.replace(ref_audio=reference_voice(audio0, k_ref, ref_frames))
-        return cts_loss(system.denoiser(params), video0, audio0, cond, rng, mode=cts.mode,
-                        fractions=tuple(cts.fractions), lambda_v=cts.lambda_v,
-                        lambda_a=cts.lambda_a, shift=config.flow.shift,
-                        ref_image_prob=cts.ref_image_prob)
+        return cts_loss(
+            system.denoiser(params),
+            video0,
+            audio0,
+            cond,
+            rng,
+            mode=cts.mode,
+            fractions=tuple(cts.fractions),
+            lambda_v=cts.lambda_v,
+            lambda_a=cts.lambda_a,
+            shift=config.flow.shift,
+            ref_image_prob=cts.ref_image_prob,
+        )
+
     return loss_fn
 
 
@@ -116,19 +134,23 @@ def _grads(loss_fn: Callable, params: Any, batch: Batch, rng: jax.Array, accum: 
         return jax.tree.map(jnp.add, carry, (metrics, grads)), None
 
     (_, metrics_shape), grads_shape = jax.eval_shape(
-        grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+        grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng
+    )
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (metrics_shape, grads_shape))
     (metrics, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
     return jax.tree.map(lambda x: x / accum, (metrics, grads))
 
 
-def make_train_step(system: System, tx: optax.GradientTransformation, config
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+def make_train_step(
+    system: System, tx: optax.GradientTransformation, config
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     loss_fn = make_loss_fn(system, config)
     accum, ema_decay = int(config.optim.grad_accum), float(config.optim.ema_decay)
     if config.batch_size % accum:
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
-                         f"config.optim.grad_accum={accum}")
+        raise ValueError(
+            f"config.batch_size={config.batch_size} is not divisible by "
+            f"config.optim.grad_accum={accum}"
+        )
 
     def train_step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
@@ -141,8 +163,15 @@ def make_train_step(system: System, tx: optax.GradientTransformation, config
         ema = state.ema_params
         if ema is not None:
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads),
-                       finite=finite.astype(jnp.float32))
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                             ema_params=ema, skipped=state.skipped + (~finite)), metrics
+        metrics = dict(
+            metrics, grad_norm=optax.global_norm(grads), finite=finite.astype(jnp.float32)
+        )
+        return state.replace(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            ema_params=ema,
+            skipped=state.skipped + (~finite),
+        ), metrics
+
     return train_step

@@ -25,15 +25,27 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm:FutureWarning")  #
 
 TOLERANCE = 1e-4
 FRAMES = 10
-_TINY = dict(num_mels=8, upsample_rates=[4, 2], upsample_kernel_sizes=[8, 4],
-             upsample_initial_channel=16, resblock="1", resblock_kernel_sizes=[3, 5],
-             resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], activation="snakebeta",
-             snake_logscale=True)
+_TINY = dict(
+    num_mels=8,
+    upsample_rates=[4, 2],
+    upsample_kernel_sizes=[8, 4],
+    upsample_initial_channel=16,
+    resblock="1",
+    resblock_kernel_sizes=[3, 5],
+    resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
+    activation="snakebeta",
+    snake_logscale=True,
+)
 HPARAMS = {
     "v2_clamp": dict(_TINY, use_tanh_at_final=False, use_bias_at_final=False),
     "v1_tanh": dict(_TINY, use_tanh_at_final=True, use_bias_at_final=True),
-    "amp2_snake": dict(_TINY, resblock="2", resblock_dilation_sizes=[[1, 3], [2, 4]],
-                       activation="snake", snake_logscale=False),
+    "amp2_snake": dict(
+        _TINY,
+        resblock="2",
+        resblock_dilation_sizes=[[1, 3], [2, 4]],
+        activation="snake",
+        snake_logscale=False,
+    ),
 }
 
 
@@ -45,8 +57,11 @@ def _reference(h: dict):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("alpha", "beta")):
-                p.copy_(0.3 * torch.randn_like(p) if h["snake_logscale"]
-                        else torch.empty_like(p).uniform_(0.7, 1.3))
+                p.copy_(
+                    0.3 * torch.randn_like(p)
+                    if h["snake_logscale"]
+                    else torch.empty_like(p).uniform_(0.7, 1.3)
+                )
             elif name.endswith("weight_g"):
                 p.copy_(0.5 * torch.randn_like(p))
             else:
@@ -91,11 +106,16 @@ def test_every_weight_norm_form_reads_the_same():
     by_form = {"weight_g": state}
     by_form["parametrizations"] = {  # what torch's parametrize API (MMAudio's copy) stores
         k.replace("weight_g", "parametrizations.weight.original0").replace(
-            "weight_v", "parametrizations.weight.original1"): v for k, v in state.items()}
+            "weight_v", "parametrizations.weight.original1"
+        ): v
+        for k, v in state.items()
+    }
     model.remove_weight_norm()
     by_form["plain"] = model.state_dict()
-    read = {form: convert_bigvgan.read_bigvgan({k: TorchTensor(v) for k, v in s.items()}, config)
-            for form, s in by_form.items()}
+    read = {
+        form: convert_bigvgan.read_bigvgan({k: TorchTensor(v) for k, v in s.items()}, config)
+        for form, s in by_form.items()
+    }
     assert convert_bigvgan.detect_form(by_form["plain"], "plain") == "plain"
     for form in ("parametrizations", "plain"):
         assert read[form].keys() == read["weight_g"].keys()
@@ -120,8 +140,11 @@ def test_convert_cli_round_trip_and_mismatches(tmp_path):
     state["ups.1.0.weight_v"] = TorchTensor(torch.zeros(8, 4, 3))
     with pytest.raises(StateDictMismatchError) as e:
         convert_bigvgan.read_bigvgan(state, config)
-    for part in ("1 missing: conv_pre.weight_g", "1 unexpected: resblocks.0.convs1.9.weight_v",
-                 "ups.1.0.weight_v (8, 4, 3) (expected (8, 4, 4))"):
+    for part in (
+        "1 missing: conv_pre.weight_g",
+        "1 unexpected: resblocks.0.convs1.9.weight_v",
+        "ups.1.0.weight_v (8, 4, 3) (expected (8, 4, 4))",
+    ):
         assert part in str(e.value)
 
     bad_filter = model.state_dict()

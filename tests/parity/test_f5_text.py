@@ -55,16 +55,18 @@ def _import_f5():
 
 DIT, UTILS, VOCAB_FILE = _import_f5()
 VOCAB = read_vocab(VOCAB_FILE)
-CFG = TranscriptConfig(vocab_size=len(VOCAB) + 1, dim=DIM, conv_layers=LAYERS, conv_mult=MULT,
-                       max_len=64)
+CFG = TranscriptConfig(
+    vocab_size=len(VOCAB) + 1, dim=DIM, conv_layers=LAYERS, conv_mult=MULT, max_len=64
+)
 
 
 @pytest.fixture(scope="module")
 def reference():
     """F5's TextEmbedding with every parameter randomised (norm scales off 1, GRN off 0)."""
     torch.manual_seed(0)
-    model = DIT.TextEmbedding(len(VOCAB), DIM, mask_padding=True, conv_layers=LAYERS,
-                              conv_mult=MULT).eval()
+    model = DIT.TextEmbedding(
+        len(VOCAB), DIM, mask_padding=True, conv_layers=LAYERS, conv_mult=MULT
+    ).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -73,8 +75,9 @@ def reference():
 
 def _f5_state(model) -> dict:
     """The text embedding inside a whole F5-TTS EMA state dict (other keys are ignored)."""
-    state = {f"ema_model.transformer.text_embed.{k}": v.clone()
-             for k, v in model.state_dict().items()}
+    state = {
+        f"ema_model.transformer.text_embed.{k}": v.clone() for k, v in model.state_dict().items()
+    }
     state["ema_model.transformer.proj_out.weight"] = torch.zeros(3, 4)
     state["ema_model.step"] = torch.tensor(7)
     return state
@@ -84,6 +87,7 @@ def _f5_state(model) -> dict:
 def release(reference, tmp_path_factory):
     """An F5-TTS release folder: model_*.safetensors beside vocab.txt."""
     from safetensors.torch import save_file
+
     root = tmp_path_factory.mktemp("F5TTS_v1_Base")
     save_file(_f5_state(reference), root / "model_1250000.safetensors")
     shutil.copy(VOCAB_FILE, root / "vocab.txt")
@@ -92,8 +96,9 @@ def release(reference, tmp_path_factory):
 
 def _config():
     config = base_config()
-    config.model.transcript.update(vocab_size=CFG.vocab_size, dim=DIM, conv_layers=LAYERS,
-                                   conv_mult=MULT, max_len=CFG.max_len)
+    config.model.transcript.update(
+        vocab_size=CFG.vocab_size, dim=DIM, conv_layers=LAYERS, conv_mult=MULT, max_len=CFG.max_len
+    )
     return config
 
 
@@ -121,8 +126,9 @@ def test_text_embedding_parity(reference, release, tmp_path):
     fresh = {"dit": {"transcript": nn.meta.unbox(module.init(jax.random.key(1), ids)["params"])}}
     loaded = f5_text.load_transcript(fresh, str(dst))
     params = loaded["dit"]["transcript"]
-    np.testing.assert_array_equal(params["proj"]["kernel"], fresh["dit"]["transcript"]["proj"][
-        "kernel"])  # proj is ours, not F5's: kept
+    np.testing.assert_array_equal(
+        params["proj"]["kernel"], fresh["dit"]["transcript"]["proj"]["kernel"]
+    )  # proj is ours, not F5's: kept
     got = np.asarray(module.apply({"params": params}, ids, features_only=True))
     want = _f5_output(reference, TEXTS)
     err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
@@ -132,8 +138,10 @@ def test_text_embedding_parity(reference, release, tmp_path):
 
 
 def test_pt_checkpoint_reads_the_same(reference, release, tmp_path):
-    torch.save({"ema_model_state_dict": _f5_state(reference), "model_state_dict": {}},
-               tmp_path / "model_1250000.pt")
+    torch.save(
+        {"ema_model_state_dict": _f5_state(reference), "model_state_dict": {}},
+        tmp_path / "model_1250000.pt",
+    )
     shutil.copy(VOCAB_FILE, tmp_path / "vocab.txt")
     from_pt = f5_text.read_f5_text(f5_text.read_upstream(tmp_path)[0], CFG)
     from_st = f5_text.read_f5_text(f5_text.read_upstream(release)[0], CFG)
@@ -150,11 +158,15 @@ def test_mismatches_are_named_and_nothing_is_written(reference, tmp_path):
     state[prefix + "text_blocks.1.pwconv1.weight"] = torch.zeros(5, DIM)
     with pytest.raises(StateDictMismatchError) as e:
         f5_text.read_f5_text(state, CFG)
-    for name in ("1 missing: text_blocks.0.grn.gamma", "1 unexpected: text_blocks.1.extra",
-                 f"text_blocks.1.pwconv1.weight (5, {DIM}) (expected ({DIM * MULT}, {DIM}))"):
+    for name in (
+        "1 missing: text_blocks.0.grn.gamma",
+        "1 unexpected: text_blocks.1.extra",
+        f"text_blocks.1.pwconv1.weight (5, {DIM}) (expected ({DIM * MULT}, {DIM}))",
+    ):
         assert name in str(e.value)
 
     from safetensors.torch import save_file
+
     save_file(state, tmp_path / "model.safetensors")
     shutil.copy(VOCAB_FILE, tmp_path / "vocab.txt")
     with pytest.raises(StateDictMismatchError):

@@ -21,23 +21,45 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
 
-TINY = UMT5Config(vocab_size=72, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=2,
-                  num_buckets=8, max_distance=20)
+TINY = UMT5Config(
+    vocab_size=72,
+    d_model=32,
+    d_kv=8,
+    num_heads=4,
+    d_ff=48,
+    num_layers=2,
+    num_buckets=8,
+    max_distance=20,
+)
 MAX_LEN = 32
 PROMPTS = ["a red ball bounces fast to the left", "ein  blauer Würfel"]
 TOLERANCE = 1e-4
-_CORPUS = ["a red ball bounces fast", "the blue square slides slowly to the left wall",
-           "ein roter Ball springt schnell", "un carré bleu glisse lentement",
-           "two green balls collide and bounce against the floor", "ein blauer Würfel fällt"]
+_CORPUS = [
+    "a red ball bounces fast",
+    "the blue square slides slowly to the left wall",
+    "ein roter Ball springt schnell",
+    "un carré bleu glisse lentement",
+    "two green balls collide and bounce against the floor",
+    "ein blauer Würfel fällt",
+]
 
 
 def _train_spiece() -> bytes:
     """A sentencepiece unigram model with T5's special ids (pad 0, eos 1, unk 2, no bos)."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_CORPUS * 10), model_writer=model, vocab_size=TINY.vocab_size - 8,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
-        character_coverage=1.0, minloglevel=2)
+        sentence_iterator=iter(_CORPUS * 10),
+        model_writer=model,
+        vocab_size=TINY.vocab_size - 8,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
     return model.getvalue()
 
 
@@ -46,10 +68,16 @@ def reference():
     """transformers' encoder with every parameter randomised (norm scales off 1)."""
     torch.manual_seed(0)
     config = transformers.UMT5Config(
-        vocab_size=TINY.vocab_size, d_model=TINY.d_model, d_kv=TINY.d_kv,
-        num_heads=TINY.num_heads, d_ff=TINY.d_ff, num_layers=TINY.num_layers,
+        vocab_size=TINY.vocab_size,
+        d_model=TINY.d_model,
+        d_kv=TINY.d_kv,
+        num_heads=TINY.num_heads,
+        d_ff=TINY.d_ff,
+        num_layers=TINY.num_layers,
         relative_attention_num_buckets=TINY.num_buckets,
-        relative_attention_max_distance=TINY.max_distance, dropout_rate=0.0)
+        relative_attention_max_distance=TINY.max_distance,
+        dropout_rate=0.0,
+    )
     model = transformers.UMT5EncoderModel(config).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -70,8 +98,10 @@ def pipeline_root(reference, tmp_path_factory):
 
 def reference_states(model, ids: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(ids).long(),
-                    attention_mask=torch.from_numpy(ids != PAD_ID).long())
+        out = model(
+            input_ids=torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(ids != PAD_ID).long(),
+        )
     return out.last_hidden_state.numpy()
 
 
@@ -88,8 +118,14 @@ def test_transformers_layout_parity_with_padding(reference, pipeline_root):
         assert ids[row].tolist() == want + [PAD_ID] * (MAX_LEN - len(want))
     assert 2 < mask.sum(1).min() < mask.sum(1).max() < MAX_LEN  # two lengths, both padded
     # through the System, as training calls it: the frozen params are the encoder's own
-    system = System(config=None, model_config=None, video_codec=None, audio_codec=None,
-                    text_encoder=encoder, transcript_tokenizer=None)
+    system = System(
+        config=None,
+        model_config=None,
+        video_codec=None,
+        audio_codec=None,
+        text_encoder=encoder,
+        transcript_tokenizer=None,
+    )
     got = np.asarray(jax.jit(system.embed_text)({}, ids))
     want = reference_states(reference, ids)
     err = rel_err(got, want, mask)
@@ -103,14 +139,21 @@ def test_original_layout_round_trip(reference, pipeline_root, tmp_path):
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
     ours = convert_umt5.read_umt5(state, TINY)
     original = convert_umt5.export_umt5(ours, TINY, "original")
-    assert {"token_embedding.weight", "norm.weight", "blocks.1.ffn.gate.0.weight",
-            "blocks.1.ffn.fc1.weight", "blocks.0.pos_embedding.embedding.weight",
-            "blocks.0.attn.o.weight", "blocks.0.norm2.weight"} <= original.keys()
+    assert {
+        "token_embedding.weight",
+        "norm.weight",
+        "blocks.1.ffn.gate.0.weight",
+        "blocks.1.ffn.fc1.weight",
+        "blocks.0.pos_embedding.embedding.weight",
+        "blocks.0.attn.o.weight",
+        "blocks.0.norm2.weight",
+    } <= original.keys()
     file = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
     torch.save({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in original.items()}, file)
     (tmp_path / "google" / "umt5-xxl").mkdir(parents=True)
     (tmp_path / "google" / "umt5-xxl" / "spiece.model").write_bytes(
-        (pipeline_root / "tokenizer" / "spiece.model").read_bytes())
+        (pipeline_root / "tokenizer" / "spiece.model").read_bytes()
+    )
     back = convert_umt5.read_umt5(convert_umt5.read_upstream(file, TINY)[0], TINY)
     for k, v in ours.items():
         assert back[k].dtype == np.dtype("bfloat16"), k
@@ -136,12 +179,20 @@ def test_convert_round_trip(pipeline_root, tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert_umt5.convert_checkpoint(str(pipeline_root), str(dst), base_config())
     with pytest.raises(StateDictMismatchError, match="umT5 checkpoint"):  # another architecture
-        UMT5TextEncoder(str(dst), max_len=MAX_LEN, config=UMT5Config(
-            vocab_size=72, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)).params
+        UMT5TextEncoder(
+            str(dst),
+            max_len=MAX_LEN,
+            config=UMT5Config(
+                vocab_size=72, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2
+            ),
+        ).params
     # eps and max_distance change no shape: the recorded architecture refuses them by name
     other = dataclasses.replace(TINY, eps=1e-5, max_distance=128)
-    with pytest.raises(ValueError, match=r"relative_attention_max_distance=20 but the text "
-                       r"encoder has 128; layer_norm_epsilon=1e-06 but the text encoder has 1e-05"):
+    with pytest.raises(
+        ValueError,
+        match=r"relative_attention_max_distance=20 but the text "
+        r"encoder has 128; layer_norm_epsilon=1e-06 but the text encoder has 1e-05",
+    ):
         UMT5TextEncoder(str(dst), max_len=MAX_LEN, config=other).params
 
 
@@ -149,9 +200,12 @@ def test_mismatches_are_named(reference, pipeline_root):
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
     del state["encoder.block.1.layer.1.DenseReluDense.wo.weight"]
     state["encoder.block.0.layer.0.SelfAttention.q.weight"] = np.zeros((3, 3), np.float32)
-    with pytest.raises(StateDictMismatchError, match=r"(?s)1 missing: encoder\.block\.1\.layer\."
-                       r"1\.DenseReluDense\.wo\.weight.*mis-shaped: encoder\.block\.0\.layer\.0\."
-                       r"SelfAttention\.q\.weight \(3, 3\) \(expected \(32, 32\)\)"):
+    with pytest.raises(
+        StateDictMismatchError,
+        match=r"(?s)1 missing: encoder\.block\.1\.layer\."
+        r"1\.DenseReluDense\.wo\.weight.*mis-shaped: encoder\.block\.0\.layer\.0\."
+        r"SelfAttention\.q\.weight \(3, 3\) \(expected \(32, 32\)\)",
+    ):
         convert_umt5.read_umt5(state, TINY)
     with pytest.raises(ValueError, match=r"num_heads=4 \(expected 64\)"):  # config.json checked
         UMT5TextEncoder(str(pipeline_root), max_len=MAX_LEN).params
@@ -159,10 +213,14 @@ def test_mismatches_are_named(reference, pipeline_root):
 
 def test_relative_buckets_match_transformers():
     from transformers.models.umt5.modeling_umt5 import UMT5Attention
+
     for length, buckets, distance in ((600, 32, 128), (40, TINY.num_buckets, TINY.max_distance)):
-        attention = UMT5Attention(transformers.UMT5Config(
-            relative_attention_num_buckets=buckets, relative_attention_max_distance=distance),
-            has_relative_attention_bias=True)
+        attention = UMT5Attention(
+            transformers.UMT5Config(
+                relative_attention_num_buckets=buckets, relative_attention_max_distance=distance
+            ),
+            has_relative_attention_bias=True,
+        )
         positions = torch.arange(length)
         want = attention._relative_position_bucket(positions[None, :] - positions[:, None])
         np.testing.assert_array_equal(relative_buckets(length, buckets, distance), want.numpy())
@@ -190,9 +248,18 @@ def test_published_umt5_xxl_layout():
     """The text encoder's default architecture expects exactly the keys and shapes of
     google/umt5-xxl's UMT5EncoderModel (built on the meta device: no memory)."""
     with torch.device("meta"):
-        published = transformers.UMT5EncoderModel(transformers.UMT5Config(
-            vocab_size=256384, d_model=4096, d_kv=64, num_heads=64, d_ff=10240, num_layers=24,
-            relative_attention_num_buckets=32, relative_attention_max_distance=128))
+        published = transformers.UMT5EncoderModel(
+            transformers.UMT5Config(
+                vocab_size=256384,
+                d_model=4096,
+                d_kv=64,
+                num_heads=64,
+                d_ff=10240,
+                num_layers=24,
+                relative_attention_num_buckets=32,
+                relative_attention_max_distance=128,
+            )
+        )
     want = {k: tuple(v.shape) for k, v in published.state_dict().items()}
     del want["encoder.embed_tokens.weight"]  # tied to shared.weight
     assert convert_umt5.upstream_shapes(UMT5Config(), "transformers") == want

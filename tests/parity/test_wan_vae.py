@@ -21,8 +21,14 @@ pytest.importorskip("diffusers")
 from diffusers import AutoencoderKLWan  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
-TINY = WanVAEConfig(base_dim=8, decoder_base_dim=12, z_dim=8, dim_mult=(1, 2, 4, 4),
-                    num_res_blocks=1, temporal_downsample=(False, True, True))
+TINY = WanVAEConfig(
+    base_dim=8,
+    decoder_base_dim=12,
+    z_dim=8,
+    dim_mult=(1, 2, 4, 4),
+    num_res_blocks=1,
+    temporal_downsample=(False, True, True),
+)
 FRAMES, HEIGHT, WIDTH = 9, 32, 48  # latents 3 x 2 x 3: h != w catches an axis swap
 TOLERANCE = 1e-4
 
@@ -33,12 +39,21 @@ def reference():
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
     model = AutoencoderKLWan(
-        base_dim=TINY.base_dim, decoder_base_dim=TINY.decoder_base_dim, z_dim=TINY.z_dim,
-        dim_mult=list(TINY.dim_mult), num_res_blocks=TINY.num_res_blocks,
-        temperal_downsample=list(TINY.temporal_downsample), is_residual=True, in_channels=12,
-        out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16,
+        base_dim=TINY.base_dim,
+        decoder_base_dim=TINY.decoder_base_dim,
+        z_dim=TINY.z_dim,
+        dim_mult=list(TINY.dim_mult),
+        num_res_blocks=TINY.num_res_blocks,
+        temperal_downsample=list(TINY.temporal_downsample),
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_temporal=4,
+        scale_factor_spatial=16,
         latents_mean=rng.normal(0, 0.3, TINY.z_dim).round(4).tolist(),
-        latents_std=rng.uniform(0.5, 1.5, TINY.z_dim).round(4).tolist()).eval()
+        latents_std=rng.uniform(0.5, 1.5, TINY.z_dim).round(4).tolist(),
+    ).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -54,8 +69,10 @@ def pipeline_root(reference, tmp_path_factory):
 
 
 def _stats(model) -> tuple[np.ndarray, np.ndarray]:
-    return (np.asarray(model.config.latents_mean, np.float32)[None, None, None, None],
-            np.asarray(model.config.latents_std, np.float32)[None, None, None, None])
+    return (
+        np.asarray(model.config.latents_mean, np.float32)[None, None, None, None],
+        np.asarray(model.config.latents_std, np.float32)[None, None, None, None],
+    )
 
 
 def rel_err(a, b) -> float:
@@ -65,8 +82,9 @@ def rel_err(a, b) -> float:
 def test_diffusers_layout_parity(reference, pipeline_root):
     codec = WanVAECodec(str(pipeline_root), fps=8.0, config=TINY)
     mean, std = _stats(reference)
-    video = np.random.default_rng(0).uniform(-1, 1, (1, FRAMES, HEIGHT, WIDTH, 3)).astype(
-        np.float32)
+    video = (
+        np.random.default_rng(0).uniform(-1, 1, (1, FRAMES, HEIGHT, WIDTH, 3)).astype(np.float32)
+    )
     latents = jax.jit(codec.encode)(video)  # jittable; the weights load inside the trace
     assert latents.shape == (1, *codec.latent_shape(FRAMES, HEIGHT, WIDTH), 8) == (1, 3, 2, 3, 8)
     with torch.no_grad():
@@ -88,17 +106,28 @@ def test_diffusers_layout_parity(reference, pipeline_root):
     assert err < TOLERANCE
 
 
-_RESIDUAL = {"residual.0": "norm1", "residual.2": "conv1", "residual.3": "norm2",
-             "residual.6": "conv2", "shortcut": "conv_shortcut"}
+_RESIDUAL = {
+    "residual.0": "norm1",
+    "residual.2": "conv1",
+    "residual.3": "norm2",
+    "residual.6": "conv2",
+    "shortcut": "conv_shortcut",
+}
 
 
 def diffusers_from_original(key: str) -> str:
     """The renaming of diffusers' scripts/convert_wan_to_diffusers.py `convert_vae_22`,
     restated: an independent check of the original names our exporter writes."""
-    fixed = {"conv1": "quant_conv", "conv2": "post_quant_conv", "encoder.conv1": "encoder.conv_in",
-             "decoder.conv1": "decoder.conv_in", "encoder.head.0": "encoder.norm_out",
-             "encoder.head.2": "encoder.conv_out", "decoder.head.0": "decoder.norm_out",
-             "decoder.head.2": "decoder.conv_out"}
+    fixed = {
+        "conv1": "quant_conv",
+        "conv2": "post_quant_conv",
+        "encoder.conv1": "encoder.conv_in",
+        "decoder.conv1": "decoder.conv_in",
+        "encoder.head.0": "encoder.norm_out",
+        "encoder.head.2": "encoder.conv_out",
+        "decoder.head.0": "decoder.norm_out",
+        "decoder.head.2": "decoder.conv_out",
+    }
     module, leaf = key.rsplit(".", 1)
     if module in fixed:
         return f"{fixed[module]}.{leaf}"
@@ -156,9 +185,12 @@ def test_mismatches_are_named(reference, pipeline_root):
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
     del state["decoder.up_blocks.1.upsampler.time_conv.bias"]
     state["encoder.mid_block.attentions.0.norm.gamma"] = np.ones((32, 1, 1, 1), np.float32)
-    with pytest.raises(StateDictMismatchError, match=r"(?s)1 missing: decoder\.up_blocks\.1\."
-                       r"upsampler\.time_conv\.bias.*mis-shaped: encoder\.mid_block\.attentions"
-                       r"\.0\.norm\.gamma \(32, 1, 1, 1\) \(expected \(32, 1, 1\)\)"):
+    with pytest.raises(
+        StateDictMismatchError,
+        match=r"(?s)1 missing: decoder\.up_blocks\.1\."
+        r"upsampler\.time_conv\.bias.*mis-shaped: encoder\.mid_block\.attentions"
+        r"\.0\.norm\.gamma \(32, 1, 1, 1\) \(expected \(32, 1, 1\)\)",
+    ):
         convert_vae.read_vae(state, TINY)
     with pytest.raises(ValueError, match=r"base_dim=8 \(expected 160\)"):  # config.json checked
         WanVAECodec(str(pipeline_root), fps=8.0).weights
@@ -184,8 +216,16 @@ def test_published_vae_layout():
     (built on the meta device: no memory)."""
     with torch.device("meta"):
         published = AutoencoderKLWan(
-            base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12,
-            out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16)
+            base_dim=160,
+            decoder_base_dim=256,
+            z_dim=48,
+            is_residual=True,
+            in_channels=12,
+            out_channels=12,
+            patch_size=2,
+            scale_factor_temporal=4,
+            scale_factor_spatial=16,
+        )
     want = {k: tuple(v.shape) for k, v in published.state_dict().items()}
     assert convert_vae.upstream_shapes(WanVAEConfig(), "diffusers") == want
     original = convert_vae.upstream_shapes(WanVAEConfig(), "original")
