@@ -11,13 +11,12 @@ from collections.abc import Callable
 
 import ml_collections
 
-from harmony_jax.codecs.base import AudioCodec, TextEncoder, VideoCodec, interval_centres
+from harmony_jax.codecs.base import AudioCodec, TextEncoder, VideoCodec
 
 __all__ = [
     "AudioCodec",
     "TextEncoder",
     "VideoCodec",
-    "interval_centres",
     "make_audio_codec",
     "make_text_encoder",
     "make_video_codec",

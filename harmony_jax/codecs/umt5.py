@@ -163,7 +163,7 @@ class UMT5TextEncoder:
 
     @functools.cached_property
     def params(self):
-        from harmony_jax.convert.umt5 import load_umt5
+        from harmony_jax.codecs.umt5_weights import load_umt5
 
         # First use may be inside a trace (jit, eval_shape): load and place concrete arrays.
         with jax.ensure_compile_time_eval():
@@ -173,7 +173,7 @@ class UMT5TextEncoder:
     def _sentencepiece(self):
         import sentencepiece
 
-        from harmony_jax.convert.umt5 import load_spiece
+        from harmony_jax.codecs.umt5_weights import load_spiece
 
         processor = sentencepiece.SentencePieceProcessor(model_proto=load_spiece(self.path))
         if processor.pad_id() != PAD_ID:

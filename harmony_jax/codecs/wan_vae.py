@@ -13,7 +13,7 @@ convolves nor doubles it, and the decoder's shortcut keeps its last frame only.
 
 Layout. Video is [B, F, H, W, C] (channels last); parameter names follow diffusers' module names
 ('encoder/down_blocks_0/resnets_1/conv1/kernel' is 'encoder.down_blocks.0.resnets.1.conv1.weight')
-so `convert.wan_vae` maps them mechanically. Everything runs in float32.
+so `codecs.wan_vae_weights` maps them mechanically. Everything runs in float32.
 
 Time. Latent 0 is frame 0 (t = 0); latent k >= 1 covers frames 4k-3 .. 4k and stands at their
 mean capture time, (4k - 1.5) / fps.
@@ -420,7 +420,7 @@ class WanVAECodec:
     @functools.cached_property
     def weights(self) -> tuple[dict, Array, Array]:
         """(params, latents_mean [z], latents_std [z]), read from `path` on first use."""
-        from harmony_jax.convert.wan_vae import load_vae
+        from harmony_jax.codecs.wan_vae_weights import load_vae
 
         # First use may be inside a trace (jit, eval_shape): load and place concrete arrays.
         with jax.ensure_compile_time_eval():
