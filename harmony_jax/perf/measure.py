@@ -15,8 +15,6 @@ import jax
 import jax.extend.core
 import jax.numpy as jnp
 
-GiB = 1024**3
-
 
 def median_seconds(fn: Callable[[], Any], steps: int, warmup: int) -> float:
     """Median wall time of `fn()` (blocked until its outputs are ready) after `warmup` calls."""
