@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from harmony_jax.diffusion.syncfg import MODES, sample
+from harmony_jax.diffusion.sampler import MODES, sample
 from harmony_jax.parallel.sharding import axis_rules
 from harmony_jax.system import System
 

@@ -33,7 +33,8 @@ from absl.flags import argparse_flags
 from tqdm import tqdm
 
 from harmony_jax import generation, quiet_logs
-from harmony_jax.diffusion.syncfg import GUIDANCES, SOLVERS
+from harmony_jax.diffusion.sampler import SOLVERS
+from harmony_jax.diffusion.syncfg import GUIDANCES
 from harmony_jax.errors import FlagError, UserError, one_line, reported_as_one_line
 from harmony_jax.inference import DTYPES, load_for_inference, read_audio, read_image, read_video
 from harmony_jax.media import MediaError, write_av, write_wav

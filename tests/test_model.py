@@ -166,7 +166,7 @@ def _cross_logits(cfg, shift_seconds):
     hd = cfg.video.head_dim
     q = jnp.broadcast_to(jax.random.normal(jax.random.key(0), (hd,)), (1, num_v, 1, hd))
     k = jnp.broadcast_to(jax.random.normal(jax.random.key(1), (hd,)), (1, num_a, 1, hd))
-    q, k = apply_rope(q, geo.video_angles), apply_rope(k, geo.audio_angles)
+    q, k = apply_rope(q, geo.a2v_q), apply_rope(k, geo.a2v_k)
     return np.asarray(jnp.einsum("bqnd,bknd->qk", q, k))
 
 
