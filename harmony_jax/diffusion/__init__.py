@@ -1,6 +1,7 @@
 """Diffusion maths: the rectified flow (`flow`), the Cross-Task-Synergy training loss (`cts`),
-SyncCFG guidance (`syncfg`) and the ODE sampler that applies it (`sampler`). All functions take the denoiser contract of
-`harmony_jax.model.conditioning` as a plain callable, so they test with stubs and run under jit."""
+SyncCFG guidance (`syncfg`) and the ODE sampler that applies it (`sampler`). All functions take
+the denoiser contract of `harmony_jax.model.conditioning` as a plain callable, so they test with
+stubs and run under jit."""
 
 from harmony_jax.diffusion.cts import cts_loss, task_sizes
 from harmony_jax.diffusion.flow import (
