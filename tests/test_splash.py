@@ -13,7 +13,7 @@ import pytest
 
 from configs import tiny  # noqa: E402
 from harmony_jax import plan  # noqa: E402
-from harmony_jax.codecs.wan_vae import WanVAECodec  # noqa: E402
+from harmony_jax.codecs.wan22 import WanVAECodec  # noqa: E402
 from harmony_jax.model import attention as attention_lib  # noqa: E402
 from harmony_jax.model.attention import Attention, dot_product_attention  # noqa: E402
 from harmony_jax.model.interaction import band_mask  # noqa: E402

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from harmony_jax.codecs import make_text_encoder, umt5_weights
-from harmony_jax.codecs.umt5 import PAD_ID, UMT5Config, UMT5TextEncoder, relative_buckets
+from harmony_jax.codecs.umt5 import PAD_ID, UMT5Config, relative_buckets
+from harmony_jax.codecs.umt5_text import UMT5TextEncoder
 from harmony_jax.convert import umt5 as convert_umt5
 from harmony_jax.defaults import base_config
 from harmony_jax.system import System

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from harmony_jax.codecs import make_video_codec, wan_vae_weights
-from harmony_jax.codecs.wan_vae import WanVAECodec, WanVAEConfig
+from harmony_jax.codecs.wan22 import WanVAECodec
+from harmony_jax.codecs.wan_vae import WanVAEConfig
 from harmony_jax.convert import wan_vae as convert_vae
 from harmony_jax.defaults import base_config
 from harmony_jax.weights import upstream
