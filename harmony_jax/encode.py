@@ -73,10 +73,14 @@ def _weights(obj: Any) -> Any:
 
 
 def layout(
-    system: System, folder: ClipFolder, dtype: str, records_per_shard: int
+    config: ml_collections.ConfigDict,
+    system: System,
+    folder: ClipFolder,
+    dtype: str,
+    records_per_shard: int,
 ) -> dict[str, Any]:
     """What every shard of this encode agrees with, and a rerun must match."""
-    config, text = system.config, system.text_encoder
+    text = system.text_encoder
     digests = {}
     for kind, obj in (
         ("video", system.video_codec),
@@ -311,7 +315,7 @@ def encode_folder(
     count = jax.process_count() if process_count is None else process_count
     system = build_system(config)
     folder = clip_folder(src, config.data)
-    plan = layout(system, folder, dtype, records_per_shard)
+    plan = layout(config, system, folder, dtype, records_per_shard)
     os.makedirs(dst, exist_ok=True)
     _check_or_write_layout(dst, plan, write=index == 0)
     n, k = plan["num_shards"], records_per_shard

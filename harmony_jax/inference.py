@@ -83,7 +83,7 @@ def load_for_inference(
     The parameters are restored straight into their shards, laid out by the run's logical axis
     rules (`config.axis_rules`, as training lays them out) on the mesh `mesh` describes
     ('fsdp=4,tensor=2'; see `inference_mesh`) over `devices` (default: this host's), and cast
-    to `dtype` as they are read. `system.config.mesh` holds the mesh's sizes; `generation`
+    to `dtype` as they are read. `system.axis_rules` are the rules for that mesh; `generation`
     samples under that mesh. EMA parameters are preferred when the run kept them: averaged
     weights are the ones meant for sampling. In a workdir a damaged step is named in a warning
     and the previous one used; a damaged step directory given as such is refused, naming the

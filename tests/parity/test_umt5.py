@@ -120,8 +120,11 @@ def test_transformers_layout_parity_with_padding(reference, pipeline_root):
     assert 2 < mask.sum(1).min() < mask.sum(1).max() < MAX_LEN  # two lengths, both padded
     # through the System, as training calls it: the frozen params are the encoder's own
     system = System(
-        config=None,
         model_config=None,
+        clip=None,
+        sampler=None,
+        prediction="velocity",
+        axis_rules=(),
         video_codec=None,
         audio_codec=None,
         text_encoder=encoder,
