@@ -8,7 +8,11 @@ import pytest
 
 from harmony_jax.model import ModelConfig
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
+CONFIGS = sorted(
+    p
+    for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
+    if not p.endswith("__init__.py")
+)
 
 
 def _load(path):
@@ -64,6 +68,9 @@ def test_saved_config_reads_onto_todays_defaults(tmp_path):
     )
     file.write_text('{"seed": "seven"}')  # another type than the key's
     with pytest.raises(CheckpointError, match="config.json: damaged"):
+        read_config_file(file)
+    file.write_text('{"optim": {"on_nonfinite": "explode"}}')  # a value no longer accepted
+    with pytest.raises(CheckpointError, match=r"config.json: .*optim.on_nonfinite='explode'"):
         read_config_file(file)
 
 
