@@ -18,7 +18,8 @@ from harmony_jax.codecs import NAMES as CODEC_NAMES
 from harmony_jax.data.pipeline import SOURCES
 from harmony_jax.diffusion.cts import MODES as CTS_MODES
 from harmony_jax.diffusion.flow import PREDICTIONS
-from harmony_jax.diffusion.syncfg import GUIDANCES, SOLVERS
+from harmony_jax.diffusion.sampler import SOLVERS
+from harmony_jax.diffusion.syncfg import GUIDANCES
 from harmony_jax.errors import ConfigError
 from harmony_jax.model.attention import IMPLEMENTATIONS
 from harmony_jax.model.config import INTERACTIONS, REMAT_POLICIES

@@ -55,6 +55,7 @@ from harmony_jax.data.latent_records import (
     sources_name,
     weights_digest,
 )
+from harmony_jax.data.pipeline import clip_folder
 from harmony_jax.errors import DataError, UserError, one_line, reported_as_one_line
 from harmony_jax.parallel import distributed
 from harmony_jax.system import System, build_system
@@ -72,10 +73,14 @@ def _weights(obj: Any) -> Any:
 
 
 def layout(
-    system: System, folder: ClipFolder, dtype: str, records_per_shard: int
+    config: ml_collections.ConfigDict,
+    system: System,
+    folder: ClipFolder,
+    dtype: str,
+    records_per_shard: int,
 ) -> dict[str, Any]:
     """What every shard of this encode agrees with, and a rerun must match."""
-    config, text = system.config, system.text_encoder
+    text = system.text_encoder
     digests = {}
     for kind, obj in (
         ("video", system.video_codec),
@@ -309,17 +314,8 @@ def encode_folder(
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     system = build_system(config)
-    d = config.data
-    folder = ClipFolder(
-        src,
-        fps=d.fps,
-        num_frames=d.num_frames,
-        height=d.height,
-        width=d.width,
-        sample_rate=d.sample_rate,
-        skip_bad_files=d.skip_bad_files,
-    )
-    plan = layout(system, folder, dtype, records_per_shard)
+    folder = clip_folder(src, config.data)
+    plan = layout(config, system, folder, dtype, records_per_shard)
     os.makedirs(dst, exist_ok=True)
     _check_or_write_layout(dst, plan, write=index == 0)
     n, k = plan["num_shards"], records_per_shard

@@ -35,7 +35,7 @@ from harmony_jax import quiet_logs
 from harmony_jax.atomic import atomic_path
 from harmony_jax.errors import FlagError, reported_as_one_line
 from harmony_jax.eval import sync
-from harmony_jax.media import MediaError
+from harmony_jax.media import MediaError, unit_range
 from harmony_jax.media_window import frame_rate, read_window
 
 Metrics = dict[str, float]
@@ -84,7 +84,7 @@ def read_clip(path: str, max_side: int = _SYNC_SIDE) -> tuple[np.ndarray, float,
     if window.audio is None:
         raise MediaError(f"{path}: no audio stream, nothing to synchronize")
     return (
-        window.video.astype(np.float32) / 127.5 - 1.0,
+        unit_range(window.video),
         fps,
         window.audio.mean(axis=1),
         window.sample_rate,
@@ -105,11 +105,6 @@ def evaluate_clip(
     metrics = sync.clip_sync_metrics(video, fps, audio, sample_rate) if sounding_shapes else {}
     metrics.update(sync.offset_evidence(video, fps, audio, sample_rate, max_lag))
     return metrics
-
-
-def _nan_mean(values: list[float]) -> float:
-    values = np.asarray(values, np.float64)
-    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def evaluate(
@@ -136,7 +131,7 @@ def evaluate(
             raise MediaError(f"{clip}: {e}") from e
         if plot is not None:
             curves.append((name, clips[name]["av_offset_ms"], *_envelopes(video, fps, audio, rate)))
-    mean = {k: _nan_mean([m[k] for m in clips.values()]) for k in next(iter(clips.values()))}
+    mean = {k: sync.nan_mean([m[k] for m in clips.values()]) for k in next(iter(clips.values()))}
     if plot is not None:
         _plot(curves, plot)
     none = [name for name, m in clips.items() if not np.isfinite(m["av_offset_ms"])]

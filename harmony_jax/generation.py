@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from harmony_jax.diffusion.syncfg import MODES, sample
-from harmony_jax.parallel.sharding import axis_rules
+from harmony_jax.diffusion.sampler import MODES, sample
 from harmony_jax.system import System
 
 
@@ -70,7 +69,7 @@ def _token_batch(
 
 @functools.lru_cache(maxsize=16)
 def _sampler(system: System, mode: str, guidance: str, steps: int, solver: str):
-    s = system.config.sample
+    s = system.sampler
 
     @jax.jit
     def run(params, rng, batch, uncond_batch, given_video, given_audio, ref_image, scales):
@@ -114,7 +113,7 @@ def on_params_mesh(system: System, params: Any) -> contextlib.AbstractContextMan
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
     stack.enter_context(jax.set_mesh(sharding.mesh))
-    stack.enter_context(nn.logical_axis_rules(axis_rules(system.config)))
+    stack.enter_context(nn.logical_axis_rules(system.axis_rules))
     return stack
 
 
@@ -143,7 +142,7 @@ def sample_latents(
         raise ValueError("mode='a2v' needs the driving audio (given_audio)")
     if mode == "v2a" and given_video is None:
         raise ValueError("mode='v2a' needs the driving video (given_video)")
-    s = system.config.sample
+    s = system.sampler
     guidance = guidance or s.guidance
     n = batch["video_text_ids"].shape[0]
     uncond = _token_batch(system, [""] * n)

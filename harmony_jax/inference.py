@@ -27,7 +27,7 @@ from etils import epath
 
 from harmony_jax.compile_cache import DEFAULT_DIR, enable_compile_cache
 from harmony_jax.errors import CheckpointError, FlagError, one_line
-from harmony_jax.media import MediaError
+from harmony_jax.media import MediaError, unit_range
 from harmony_jax.media_window import read_soundtrack, read_window
 from harmony_jax.parallel.mesh import apply_mesh_flag, make_mesh, resolve_mesh_shape
 from harmony_jax.parallel.sharding import axis_rules, logical_shardings
@@ -83,7 +83,7 @@ def load_for_inference(
     The parameters are restored straight into their shards, laid out by the run's logical axis
     rules (`config.axis_rules`, as training lays them out) on the mesh `mesh` describes
     ('fsdp=4,tensor=2'; see `inference_mesh`) over `devices` (default: this host's), and cast
-    to `dtype` as they are read. `system.config.mesh` holds the mesh's sizes; `generation`
+    to `dtype` as they are read. `system.axis_rules` are the rules for that mesh; `generation`
     samples under that mesh. EMA parameters are preferred when the run kept them: averaged
     weights are the ones meant for sampling. In a workdir a damaged step is named in a warning
     and the previous one used; a damaged step directory given as such is refused, naming the
@@ -238,10 +238,6 @@ def _note_fit(path: str, source: tuple[int, int], height: int, width: int) -> No
     logging.warning("%s: frames of %dx%d%s resized to %dx%d (HxW)", path, h, w, crop, height, width)
 
 
-def _to_signed(frames: np.ndarray) -> np.ndarray:
-    return frames.astype(np.float32) / 127.5 - 1.0  # uint8 -> [-1, 1]
-
-
 def read_video(
     path: str | os.PathLike, fps: float, num_frames: int, height: int, width: int
 ) -> np.ndarray:
@@ -267,7 +263,7 @@ def read_video(
         logging.warning(
             "%s: only the first %d frames (%.3f s) are used", path, num_frames, num_frames / fps
         )
-    return _to_signed(frames)
+    return unit_range(frames)
 
 
 def read_image(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
@@ -276,4 +272,4 @@ def read_image(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
     path = os.fspath(path)
     window = read_window(path, fps=1000.0, num_frames=1, size=(height, width), audio=False)
     _note_fit(path, window.source_size, height, width)
-    return _to_signed(window.video[0])
+    return unit_range(window.video[0])

@@ -33,7 +33,8 @@ from absl.flags import argparse_flags
 from tqdm import tqdm
 
 from harmony_jax import generation, quiet_logs
-from harmony_jax.diffusion.syncfg import GUIDANCES, SOLVERS
+from harmony_jax.diffusion.sampler import SOLVERS
+from harmony_jax.diffusion.syncfg import GUIDANCES
 from harmony_jax.errors import FlagError, UserError, one_line, reported_as_one_line
 from harmony_jax.inference import DTYPES, load_for_inference, read_audio, read_image, read_video
 from harmony_jax.media import MediaError, write_av, write_wav
@@ -95,8 +96,8 @@ def _check_inputs(mode: str, audio, video, image, ref_audio) -> None:
 def _reference_voice(system: System, path: str) -> np.ndarray:
     """Waveform [S_ref] of a reference voice: `config.data.ref_audio_seconds` long when the run
     trained with references, else the file's length up to REF_AUDIO_MAX_SECONDS."""
-    rate = system.config.data.sample_rate
-    seconds = float(system.config.data.ref_audio_seconds)
+    rate = system.clip.sample_rate
+    seconds = float(system.clip.ref_audio_seconds)
     wave = read_audio(path, rate, round(seconds * rate) if seconds > 0 else None)
     if seconds <= 0 and len(wave) > REF_AUDIO_MAX_SECONDS * rate:
         logging.warning("%s: reference voice cropped to %.1f s", path, REF_AUDIO_MAX_SECONDS)
@@ -144,7 +145,7 @@ def sample_to_files(
     batch = generation.prompt_batch(
         system, [prompt], None if audio_prompt is None else [audio_prompt], [transcript]
     )
-    d = system.config.data
+    d = system.clip
     given = {}
     if audio is not None:
         given["given_audio"] = read_audio(audio, d.sample_rate, system.num_samples)[None]

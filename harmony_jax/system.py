@@ -28,14 +28,79 @@ from harmony_jax.codecs.precomputed import PrecomputedAudio, PrecomputedText, Pr
 from harmony_jax.codecs.text import TranscriptTokenizer
 from harmony_jax.diffusion import flow
 from harmony_jax.model import Conditioning, HarmonyDiT, ModelConfig
+from harmony_jax.parallel.sharding import axis_rules
 
 Params = Any
 
 
+@dataclasses.dataclass(frozen=True)
+class ClipGeometry:
+    """One clip as the run reads it (`config.data`): what every batch and latent is shaped by."""
+
+    num_frames: int
+    height: int
+    width: int
+    fps: float
+    sample_rate: int
+    ref_audio_seconds: float = 0.0  # the reference-voice prefix (0: none)
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.num_frames / self.fps * self.sample_rate))
+
+    @classmethod
+    def from_config(cls, data: ml_collections.ConfigDict) -> ClipGeometry:
+        return cls(
+            num_frames=int(data.num_frames),
+            height=int(data.height),
+            width=int(data.width),
+            fps=float(data.fps),
+            sample_rate=int(data.sample_rate),
+            ref_audio_seconds=float(data.ref_audio_seconds),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerDefaults:
+    """How a run samples wherever a caller says nothing else: `config.sample`, the run's seed,
+    and whether it starts from a reference first frame (trained on them: `cts.ref_image_prob`)."""
+
+    steps: int
+    shift: float
+    guidance: str
+    s_v: float
+    s_a: float
+    cfg_scale: float
+    solver: str
+    seed: int = 0
+    ref_image: bool = False
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> SamplerDefaults:
+        s = config.sample
+        return cls(
+            steps=int(s.steps),
+            shift=float(s.shift),
+            guidance=str(s.guidance),
+            s_v=float(s.s_v),
+            s_a=float(s.s_a),
+            cfg_scale=float(s.cfg_scale),
+            solver=str(s.solver),
+            seed=int(config.seed),
+            ref_image=config.cts.ref_image_prob > 0,
+        )
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: jit and caches key on it
 class System:
-    config: ml_collections.ConfigDict
+    """Built once from the run config (`build_system`); holds the typed sections its users read,
+    never the config itself."""
+
     model_config: ModelConfig
+    clip: ClipGeometry
+    sampler: SamplerDefaults
+    prediction: str  # config.flow.prediction: what the network outputs ('velocity' | 'x0')
+    axis_rules: tuple  # logical axis -> mesh axes for the run's mesh (`parallel.axis_rules`)
     video_codec: VideoCodec
     audio_codec: AudioCodec
     text_encoder: TextEncoder
@@ -49,12 +114,11 @@ class System:
     # ---- geometry of one clip, from the data config and the codecs
     @property
     def num_samples(self) -> int:
-        d = self.config.data
-        return int(round(d.num_frames / d.fps * d.sample_rate))
+        return self.clip.num_samples
 
     @property
     def video_latent_shape(self) -> tuple[int, int, int, int]:
-        d = self.config.data
+        d = self.clip
         tv, h, w = self.video_codec.latent_shape(d.num_frames, d.height, d.width)
         return tv, h, w, self.video_codec.latent_channels
 
@@ -101,13 +165,13 @@ class System:
         whatever the network predicts (`config.flow.prediction`)."""
         model = self.model
         net = lambda v, a, tv, ta, cond: model.apply({"params": params["dit"]}, v, a, tv, ta, cond)
-        return flow.x0_denoiser(net) if self.config.flow.prediction == "x0" else net
+        return flow.x0_denoiser(net) if self.prediction == "x0" else net
 
     # ---- parameters
     def example_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         """One batch's shapes: raw media, or (`inputs='latents'`) latents and, for a frozen
         text encoder, its embeddings [B, L, Dt] under the `*_text_ids` keys."""
-        d = self.config.data
+        d = self.clip
         S = jax.ShapeDtypeStruct
         L, Lc = self.text_len, self.model_config.transcript.max_len
         text = S((batch_size, L), jnp.int32)
@@ -210,8 +274,11 @@ def build_system(config: ml_collections.ConfigDict) -> System:
             )
     model_config = ModelConfig.from_config(m, video_latent_rate=video_codec.latent_rate)
     return System(
-        config=config,
         model_config=model_config,
+        clip=ClipGeometry.from_config(config.data),
+        sampler=SamplerDefaults.from_config(config),
+        prediction=str(config.flow.prediction),
+        axis_rules=axis_rules(config),
         video_codec=video_codec,
         audio_codec=audio_codec,
         text_encoder=text_encoder,

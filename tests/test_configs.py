@@ -69,6 +69,9 @@ def test_saved_config_reads_onto_todays_defaults(tmp_path):
     file.write_text('{"seed": "seven"}')  # another type than the key's
     with pytest.raises(CheckpointError, match="config.json: damaged"):
         read_config_file(file)
+    file.write_text('{"optim": {"on_nonfinite": "explode"}}')  # a value no longer accepted
+    with pytest.raises(CheckpointError, match=r"config.json: .*optim.on_nonfinite='explode'"):
+        read_config_file(file)
 
 
 def test_unknown_prediction_names_the_key():

@@ -16,14 +16,17 @@ import pytest
 from flax import traverse_util
 
 from configs import harmony_5b  # noqa: E402
-from harmony_jax.codecs import make_audio_codec  # noqa: E402
+from harmony_jax.codecs import (
+    bigvgan_weights,  # noqa: E402
+    make_audio_codec,  # noqa: E402
+    mmaudio_vae_weights,  # noqa: E402
+)
 from harmony_jax.codecs.bigvgan import BigVGANConfig  # noqa: E402
 from harmony_jax.codecs.mmaudio import VARIANTS, MMAudioCodec, Variant, log_mel  # noqa: E402
 from harmony_jax.codecs.mmaudio_vae import MMAudioVAE, VAEConfig, fold_mp_weight  # noqa: E402
-from harmony_jax.convert import bigvgan as convert_bigvgan  # noqa: E402
 from harmony_jax.convert import mmaudio_vae as convert_vae  # noqa: E402
-from harmony_jax.convert import store  # noqa: E402
-from harmony_jax.convert.state_dict import StateDictMismatchError  # noqa: E402
+from harmony_jax.weights import store  # noqa: E402
+from harmony_jax.weights.state_dict import StateDictMismatchError  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
@@ -118,15 +121,15 @@ def _noise(seconds: float) -> np.ndarray:
 @pytest.mark.parametrize("variant", ["16k", "44k"])
 def test_layout_is_mmaudios(variant):
     vae = VARIANTS[variant].vae
-    assert convert_vae.upstream_shapes(vae) == mmaudio_keys(
+    assert mmaudio_vae_weights.upstream_shapes(vae) == mmaudio_keys(
         vae.n_mels, vae.embed_dim, vae.hidden_dim
     )
 
 
 def test_import_normalises_weights_and_names_every_mismatch():
     state = _random_state(mmaudio_keys(80, 20, 16))
-    assert convert_vae.config_from_state(state, "state") == TINY_VAE
-    params, mean, std = convert_vae.read_vae(state, TINY_VAE)
+    assert mmaudio_vae_weights.config_from_state(state, "state") == TINY_VAE
+    params, mean, std = mmaudio_vae_weights.read_vae(state, TINY_VAE)
     w = state["encoder.down.1.block.0.nin_shortcut.weight"]  # [O, I, 1]
     kernel = params["encoder/down_1/block_0/nin_shortcut/kernel"]  # [1, I, O]
     np.testing.assert_allclose(kernel, fold_mp_weight(w).transpose(2, 1, 0))
@@ -141,7 +144,7 @@ def test_import_normalises_weights_and_names_every_mismatch():
     state["encoder.down.0.attn.0.qkv.weight"] = np.zeros((48, 16, 1), np.float32)
     state["decoder.up.1.upsample.conv.weight"] = np.zeros((32, 32, 1), np.float32)
     with pytest.raises(StateDictMismatchError) as e:
-        convert_vae.read_vae(state, TINY_VAE)
+        mmaudio_vae_weights.read_vae(state, TINY_VAE)
     for part in (
         "1 missing: decoder.mid.attn_1.qkv.weight",
         "1 unexpected: encoder.down.0.attn.0.qkv.weight",
@@ -169,11 +172,13 @@ def test_convert_cli_then_codec_loads_it(tmp_path):
         capture_output=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
-    from_pth = convert_vae.load_vae(str(tmp_path / "v1-16.pth"), TINY_VAE)
-    from_orbax = convert_vae.load_vae(str(dst), TINY_VAE)
+    from_pth = mmaudio_vae_weights.load_vae(str(tmp_path / "v1-16.pth"), TINY_VAE)
+    from_orbax = mmaudio_vae_weights.load_vae(str(dst), TINY_VAE)
     jax.tree.map(np.testing.assert_array_equal, from_orbax, from_pth)
     with pytest.raises(StateDictMismatchError, match="MMAudio VAE checkpoint"):
-        convert_vae.load_vae(str(dst), VARIANTS["16k"].vae)  # the full-size model: shapes differ
+        mmaudio_vae_weights.load_vae(
+            str(dst), VARIANTS["16k"].vae
+        )  # the full-size model: shapes differ
     state["data_mean"] = state["data_mean"][:, :40]
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "bad.pth")
     with pytest.raises(StateDictMismatchError):
@@ -197,7 +202,7 @@ def _save_codec(folder, params, mean, std) -> MMAudioCodec:
     rng = np.random.default_rng(2)
     vocoder = {
         k: (rng.standard_normal(v.shape) / np.sqrt(np.prod(v.shape[:-1]))).astype(np.float32)
-        for k, v in convert_bigvgan.bigvgan_spec(TINY_VOCODER).items()
+        for k, v in bigvgan_weights.bigvgan_spec(TINY_VOCODER).items()
     }
     store.save_tree({"params": traverse_util.unflatten_dict(vocoder, sep="/")}, folder / "vocoder")
     return MMAudioCodec(
@@ -224,7 +229,7 @@ def untrained(clips, tmp_path_factory):
             ("encoder.learnable_gain", "decoder.learnable_gain"), np.zeros((), np.float32)
         )
     )
-    params, _, _ = convert_vae.read_vae(state, TINY_VAE)
+    params, _, _ = mmaudio_vae_weights.read_vae(state, TINY_VAE)
     params = traverse_util.unflatten_dict(params, sep="/")
     return params, _save_codec(tmp_path_factory.mktemp("untrained"), params, mean, std)
 

@@ -15,7 +15,7 @@ from configs import (
 from harmony_jax import plan  # noqa: E402
 from harmony_jax.codecs.mmaudio import MMAudioCodec  # noqa: E402
 from harmony_jax.codecs.precomputed import PrecomputedVideo  # noqa: E402
-from harmony_jax.codecs.wan_vae import WanVAECodec  # noqa: E402
+from harmony_jax.codecs.wan22 import WanVAECodec  # noqa: E402
 from harmony_jax.training.optim import make_optimizer  # noqa: E402
 from harmony_jax.training.step import create_train_state, make_train_step, reference_frames  # noqa: E402
 

@@ -48,7 +48,7 @@ def model(run):
 @pytest.fixture(scope="module")
 def clip(model):
     """A sounding-shapes clip in the tiny config's geometry."""
-    d = model[0].config.data
+    d = model[0].clip
     world = SoundingShapes(
         num_clips=4,
         fps=d.fps,
@@ -68,7 +68,7 @@ def _wav_pcm(path):
 
 def _check_clip(system, mp4):
     """The .mp4 has both streams in the run's geometry, and its .wav the whole clip."""
-    d = system.config.data
+    d = system.clip
     frames, fps, audio, rate = read_all(mp4)
     assert frames.shape == (d.num_frames, d.height, d.width, 3)
     assert fps == d.fps and rate == d.sample_rate
@@ -102,7 +102,7 @@ def test_t2av_writes_every_clip(model, tmp_path):
 
 def test_a2v_keeps_the_audio(model, clip, tmp_path):
     system, params = model
-    d = system.config.data
+    d = system.clip
     given = tmp_path / "given.wav"
     write_wav(given, clip["audio"], d.sample_rate)
     (mp4,) = sample_to_files(
@@ -120,7 +120,7 @@ def test_a2v_keeps_the_audio(model, clip, tmp_path):
 
 def test_v2a_keeps_the_frames(model, clip, tmp_path):
     system, params = model
-    d = system.config.data
+    d = system.clip
     given = tmp_path / "given.mp4"
     write_av(given, clip["video"], d.fps)  # no audio: v2a needs none
     (mp4,) = sample_to_files(
@@ -139,7 +139,7 @@ def test_v2a_keeps_the_frames(model, clip, tmp_path):
 
 def test_reference_image_and_voice(model, clip, tmp_path):
     system, params = model
-    d = system.config.data
+    d = system.clip
     image, voice = tmp_path / "ref.png", tmp_path / "voice.wav"
     matplotlib.image.imsave(image, (clip["video"][0] + 1.0) / 2.0)
     write_wav(voice, np.tile(clip["audio"], 3)[: 5 * d.sample_rate], d.sample_rate)
@@ -158,7 +158,7 @@ def test_reference_image_and_voice(model, clip, tmp_path):
 
 
 def test_inputs_are_fitted_with_a_notice(model, clip, tmp_path, caplog):
-    d = model[0].config.data
+    d = model[0].clip
     stereo = np.stack([clip["audio"], -clip["audio"]], axis=1)[:20000]
     write_wav(tmp_path / "in.wav", stereo, 22050)
     big = np.repeat(np.repeat(clip["video"], 3, axis=1), 2, axis=2)  # [F, 3H, 2W, 3]
@@ -186,7 +186,7 @@ def test_inputs_are_fitted_with_a_notice(model, clip, tmp_path, caplog):
 
 def test_impossible_inputs_name_the_file(model, clip, tmp_path):
     system, params = model
-    d = system.config.data
+    d = system.clip
     silent, garbage = tmp_path / "silent.mp4", tmp_path / "garbage.png"
     write_av(silent, clip["video"], d.fps)
     garbage.write_bytes(b"not an image")

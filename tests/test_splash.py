@@ -13,8 +13,7 @@ import pytest
 
 from configs import tiny  # noqa: E402
 from harmony_jax import plan  # noqa: E402
-from harmony_jax.codecs import interval_centres  # noqa: E402
-from harmony_jax.codecs.wan_vae import WanVAECodec  # noqa: E402
+from harmony_jax.codecs.wan22 import WanVAECodec  # noqa: E402
 from harmony_jax.model import attention as attention_lib  # noqa: E402
 from harmony_jax.model.attention import Attention, dot_product_attention  # noqa: E402
 from harmony_jax.model.interaction import band_mask  # noqa: E402
@@ -28,6 +27,7 @@ from harmony_jax.model.splash import (  # noqa: E402
 from harmony_jax.parallel.mesh import make_mesh  # noqa: E402
 from harmony_jax.parallel.sharding import axis_rules  # noqa: E402
 from harmony_jax.perf.train_step import random_batch  # noqa: E402
+from harmony_jax.timeline import interval_centres  # noqa: E402
 from harmony_jax.training.optim import make_optimizer  # noqa: E402
 from harmony_jax.training.step import create_train_state, make_train_step  # noqa: E402
 

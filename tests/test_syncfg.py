@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from harmony_jax.diffusion import flow
-from harmony_jax.diffusion.syncfg import sample
+from harmony_jax.diffusion.sampler import sample
 from harmony_jax.model.conditioning import Conditioning
 
 B, TV, H, W, CV, TA, CA = 2, 3, 2, 2, 2, 5, 3

@@ -11,13 +11,12 @@ from collections.abc import Callable
 
 import ml_collections
 
-from harmony_jax.codecs.base import AudioCodec, TextEncoder, VideoCodec, interval_centres
+from harmony_jax.codecs.base import AudioCodec, TextEncoder, VideoCodec
 
 __all__ = [
     "AudioCodec",
     "TextEncoder",
     "VideoCodec",
-    "interval_centres",
     "make_audio_codec",
     "make_text_encoder",
     "make_video_codec",
@@ -64,13 +63,13 @@ def _demo_text(config: ml_collections.ConfigDict) -> TextEncoder:
 
 
 def _wan22(config: ml_collections.ConfigDict) -> VideoCodec:
-    from harmony_jax.codecs.wan_vae import WanVAECodec
+    from harmony_jax.codecs.wan22 import WanVAECodec
 
     return WanVAECodec(path=config.codecs.video.path, fps=float(config.data.fps))
 
 
 def _umt5(config: ml_collections.ConfigDict) -> TextEncoder:
-    from harmony_jax.codecs.umt5 import UMT5TextEncoder
+    from harmony_jax.codecs.umt5_text import UMT5TextEncoder
 
     return UMT5TextEncoder(path=config.codecs.text.path, max_len=int(config.codecs.text.max_len))
 

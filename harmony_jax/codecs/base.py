@@ -4,7 +4,7 @@ Every codec states its latent rate and the time of each latent frame, so the mod
 hard-codes frame rates; both branches turn `frame_times` into RoPE positions in one unit.
 Convention: a latent frame's time is the instant its content stands for: a video frame's
 capture (= presentation) time, i / fps for the pixel codec; an analysis window's centre for
-framed audio, (i + 0.5) / latent_rate for the mel codec (see `interval_centres`).
+framed audio, (i + 0.5) / latent_rate for the mel codec (`timeline.interval_centres`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,6 @@ from typing import Protocol, runtime_checkable
 import flax.linen as nn
 import jax
 import numpy as np
-
-
-def interval_centres(num_latent_frames: int, latent_rate: float) -> np.ndarray:
-    """Seconds at the centre of latent frames that tile time at `latent_rate` from t = 0."""
-    return (np.arange(num_latent_frames, dtype=np.float64) + 0.5) / latent_rate  # [T]
 
 
 @runtime_checkable

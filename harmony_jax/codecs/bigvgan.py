@@ -6,7 +6,7 @@ AMP blocks (dilated convs between anti-aliased Snake / SnakeBeta activations), t
 anti-aliased activation, conv_post and tanh (or a clamp, BigVGAN-v2's `use_tanh_at_final=False`).
 The anti-aliasing (`Activation1d`) upsamples x2 with a Kaiser-windowed sinc filter, applies the
 activation and low-passes back down x2 (alias-free-torch, as the package does without its CUDA
-kernel). Weight norm is folded into plain kernels at import (`convert.bigvgan`), so every conv here
+kernel). Weight norm is folded into plain kernels at import (`bigvgan_weights`), so every conv here
 is an ordinary one. Layout is channels-last; parameter names are the package's module names
 ('resblocks_3/convs1_0' is 'resblocks.3.convs1.0'; 'ups_1' is 'ups.1.0').
 """

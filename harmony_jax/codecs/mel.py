@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import librosa
 import numpy as np
 
-from harmony_jax.codecs.base import interval_centres
+from harmony_jax.timeline import interval_centres
 
 LOG_MEL_FLOOR = 1e-5
 LOG_MEL_MEAN = -3.0

@@ -30,10 +30,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from harmony_jax.codecs.base import interval_centres
 from harmony_jax.codecs.bigvgan import BIGVGAN_V2_44K, BigVGAN, BigVGANConfig
 from harmony_jax.codecs.mel import mel_filters, stft_power
 from harmony_jax.codecs.mmaudio_vae import MMAudioVAE, VAEConfig
+from harmony_jax.timeline import interval_centres
 
 MEL_FLOOR = 1e-5
 
@@ -148,7 +148,7 @@ class MMAudioCodec:
     @functools.cached_property
     def vae_weights(self) -> tuple[Any, jax.Array, jax.Array]:
         """(params, data_mean [n_mels], data_std [n_mels]), read from `path` on first use."""
-        from harmony_jax.convert.mmaudio_vae import load_vae
+        from harmony_jax.codecs.mmaudio_vae_weights import load_vae
 
         with jax.ensure_compile_time_eval():  # first use may be inside a trace
             return jax.tree.map(jnp.asarray, load_vae(self.path, self.variant.vae))
@@ -156,7 +156,7 @@ class MMAudioCodec:
     @functools.cached_property
     def vocoder_weights(self) -> Any:
         """BigVGAN params, read from `vocoder_path` on first use."""
-        from harmony_jax.convert.bigvgan import load_bigvgan
+        from harmony_jax.codecs.bigvgan_weights import load_bigvgan
 
         with jax.ensure_compile_time_eval():
             return jax.tree.map(jnp.asarray, load_bigvgan(self.vocoder_path, self.variant.vocoder))

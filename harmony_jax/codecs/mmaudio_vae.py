@@ -5,7 +5,7 @@ moments / latents at half the mel frame rate [B, T // 2, embed_dim].
 Magnitude preservation (EDM2): activations are SiLU / 0.596, residual sums are
 `mp_sum` (lerp at t = 0.3 rescaled to unit gain), ResNet inputs and attention q / k / v are
 pixel-normalised over channels. MMAudio's `MPConv1D` normalises its weights on
-`remove_weight_norm()` before inference; that is done once at import (`convert.mmaudio_vae`),
+`remove_weight_norm()` before inference; that is done once at import (`mmaudio_vae_weights`),
 so every conv here is a plain bias-free conv. The final convs keep MMAudio's scalar
 `learnable_gain` (weight x (1 + gain)). Parameter names are MMAudio's module names
 ('encoder/down_0/block_1/conv1' is 'encoder.down.0.block.1.conv1'). Channels-last, float32.

@@ -1,5 +1,5 @@
-"""The Wan2.2 VAE (diffusers `AutoencoderKLWan`, TI2V-5B's 48-channel residual variant) in linen,
-and the video codec built on it.
+"""The Wan2.2 VAE (diffusers `AutoencoderKLWan`, TI2V-5B's 48-channel residual variant) in linen.
+The video codec built on it is `codecs/wan22.py`.
 
 Streaming. Wan encodes a clip of 1 + 4k frames as a first frame alone, then chunks of 4 frames;
 it decodes one latent frame at a time. Each causal temporal convolution prepends the last frames
@@ -13,22 +13,18 @@ convolves nor doubles it, and the decoder's shortcut keeps its last frame only.
 
 Layout. Video is [B, F, H, W, C] (channels last); parameter names follow diffusers' module names
 ('encoder/down_blocks_0/resnets_1/conv1/kernel' is 'encoder.down_blocks.0.resnets.1.conv1.weight')
-so `convert.wan_vae` maps them mechanically. Everything runs in float32.
+so `codecs.wan_vae_weights` maps them mechanically. Everything runs in float32.
 
-Time. Latent 0 is frame 0 (t = 0); latent k >= 1 covers frames 4k-3 .. 4k and stands at their
-mean capture time, (4k - 1.5) / fps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 Array = jax.Array
 
@@ -375,83 +371,3 @@ def decode_video(model: WanVAE, params, z: Array) -> Array:
     rest = jnp.swapaxes(z[:, 1:], 0, 1)[:, :, None]  # [k, B, 1, h, w, z]
     x = _stream(model, params, WanVAE.decode_chunk, z[:, :1], rest)
     return jnp.clip(unpatchify(x, model.config.patch_size), -1.0, 1.0)
-
-
-# ---- the codec
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: jit keys on it
-class WanVAECodec:
-    """Pixels in [-1, 1] <-> normalised Wan2.2 VAE latents ((mean - latents_mean) / latents_std,
-    as Wan's pipelines feed the DiT). Weights are read from `path` on the first encode/decode:
-    a diffusers `vae/` folder (or its pipeline root), the original `Wan2.2_VAE.pth`, or the
-    orbax checkpoint of `python -m harmony_jax.convert wan-vae`."""
-
-    path: str
-    fps: float
-    config: WanVAEConfig = WanVAEConfig()
-
-    @property
-    def latent_channels(self) -> int:
-        return self.config.z_dim
-
-    @property
-    def latent_rate(self) -> float:
-        return self.fps / self.config.temporal_stride
-
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-        st, ss = self.config.temporal_stride, self.config.spatial_stride
-        if num_frames < 1 or (num_frames - 1) % st or height % ss or width % ss:
-            raise ValueError(
-                f"the Wan2.2 VAE encodes 1 + {st}k frames of multiples of {ss} "
-                f"pixels (config.data), got {num_frames} frames of {height}x{width}"
-            )
-        return 1 + (num_frames - 1) // st, height // ss, width // ss
-
-    def frame_times(self, num_latent_frames: int) -> np.ndarray:
-        st = self.config.temporal_stride
-        later = (st * np.arange(1, num_latent_frames) - (st - 1) / 2) / self.fps
-        return np.concatenate([[0.0], later])  # [Tv]
-
-    @functools.cached_property
-    def model(self) -> WanVAE:
-        return WanVAE(self.config)
-
-    @functools.cached_property
-    def weights(self) -> tuple[dict, Array, Array]:
-        """(params, latents_mean [z], latents_std [z]), read from `path` on first use."""
-        from harmony_jax.convert.wan_vae import load_vae
-
-        # First use may be inside a trace (jit, eval_shape): load and place concrete arrays.
-        with jax.ensure_compile_time_eval():
-            return jax.tree.map(jnp.asarray, load_vae(self.path, self.config))
-
-    @functools.cached_property
-    def _encode(self):
-        def encode(weights, video):
-            params, mean, std = weights
-            return (encode_video(self.model, params, video) - mean) / std
-
-        return jax.jit(encode)
-
-    @functools.cached_property
-    def _decode(self):
-        def decode(weights, latents):
-            params, mean, std = weights
-            return decode_video(self.model, params, latents * std + mean)
-
-        return jax.jit(decode)
-
-    def encode(self, video: Array) -> Array:
-        if video.ndim != 5 or video.shape[-1] != 3:
-            raise ValueError(f"WanVAECodec.encode wants video [B, F, H, W, 3], got {video.shape}")
-        self.latent_shape(*video.shape[1:4])  # raises on a clip the VAE cannot stream
-        return jax.lax.stop_gradient(self._encode(self.weights, video))  # [B, Tv, h, w, z]
-
-    def decode(self, latents: Array) -> np.ndarray:
-        if latents.ndim != 5 or latents.shape[-1] != self.latent_channels:
-            raise ValueError(
-                f"WanVAECodec.decode wants latents [B, Tv, h, w, "
-                f"{self.latent_channels}], got {latents.shape}"
-            )
-        return np.asarray(self._decode(self.weights, latents), np.float32)  # [B, F, H, W, 3]

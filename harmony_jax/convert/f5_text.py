@@ -31,10 +31,10 @@ from flax import linen as nn
 from flax import traverse_util
 
 from harmony_jax.codecs.text import parse_vocab, read_vocab
-from harmony_jax.convert import state_dict as sd
-from harmony_jax.convert import store, upstream
 from harmony_jax.model.config import TranscriptConfig
 from harmony_jax.model.transcript import TranscriptEncoder
+from harmony_jax.weights import state_dict as sd
+from harmony_jax.weights import store, upstream
 
 PREFIXES = ("ema_model.transformer.text_embed.", "transformer.text_embed.")
 VOCAB_FILE = "vocab.txt"

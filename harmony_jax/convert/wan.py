@@ -26,10 +26,10 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from harmony_jax.convert import state_dict as sd
-from harmony_jax.convert import store, upstream
 from harmony_jax.model import HarmonyDiT, ModelConfig
 from harmony_jax.model.inputs import example_inputs
+from harmony_jax.weights import state_dict as sd
+from harmony_jax.weights import store, upstream
 
 Params = Any
 LAYOUTS = ("diffusers", "original")

@@ -31,26 +31,30 @@ SOURCES = ("sounding_shapes", "clip_folder", "latents")
 READ_THREADS = 2  # per process: overlap decoding (ffmpeg, numpy: mostly GIL-free) with training
 
 
+def clip_shape(data: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The clip geometry every source reads at, from `config.data`."""
+    keys = ("fps", "num_frames", "height", "width", "sample_rate")
+    return {k: data[k] for k in keys}
+
+
+def clip_folder(root: str, data: ml_collections.ConfigDict):
+    """The folder of clips `root` read at `config.data`'s geometry (and its skip_bad_files)."""
+    from harmony_jax.data.clip_folder import ClipFolder
+
+    return ClipFolder(root, skip_bad_files=data.skip_bad_files, **clip_shape(data))
+
+
 def make_source(config: ml_collections.ConfigDict):
     """The grain random-access source named by `config.data.source`."""
     d = config.data
-    shape = dict(
-        fps=d.fps,
-        num_frames=d.num_frames,
-        height=d.height,
-        width=d.width,
-        sample_rate=d.sample_rate,
-    )
     if d.source == "sounding_shapes":
         from harmony_jax.data.sounding_shapes import SoundingShapes
 
-        return SoundingShapes(num_clips=d.num_clips, seed=config.seed, **shape)
+        return SoundingShapes(num_clips=d.num_clips, seed=config.seed, **clip_shape(d))
     if d.source == "clip_folder":
-        from harmony_jax.data.clip_folder import ClipFolder
-
         if not d.root:
             raise ConfigError("config.data.source='clip_folder' needs config.data.root")
-        return ClipFolder(d.root, skip_bad_files=d.skip_bad_files, **shape)
+        return clip_folder(d.root, d)
     if d.source == "latents":  # `python -m harmony_jax.encode` output; checked against config
         from harmony_jax.data.latent_records import open_latent_records
 

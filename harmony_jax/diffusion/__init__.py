@@ -1,6 +1,7 @@
-"""Diffusion maths: the rectified flow (`flow`), the Cross-Task-Synergy training loss (`cts`) and
-the SyncCFG sampler (`syncfg`). All functions take the denoiser contract of
-`harmony_jax.model.conditioning` as a plain callable, so they test with stubs and run under jit."""
+"""Diffusion maths: the rectified flow (`flow`), the Cross-Task-Synergy training loss (`cts`),
+SyncCFG guidance (`syncfg`) and the ODE sampler that applies it (`sampler`). All functions take
+the denoiser contract of `harmony_jax.model.conditioning` as a plain callable, so they test with
+stubs and run under jit."""
 
 from harmony_jax.diffusion.cts import cts_loss, task_sizes
 from harmony_jax.diffusion.flow import (
@@ -11,7 +12,7 @@ from harmony_jax.diffusion.flow import (
     timestep,
     velocity_target,
 )
-from harmony_jax.diffusion.syncfg import sample
+from harmony_jax.diffusion.sampler import sample
 
 __all__ = [
     "add_noise",

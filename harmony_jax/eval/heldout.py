@@ -45,11 +45,10 @@ def evaluate_sync(
     (chance level), plus ground truth and shuffled ground truth when `with_truth`. Clips are
     written to `out_dir` when given. The prompts come from the world seeded `world_seed`
     (default: the run's seed + EVAL_SEED_OFFSET). `sample_overrides` (guidance, s_v, s_a,
-    cfg_scale, steps, solver) override `config.sample`.
+    cfg_scale, steps, solver) override the run's (`system.sampler`).
     """
-    config = system.config
-    d = config.data
-    seed = config.seed + EVAL_SEED_OFFSET if world_seed is None else world_seed
+    d, run = system.clip, system.sampler
+    seed = run.seed + EVAL_SEED_OFFSET if world_seed is None else world_seed
     world = SoundingShapes(
         num_clips, d.fps, d.num_frames, d.height, d.width, d.sample_rate, seed=seed
     )
@@ -59,7 +58,7 @@ def evaluate_sync(
     batch = generation.prompt_batch(
         system, [c["video_caption"] for c in clips], [c["audio_caption"] for c in clips]
     )
-    rng = jax.random.key(config.seed)
+    rng = jax.random.key(run.seed)
     shuffle = lambda x: np.roll(x, 1, axis=0)  # pair each clip with another clip's audio
     rows = {}
     if with_truth:
@@ -67,7 +66,7 @@ def evaluate_sync(
         rows["ground truth, shuffled"] = _metrics(truth_v, shuffle(truth_a), d.fps, d.sample_rate)
     # A model trained on reference first frames (TI2V, `cts.ref_image_prob` > 0) is evaluated
     # with the clip's first frame as the reference, as the paper always samples.
-    ref = {"ref_image": truth_v[:, 0]} if config.cts.ref_image_prob > 0 else {}
+    ref = {"ref_image": truth_v[:, 0]} if run.ref_image else {}
     givens = {"t2av": ref, "a2v": {"given_audio": truth_a, **ref}, "v2a": {"given_video": truth_v}}
     for mode in modes:
         start = time.time()

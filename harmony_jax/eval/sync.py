@@ -356,13 +356,14 @@ def sync_table(rows: dict[str, list[dict[str, float]]]) -> str:
     lines = [header, "-" * len(header)]
     for name, clips in rows.items():
         f1, offset, av = (
-            _nan_mean([c[key] for c in clips])
+            nan_mean([c[key] for c in clips])
             for key in ("event_f1", "mean_abs_offset_ms", "av_offset_ms")
         )
         lines.append(f"{name:<24} {f1:>9.3f} {offset:>12.1f} {av:>13.1f} {len(clips):>6d}")
     return "\n".join(lines)
 
 
-def _nan_mean(values: list[float]) -> float:
+def nan_mean(values: list[float]) -> float:
+    """The mean of the finite values; nan when none is (no warning, unlike `np.nanmean`)."""
     values = np.asarray(values, np.float64)
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")

@@ -16,10 +16,14 @@ from einops import rearrange
 from harmony_jax.model.blocks import DiTBlock, Head, TimeEmbedding
 from harmony_jax.model.conditioning import Conditioning
 from harmony_jax.model.config import ModelConfig
-from harmony_jax.model.interaction import CrossModalGeometry, Interaction, cross_modal_geometry
+from harmony_jax.model.global_interaction import GlobalInteraction
+from harmony_jax.model.interaction import GLDI, CrossModalGeometry, cross_modal_geometry
 from harmony_jax.model.layers import MLP, dense, gelu_tanh
 from harmony_jax.model.rope import sequence_angles, video_grid_angles
 from harmony_jax.model.transcript import TranscriptEncoder
+
+# model.interaction.mode -> the module after each block pair: GLDI, or the Ovi-like baseline
+_INTERACTIONS = {"gldi": GLDI, "global": GlobalInteraction}
 
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -66,7 +70,8 @@ class JointLayer(nn.Module):
         x_a = DiTBlock(cfg.audio.dim, cfg.audio.heads, cfg.audio.ffn_dim, name="audio_block", **kw)(
             x_a, inputs.mod_a, inputs.ctx_a, inputs.ctx_a_mask, inputs.angles_a
         )
-        x_v, x_a = Interaction(cfg, self.num_ref, name="interaction")(x_v, x_a, inputs.geo)
+        interaction = _INTERACTIONS[cfg.interaction.mode]
+        x_v, x_a = interaction(cfg, self.num_ref, name="interaction")(x_v, x_a, inputs.geo)
         return (x_v, x_a), None
 
 

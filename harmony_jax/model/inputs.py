@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from harmony_jax.codecs.base import interval_centres
 from harmony_jax.model.conditioning import Conditioning
 from harmony_jax.model.config import ModelConfig
+from harmony_jax.timeline import interval_centres
 
 
 def example_inputs(

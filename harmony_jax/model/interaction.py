@@ -4,7 +4,8 @@ Local: A2V (video queries, audio keys) and V2A (audio queries, video keys) cross
 restricted to a temporal band |time_q - time_k| <= window, with 1D RoPE on one common time axis.
 Global: reference-audio tokens attend to all video tokens (style), so the next audio
 self-attention sees their updated state (paper eq. 7). Every output projection starts at zero.
-`mode='global'` replaces all of it with one unmasked bidirectional cross-attention (Ovi-like).
+The Ovi-like baseline (`mode='global'`, unmasked A2V / V2A and no reference path) is
+`model/global_interaction.py`; `model/dit.py` picks one of the two once, by mode.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from harmony_jax.model.splash import BandKernel, SplashBlocks, band_kernel, bloc
 class CrossModalGeometry:
     """Per-call, layer-independent tensors of the interaction (computed once, broadcast in scan)."""
 
-    video_angles: jax.Array  # [B, Lv, Hd_v/2] rotary angles of video tokens on the common axis
-    audio_angles: jax.Array  # [B, Ta, Hd_a/2] same for the (noisy) audio tokens, video head dim
-    audio_angles_a: jax.Array  # [B, Ta, Hd_a/2] audio tokens, audio head dim
-    video_angles_a: jax.Array  # [B, Lv, Hd_a/2] video tokens, audio head dim
-    a2v_mask: jax.Array | None  # [B, 1, Lv, Ta] bool, None = unmasked
+    # Rotary angles on the common time axis, named by the attention they feed (A2V: video
+    # queries at the video head dim; V2A: audio queries at the audio head dim).
+    a2v_q: jax.Array  # [B, Lv, Hd_v/2] video tokens
+    a2v_k: jax.Array  # [B, Ta, Hd_v/2] (noisy) audio tokens
+    v2a_q: jax.Array  # [B, Ta, Hd_a/2] audio tokens
+    v2a_k: jax.Array  # [B, Lv, Hd_a/2] video tokens
+    a2v_mask: jax.Array | None  # [B, 1, Lv, Ta] bool band, None = unmasked (mode 'global')
     v2a_mask: jax.Array | None  # [B, 1, Ta, Lv] bool
     # the two bands as the splash kernel's block maps (`model.attention` splash only)
     a2v_splash: BandKernel | None = None
@@ -74,10 +77,10 @@ def cross_modal_geometry(
             a2v_splash = band_kernel(a2v, block_sizes(cfg.splash, lv, audio_frames, band_axis="kv"))
             v2a_splash = band_kernel(v2a, block_sizes(cfg.splash, audio_frames, lv, band_axis="q"))
     return CrossModalGeometry(
-        video_angles=sequence_angles(v_pos_tokens, hd_v),
-        audio_angles=sequence_angles(a_pos, hd_v),
-        audio_angles_a=sequence_angles(a_pos, hd_a),
-        video_angles_a=sequence_angles(v_pos_tokens, hd_a),
+        a2v_q=sequence_angles(v_pos_tokens, hd_v),
+        a2v_k=sequence_angles(a_pos, hd_v),
+        v2a_q=sequence_angles(a_pos, hd_a),
+        v2a_k=sequence_angles(v_pos_tokens, hd_a),
         a2v_mask=a2v,
         v2a_mask=v2a,
         a2v_splash=a2v_splash,
@@ -123,8 +126,38 @@ class CrossModalAttention(nn.Module):
         return x + y.astype(x.dtype)
 
 
-class Interaction(nn.Module):
-    """One GLDI (or global-baseline) module, placed after each (video block, audio block) pair."""
+def cross_attention(cfg: ModelConfig, queries: str, name: str) -> CrossModalAttention:
+    """A cross-attention whose queries are the `queries` tower's tokens ('video' or 'audio')."""
+    tower = cfg.video if queries == "video" else cfg.audio
+    return CrossModalAttention(
+        tower.dim,
+        tower.heads,
+        eps=cfg.eps,
+        implementation=cfg.attention,
+        splash_blocks=cfg.splash,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        name=name,
+    )
+
+
+def cross_attend(
+    cfg: ModelConfig, x_v: jax.Array, audio: jax.Array, geo: CrossModalGeometry
+) -> tuple[jax.Array, jax.Array]:
+    """A2V (video reads audio) and V2A (audio reads video) on the common time axis, inside the
+    band of `geo` (none under mode 'global'). Called from a module's compact `__call__`, so the
+    two attentions are that module's 'a2v' and 'v2a'."""
+    a2v, v2a = cross_attention(cfg, "video", "a2v"), cross_attention(cfg, "audio", "v2a")
+    new_v = a2v(x_v, audio, q_angles=geo.a2v_q, k_angles=geo.a2v_k, mask=geo.a2v_mask,
+                splash_band=geo.a2v_splash)  # fmt: skip
+    new_a = v2a(audio, x_v, q_angles=geo.v2a_q, k_angles=geo.v2a_k, mask=geo.v2a_mask,
+                splash_band=geo.v2a_splash)  # fmt: skip
+    return new_v, new_a
+
+
+class GLDI(nn.Module):
+    """One Global-Local Decoupled Interaction, after each (video block, audio block) pair:
+    banded A2V / V2A (local), then the reference-audio tokens read the whole video (global)."""
 
     config: ModelConfig
     num_ref: int  # reference-audio tokens at the front of the audio sequence
@@ -133,33 +166,8 @@ class Interaction(nn.Module):
     def __call__(self, x_v: jax.Array, x_a: jax.Array, geo: CrossModalGeometry):
         # x_v [B, Lv, Dv]; x_a [B, Tr + Ta, Da]
         cfg = self.config
-        kw = dict(
-            eps=cfg.eps,
-            implementation=cfg.attention,
-            splash_blocks=cfg.splash,
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-        )
-        to_video = CrossModalAttention(cfg.video.dim, cfg.video.heads, name="a2v", **kw)
-        to_audio = CrossModalAttention(cfg.audio.dim, cfg.audio.heads, name="v2a", **kw)
         ref, audio = x_a[:, : self.num_ref], x_a[:, self.num_ref :]
-        new_v = to_video(
-            x_v,
-            audio,
-            q_angles=geo.video_angles,
-            k_angles=geo.audio_angles,
-            mask=geo.a2v_mask,
-            splash_band=geo.a2v_splash,
-        )
-        new_a = to_audio(
-            audio,
-            x_v,
-            q_angles=geo.audio_angles_a,
-            k_angles=geo.video_angles_a,
-            mask=geo.v2a_mask,
-            splash_band=geo.v2a_splash,
-        )
-        if cfg.interaction.mode == "gldi":
-            # Global style path: timbre tokens read the whole video, no band, no positions.
-            ref = CrossModalAttention(cfg.audio.dim, cfg.audio.heads, name="global", **kw)(ref, x_v)
+        new_v, new_a = cross_attend(cfg, x_v, audio, geo)
+        # Global style path: timbre tokens read the whole video, no band, no positions.
+        ref = cross_attention(cfg, "audio", "global")(ref, x_v)
         return new_v, jnp.concatenate([ref, new_a], axis=1)

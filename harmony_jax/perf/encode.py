@@ -18,7 +18,8 @@ import jax
 import ml_collections
 
 from harmony_jax import plan
-from harmony_jax.data.clip_folder import CAPTIONS_FILE, ClipFolder
+from harmony_jax.data.clip_folder import CAPTIONS_FILE
+from harmony_jax.data.pipeline import clip_folder, clip_shape
 from harmony_jax.data.sounding_shapes import SoundingShapes
 from harmony_jax.encode import BatchEncoder, encode_folder, load_item
 from harmony_jax.media import write_av
@@ -34,15 +35,7 @@ def write_clip_folder(config: ml_collections.ConfigDict, root: str, num_clips: i
     """`num_clips` sounding-shapes clips at `config.data`'s geometry as a clip folder (mp4 files
     and captions.jsonl): real files for the encoder to decode."""
     d = config.data
-    shapes = SoundingShapes(
-        num_clips=num_clips,
-        fps=d.fps,
-        num_frames=d.num_frames,
-        height=d.height,
-        width=d.width,
-        sample_rate=d.sample_rate,
-        seed=config.seed,
-    )
+    shapes = SoundingShapes(num_clips=num_clips, seed=config.seed, **clip_shape(d))
     os.makedirs(root, exist_ok=True)
     lines = []
     for i in range(num_clips):
@@ -91,15 +84,7 @@ def measure_encode(
     """Rows: reading the folder; the compiled codecs on one batch (median of `runs`); and
     `encode_folder(src, dst)` end to end (bfloat16 records, one compile)."""
     system = build_system(config)
-    d = config.data
-    folder = ClipFolder(
-        src,
-        fps=d.fps,
-        num_frames=d.num_frames,
-        height=d.height,
-        width=d.width,
-        sample_rate=d.sample_rate,
-    )
+    folder = clip_folder(src, config.data)
     start = time.perf_counter()
     items = [load_item(folder, system, i) for i in range(len(folder))]
     read = time.perf_counter() - start

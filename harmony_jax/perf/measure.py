@@ -15,8 +15,6 @@ import jax
 import jax.extend.core
 import jax.numpy as jnp
 
-GiB = 1024**3
-
 
 def median_seconds(fn: Callable[[], Any], steps: int, warmup: int) -> float:
     """Median wall time of `fn()` (blocked until its outputs are ready) after `warmup` calls."""
@@ -51,7 +49,7 @@ def peak_matmul(steps: int = 10) -> tuple[float, str]:
     matmul = jax.jit(jnp.matmul)
     seconds = median_seconds(lambda: matmul(a, b), steps, warmup=2)
     return (
-        2 * n** 3 / seconds,
+        2 * n**3 / seconds,
         f"{jnp.dtype(dtype).name} {n}x{n} matmul on {jax.devices()[0].device_kind}",
     )
 

@@ -1,5 +1,5 @@
 """SyncCFG sampling cost: one joint forward pass, the batched 3B call SyncCFG makes per step, and
-the whole jitted sampler (`diffusion.syncfg.sample`, Euler) per step and per clip.
+the whole jitted sampler (`diffusion.sampler.sample`, Euler) per step and per clip.
 
 SyncCFG runs the joint, audio-driven and video-driven passes as one call on 3B rows, so a step
 costs at least 3 joint passes where the device is busy at B rows; the ratio step / forward says
@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from harmony_jax import plan
-from harmony_jax.diffusion.syncfg import sample
+from harmony_jax.diffusion.sampler import sample
 from harmony_jax.model.attention import uses_splash
 from harmony_jax.model.conditioning import concat_conditionings
 from harmony_jax.perf.measure import format_table, interleaved_medians

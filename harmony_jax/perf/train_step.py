@@ -27,7 +27,6 @@ from harmony_jax.model.dit import num_params
 from harmony_jax.parallel.mesh import make_mesh
 from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
 from harmony_jax.perf.measure import (
-    GiB,
     compiled_bytes,
     error_note,
     format_table,
@@ -87,7 +86,7 @@ class StepRow:
         if self.step_seconds is None:
             return (self.remat, self.attention, self.dtype, *["-"] * 7, self.note)
         rate = lambda flops: flops / self.step_seconds
-        peak = "n/a" if self.peak_bytes is None else self.peak_bytes / GiB
+        peak = "n/a" if self.peak_bytes is None else self.peak_bytes / plan.GiB
         return (
             self.remat,
             self.attention,
@@ -96,7 +95,7 @@ class StepRow:
             rate(self.model_flops) / 1e12,
             100 * rate(self.model_flops) / peak_flops,
             100 * rate(self.executed_flops) / peak_flops,
-            self.compiled_bytes / GiB,
+            self.compiled_bytes / plan.GiB,
             peak,
             self.compile_seconds,
             self.note,

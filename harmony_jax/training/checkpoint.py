@@ -22,9 +22,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from harmony_jax.config_check import check_config
 from harmony_jax.config_diff import first_difference, without
 from harmony_jax.defaults import base_config
-from harmony_jax.errors import CheckpointError, DiskError, one_line
+from harmony_jax.errors import CheckpointError, ConfigError, DiskError, one_line
 
 T = TypeVar("T")
 DAMAGED_PREFIX = "damaged-"  # a step that cannot be read is moved to checkpoints/damaged-<step>
@@ -358,14 +359,19 @@ def read_config(path: str) -> tuple[ml_collections.ConfigDict, epath.Path | None
 
 def read_config_file(file: epath.Path) -> ml_collections.ConfigDict:
     """A saved run config merged onto today's defaults, so a key added since the run was saved
-    reads as its default and no reader needs a fallback; one that is no JSON (or holds a value
-    of another type than its key's) raises CheckpointError naming the file."""
+    reads as its default and no reader needs a fallback, and checked as a config given on the
+    command line is (`check_config`); one that is no JSON, holds a value of another type than
+    its key's or one the code no longer accepts raises CheckpointError naming the file."""
     try:
         saved = json.loads(file.read_text())
         config = base_config()
         config.update(saved)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{file}: damaged, not a JSON run config ({e})") from e
+    try:
+        check_config(config)
+    except ConfigError as e:
+        raise CheckpointError(f"{file}: {e}") from None
     return config
 
 

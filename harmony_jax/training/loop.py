@@ -77,11 +77,12 @@ def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
-def write_samples(system: System, params, step: int, workdir: str) -> list[str]:
+def write_samples(
+    system: System, config: ml_collections.ConfigDict, params, step: int, workdir: str
+) -> list[str]:
     """A few text-to-AV clips with the run's sampler settings, as DIR/samples/step_N[_i].mp4;
     a run trained on reference frames (`cts.ref_image_prob` > 0) starts them from the clips'
     first frames, as it will be sampled."""
-    config = system.config
     source = make_source(config)
     if config.data.source == "latents":  # captions from the manifest, frames decoded
         items = sample_items(
@@ -236,7 +237,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 if config.sample_every and (
                     done % config.sample_every == 0 or done == config.total_steps
                 ):
-                    paths = write_samples(system, state.sampling_params, done, workdir)
+                    paths = write_samples(system, config, state.sampling_params, done, workdir)
                     logging.info("samples: %s", paths)
     except jax.errors.JaxRuntimeError as e:  # on several processes: a peer is gone
         if jax.process_count() == 1:

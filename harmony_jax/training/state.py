@@ -3,7 +3,7 @@ arrays), `plan` (abstract: shapes and shardings only) and the train-step benchma
 
 Parameters are born on their shards (`parallel.sharding.sharded_init`), the optimizer is the
 run's (`training.optim`), and every copy of the parameters (EMA, Adam's moments) is laid out as
-the parameters are (`parallel.state`).
+the parameters are (`training.layout`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import optax
 from jax.sharding import Mesh
 
 from harmony_jax.parallel.sharding import logical_shardings, sharded_init
-from harmony_jax.parallel.state import sharded_train_state, train_state_shardings
 from harmony_jax.system import System
+from harmony_jax.training.layout import sharded_train_state, train_state_shardings
 from harmony_jax.training.optim import make_optimizer
 from harmony_jax.training.step import TrainState, create_train_state
 

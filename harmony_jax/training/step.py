@@ -69,7 +69,7 @@ def drop_captions(system: System, batch: Batch, rng: jax.Array, rate: float) -> 
 
 def reference_frames(system: System) -> int:
     """Latent frames of the reference voice (`data.ref_audio_seconds`; 0: none)."""
-    d = system.config.data
+    d = system.clip
     samples = int(round(float(d.ref_audio_seconds) * d.sample_rate))
     if not samples:
         return 0

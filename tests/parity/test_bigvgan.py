@@ -10,11 +10,12 @@ import jax
 import numpy as np
 import pytest
 
+from harmony_jax.codecs import bigvgan_weights
 from harmony_jax.codecs.bigvgan import BigVGAN
 from harmony_jax.convert import bigvgan as convert_bigvgan
-from harmony_jax.convert.state_dict import StateDictMismatchError
-from harmony_jax.convert.upstream import TorchTensor
 from harmony_jax.defaults import base_config
+from harmony_jax.weights.state_dict import StateDictMismatchError
+from harmony_jax.weights.upstream import TorchTensor
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("bigvgan")
@@ -85,8 +86,8 @@ def test_parity_through_the_release_layout(name, tmp_path):
     h = HPARAMS[name]
     model = _reference(h)
     folder = _release(model, h, tmp_path / "bigvgan")
-    config = convert_bigvgan.config_from_hparams(h)
-    params = convert_bigvgan.load_bigvgan(str(folder), config)
+    config = bigvgan_weights.config_from_hparams(h)
+    params = bigvgan_weights.load_bigvgan(str(folder), config)
     mel = _mel()
     with torch.no_grad():
         want = model(torch.from_numpy(mel.transpose(0, 2, 1))).numpy()[:, 0]  # [B, S]
@@ -101,7 +102,7 @@ def test_parity_through_the_release_layout(name, tmp_path):
 def test_every_weight_norm_form_reads_the_same():
     h = HPARAMS["v1_tanh"]
     model = _reference(h)
-    config = convert_bigvgan.config_from_hparams(h)
+    config = bigvgan_weights.config_from_hparams(h)
     state = model.state_dict()
     by_form = {"weight_g": state}
     by_form["parametrizations"] = {  # what torch's parametrize API (MMAudio's copy) stores
@@ -113,10 +114,10 @@ def test_every_weight_norm_form_reads_the_same():
     model.remove_weight_norm()
     by_form["plain"] = model.state_dict()
     read = {
-        form: convert_bigvgan.read_bigvgan({k: TorchTensor(v) for k, v in s.items()}, config)
+        form: bigvgan_weights.read_bigvgan({k: TorchTensor(v) for k, v in s.items()}, config)
         for form, s in by_form.items()
     }
-    assert convert_bigvgan.detect_form(by_form["plain"], "plain") == "plain"
+    assert bigvgan_weights.detect_form(by_form["plain"], "plain") == "plain"
     for form in ("parametrizations", "plain"):
         assert read[form].keys() == read["weight_g"].keys()
         for k, v in read[form].items():
@@ -127,11 +128,11 @@ def test_convert_cli_round_trip_and_mismatches(tmp_path):
     h = HPARAMS["v2_clamp"]
     model = _reference(h)
     folder = _release(model, h, tmp_path / "bigvgan")
-    config = convert_bigvgan.config_from_hparams(h)
+    config = bigvgan_weights.config_from_hparams(h)
     dst = tmp_path / "converted"
     convert_bigvgan.convert_checkpoint(str(folder), str(dst), base_config())
-    direct = convert_bigvgan.load_bigvgan(str(folder), config)
-    converted = convert_bigvgan.load_bigvgan(str(dst), config)
+    direct = bigvgan_weights.load_bigvgan(str(folder), config)
+    converted = bigvgan_weights.load_bigvgan(str(dst), config)
     jax.tree.map(np.testing.assert_array_equal, converted, direct)
 
     state = {k: TorchTensor(v) for k, v in model.state_dict().items()}
@@ -139,7 +140,7 @@ def test_convert_cli_round_trip_and_mismatches(tmp_path):
     state["resblocks.0.convs1.9.weight_v"] = state["conv_post.weight_v"]
     state["ups.1.0.weight_v"] = TorchTensor(torch.zeros(8, 4, 3))
     with pytest.raises(StateDictMismatchError) as e:
-        convert_bigvgan.read_bigvgan(state, config)
+        bigvgan_weights.read_bigvgan(state, config)
     for part in (
         "1 missing: conv_pre.weight_g",
         "1 unexpected: resblocks.0.convs1.9.weight_v",

@@ -17,10 +17,10 @@ import pytest
 
 from harmony_jax.codecs.text import FILLER_INDEX, encode_transcript_vocab, read_vocab
 from harmony_jax.convert import f5_text
-from harmony_jax.convert.state_dict import StateDictMismatchError
 from harmony_jax.defaults import base_config
 from harmony_jax.model.config import TranscriptConfig
 from harmony_jax.model.transcript import TranscriptEncoder
+from harmony_jax.weights.state_dict import StateDictMismatchError
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("f5_tts")

@@ -10,12 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from harmony_jax.codecs import make_text_encoder
-from harmony_jax.codecs.umt5 import PAD_ID, UMT5Config, UMT5TextEncoder, relative_buckets
+from harmony_jax.codecs import make_text_encoder, umt5_weights
+from harmony_jax.codecs.umt5 import PAD_ID, UMT5Config, relative_buckets
+from harmony_jax.codecs.umt5_text import UMT5TextEncoder
 from harmony_jax.convert import umt5 as convert_umt5
-from harmony_jax.convert.state_dict import StateDictMismatchError
 from harmony_jax.defaults import base_config
 from harmony_jax.system import System
+from harmony_jax.weights.state_dict import StateDictMismatchError
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -119,8 +120,11 @@ def test_transformers_layout_parity_with_padding(reference, pipeline_root):
     assert 2 < mask.sum(1).min() < mask.sum(1).max() < MAX_LEN  # two lengths, both padded
     # through the System, as training calls it: the frozen params are the encoder's own
     system = System(
-        config=None,
         model_config=None,
+        clip=None,
+        sampler=None,
+        prediction="velocity",
+        axis_rules=(),
         video_codec=None,
         audio_codec=None,
         text_encoder=encoder,
@@ -137,8 +141,8 @@ def test_transformers_layout_parity_with_padding(reference, pipeline_root):
 def test_original_layout_round_trip(reference, pipeline_root, tmp_path):
     """Wan's t5.py names, in a bfloat16 .pth beside google/umt5-xxl/spiece.model."""
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
-    ours = convert_umt5.read_umt5(state, TINY)
-    original = convert_umt5.export_umt5(ours, TINY, "original")
+    ours = umt5_weights.read_umt5(state, TINY)
+    original = umt5_weights.export_umt5(ours, TINY, "original")
     assert {
         "token_embedding.weight",
         "norm.weight",
@@ -154,13 +158,13 @@ def test_original_layout_round_trip(reference, pipeline_root, tmp_path):
     (tmp_path / "google" / "umt5-xxl" / "spiece.model").write_bytes(
         (pipeline_root / "tokenizer" / "spiece.model").read_bytes()
     )
-    back = convert_umt5.read_umt5(convert_umt5.read_upstream(file, TINY)[0], TINY)
+    back = umt5_weights.read_umt5(umt5_weights.read_upstream(file, TINY)[0], TINY)
     for k, v in ours.items():
         assert back[k].dtype == np.dtype("bfloat16"), k
         want = torch.from_numpy(v).to(torch.bfloat16).float().numpy()
         np.testing.assert_array_equal(back[k].astype(np.float32), want, err_msg=k)
-    assert convert_umt5.find_spiece(file) == tmp_path / "google" / "umt5-xxl" / "spiece.model"
-    transformers_back = convert_umt5.export_umt5(back, TINY, "transformers")
+    assert umt5_weights.find_spiece(file) == tmp_path / "google" / "umt5-xxl" / "spiece.model"
+    transformers_back = umt5_weights.export_umt5(back, TINY, "transformers")
     assert transformers_back.keys() | {"encoder.embed_tokens.weight"} == state.keys()
 
 
@@ -206,7 +210,7 @@ def test_mismatches_are_named(reference, pipeline_root):
         r"1\.DenseReluDense\.wo\.weight.*mis-shaped: encoder\.block\.0\.layer\.0\."
         r"SelfAttention\.q\.weight \(3, 3\) \(expected \(32, 32\)\)",
     ):
-        convert_umt5.read_umt5(state, TINY)
+        umt5_weights.read_umt5(state, TINY)
     with pytest.raises(ValueError, match=r"num_heads=4 \(expected 64\)"):  # config.json checked
         UMT5TextEncoder(str(pipeline_root), max_len=MAX_LEN).params
 
@@ -262,4 +266,4 @@ def test_published_umt5_xxl_layout():
         )
     want = {k: tuple(v.shape) for k, v in published.state_dict().items()}
     del want["encoder.embed_tokens.weight"]  # tied to shared.weight
-    assert convert_umt5.upstream_shapes(UMT5Config(), "transformers") == want
+    assert umt5_weights.upstream_shapes(UMT5Config(), "transformers") == want

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from configs import harmony_5b  # noqa: E402
-from harmony_jax.convert.state_dict import read_safetensors
 from harmony_jax.convert.wan import (
     abstract_dit,
     check_source_config,
@@ -28,6 +27,7 @@ from harmony_jax.model.config import (
     VideoTowerConfig,
 )
 from harmony_jax.model.inputs import example_inputs
+from harmony_jax.weights.state_dict import read_safetensors
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")

@@ -9,12 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from harmony_jax.codecs import make_video_codec
-from harmony_jax.codecs.wan_vae import WanVAECodec, WanVAEConfig
-from harmony_jax.convert import upstream
+from harmony_jax.codecs import make_video_codec, wan_vae_weights
+from harmony_jax.codecs.wan22 import WanVAECodec
+from harmony_jax.codecs.wan_vae import WanVAEConfig
 from harmony_jax.convert import wan_vae as convert_vae
-from harmony_jax.convert.state_dict import StateDictMismatchError, read_safetensors
 from harmony_jax.defaults import base_config
+from harmony_jax.weights import upstream
+from harmony_jax.weights.state_dict import StateDictMismatchError, read_safetensors
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -146,8 +147,8 @@ def diffusers_from_original(key: str) -> str:
 
 def test_original_layout_round_trip(reference, tmp_path):
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
-    ours = convert_vae.read_vae(state, TINY)
-    original = convert_vae.export_vae(ours, TINY, "original")
+    ours = wan_vae_weights.read_vae(state, TINY)
+    original = wan_vae_weights.export_vae(ours, TINY, "original")
     assert "encoder.downsamples.1.downsamples.1.time_conv.weight" in original  # Wan's Sequential
     assert "decoder.upsamples.0.upsamples.2.resample.1.weight" in original
     assert {diffusers_from_original(k): k for k in original}.keys() == state.keys()
@@ -156,13 +157,13 @@ def test_original_layout_round_trip(reference, tmp_path):
     torch.save({k: torch.from_numpy(v) for k, v in original.items()}, tmp_path / "vae.pth")
     save_file(original, str(tmp_path / "vae.safetensors"))
     for state in (upstream.read_pth(tmp_path / "vae.pth"), read_safetensors(tmp_path)):
-        back = convert_vae.read_vae(state, TINY, source="original")
+        back = wan_vae_weights.read_vae(state, TINY, source="original")
         assert back.keys() == ours.keys()
         for k, v in back.items():
             np.testing.assert_array_equal(v, ours[k], err_msg=k)
     # no config.json beside it: Wan2.2's latent statistics, which are for 48 channels
     with pytest.raises(ValueError, match="not z_dim=8"):
-        convert_vae.read_upstream(tmp_path / "vae.pth", TINY)
+        wan_vae_weights.read_upstream(tmp_path / "vae.pth", TINY)
 
 
 def test_convert_round_trip(pipeline_root, tmp_path):
@@ -191,7 +192,7 @@ def test_mismatches_are_named(reference, pipeline_root):
         r"upsampler\.time_conv\.bias.*mis-shaped: encoder\.mid_block\.attentions"
         r"\.0\.norm\.gamma \(32, 1, 1, 1\) \(expected \(32, 1, 1\)\)",
     ):
-        convert_vae.read_vae(state, TINY)
+        wan_vae_weights.read_vae(state, TINY)
     with pytest.raises(ValueError, match=r"base_dim=8 \(expected 160\)"):  # config.json checked
         WanVAECodec(str(pipeline_root), fps=8.0).weights
 
@@ -227,6 +228,6 @@ def test_published_vae_layout():
             scale_factor_spatial=16,
         )
     want = {k: tuple(v.shape) for k, v in published.state_dict().items()}
-    assert convert_vae.upstream_shapes(WanVAEConfig(), "diffusers") == want
-    original = convert_vae.upstream_shapes(WanVAEConfig(), "original")
+    assert wan_vae_weights.upstream_shapes(WanVAEConfig(), "diffusers") == want
+    original = wan_vae_weights.upstream_shapes(WanVAEConfig(), "original")
     assert {diffusers_from_original(k): s for k, s in original.items()} == want
