@@ -22,6 +22,7 @@ from harmony_jax.diffusion.syncfg import GUIDANCES, SOLVERS
 from harmony_jax.errors import ConfigError
 from harmony_jax.model.attention import IMPLEMENTATIONS
 from harmony_jax.model.config import INTERACTIONS, REMAT_POLICIES
+from harmony_jax.model.position import POS_EMBEDS
 from harmony_jax.parallel.mesh import dcn_shape, resolve_mesh_shape
 from harmony_jax.training.optim import ON_NONFINITE, SCHEDULES
 
@@ -32,6 +33,7 @@ _CHOICES = {
     "model.remat": REMAT_POLICIES,
     "model.attention": IMPLEMENTATIONS,
     "model.interaction.mode": INTERACTIONS,
+    "model.video.pos_embed": POS_EMBEDS,
     "model.dtype": DTYPES,
     "model.param_dtype": DTYPES,
     "data.source": SOURCES,

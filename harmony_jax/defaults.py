@@ -31,9 +31,20 @@ def base_config() -> ml_collections.ConfigDict:
     m.eps = 1e-6
     # text_pad_to: 0 masks padded caption tokens out of the video tower's text cross-attention;
     # 512 is Wan2.2's padding (real-token states zero-padded to 512, all attended), which an
-    # imported Wan tower (init.video_from) needs to compute what it does upstream
+    # imported Wan tower (init.video_from) needs to compute what it does upstream.
+    # pos_embed: absolute position added to the video tokens, 'none' (Wan: relative RoPE only,
+    # an imported tower needs it) | 'sincos' (fixed) | 'learned'; without one the tower cannot
+    # tell a wall from the middle of the frame (model/position.py)
     m.video = ml_collections.ConfigDict(
-        dict(dim=32, heads=2, ffn_dim=64, in_channels=3, patch=(1, 2, 2), text_pad_to=0)
+        dict(
+            dim=32,
+            heads=2,
+            ffn_dim=64,
+            in_channels=3,
+            patch=(1, 2, 2),
+            text_pad_to=0,
+            pos_embed="none",
+        )
     )
     m.audio = ml_collections.ConfigDict(dict(dim=32, heads=2, ffn_dim=64, in_channels=16))
     m.transcript = ml_collections.ConfigDict(

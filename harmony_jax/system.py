@@ -186,6 +186,12 @@ def build_system(config: ml_collections.ConfigDict) -> System:
             f"read its output as clean latents (use 'velocity')"
         )
     m = config.model
+    if config.init.video_from and m.video.pos_embed != "none":
+        raise ValueError(
+            f"config.init.video_from={config.init.video_from} imports a Wan2.2 tower, which has "
+            f"no absolute position embedding; config.model.video.pos_embed="
+            f"{m.video.pos_embed!r} would add one (use 'none')"
+        )
     pad_to = m.video.text_pad_to
     if config.init.video_from and not pad_to:
         raise ValueError(
