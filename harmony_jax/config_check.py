@@ -17,7 +17,7 @@ import ml_collections
 from harmony_jax.codecs import NAMES as CODEC_NAMES
 from harmony_jax.data.pipeline import SOURCES
 from harmony_jax.diffusion.cts import MODES as CTS_MODES
-from harmony_jax.diffusion.flow import PREDICTIONS
+from harmony_jax.diffusion.flow import LOSSES, PREDICTIONS, SIGMA_SAMPLINGS
 from harmony_jax.diffusion.syncfg import GUIDANCES, SOLVERS
 from harmony_jax.errors import ConfigError
 from harmony_jax.model.attention import IMPLEMENTATIONS
@@ -41,6 +41,8 @@ _CHOICES = {
     "codecs.audio.name": CODEC_NAMES["audio"],
     "codecs.text.name": CODEC_NAMES["text"],
     "flow.prediction": PREDICTIONS,
+    "flow.sigma_sampling": SIGMA_SAMPLINGS,
+    "flow.loss": LOSSES,
     "cts.mode": CTS_MODES,
     "sample.guidance": GUIDANCES,
     "sample.solver": SOLVERS,

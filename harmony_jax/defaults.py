@@ -116,7 +116,12 @@ def base_config() -> ml_collections.ConfigDict:
     # ---- flow matching + Cross-Task Synergy
     # prediction: what the network outputs, 'velocity' (Wan: an imported tower needs it) or
     # 'x0' (clean latents, turned into velocity: a small pixel model need not copy the noise)
-    c.flow = ml_collections.ConfigDict(dict(shift=5.0, prediction="velocity"))
+    # sigma_sampling: 'uniform' (Wan) or 'logit_normal' (SD3: mostly mid noise), then `shift`;
+    # loss: the MSE of the 'velocity' (Wan) or of the 'x0' it implies (sigma^2 x the velocity's,
+    # so near-clean frames do not dominate)
+    c.flow = ml_collections.ConfigDict(
+        dict(shift=5.0, prediction="velocity", sigma_sampling="uniform", loss="velocity")
+    )
     c.cts = ml_collections.ConfigDict(
         dict(
             mode="split",  # 'split' | 'all' | 'joint_only'
