@@ -133,6 +133,9 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         top = math.inf if key == "data.ref_audio_seconds" else 1.0
         if value is not _MISSING and not (_is_number(value) and 0 <= value <= top):
             _fail(key, value, "expected a number >= 0" + ("" if top == math.inf else " and <= 1"))
+    radius = _get(config, "data.ball_radius")  # two balls side by side, with room to move
+    if radius is not _MISSING and not (_is_number(radius) and 0 < radius < 0.25):
+        _fail("data.ball_radius", radius, "expected a number > 0 and < 0.25 (of the short side)")
     ema = _get(config, "optim.ema_decay")
     if ema is not _MISSING and not (_is_number(ema) and 0 <= ema < 1):
         _fail("optim.ema_decay", ema, "expected a number >= 0 and < 1 (0: no EMA)")

@@ -108,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.width = 32
     d.sample_rate = 16000
     d.num_clips = 4096  # sounding shapes: size of the (deterministic) world
+    d.ball_radius = 0.1  # sounding shapes: ball radius / the frame's short side
     d.root = ""  # clip folder: directory holding the mp4 files and captions.jsonl
     d.skip_bad_files = False
     d.num_workers = 0

@@ -44,7 +44,9 @@ def make_source(config: ml_collections.ConfigDict):
     if d.source == "sounding_shapes":
         from harmony_jax.data.sounding_shapes import SoundingShapes
 
-        return SoundingShapes(num_clips=d.num_clips, seed=config.seed, **shape)
+        return SoundingShapes(
+            num_clips=d.num_clips, seed=config.seed, radius_fraction=d.ball_radius, **shape
+        )
     if d.source == "clip_folder":
         from harmony_jax.data.clip_folder import ClipFolder
 

@@ -53,7 +53,14 @@ def evaluate_sync(
     d = config.data
     seed = config.seed + EVAL_SEED_OFFSET if world_seed is None else world_seed
     world = SoundingShapes(
-        num_clips, d.fps, d.num_frames, d.height, d.width, d.sample_rate, seed=seed
+        num_clips,
+        d.fps,
+        d.num_frames,
+        d.height,
+        d.width,
+        d.sample_rate,
+        seed=seed,
+        radius_fraction=d.ball_radius,
     )
     clips = [world[i] for i in range(num_clips)]
     truth_v = np.stack([c["video"] for c in clips])  # [N, F, H, W, 3]

@@ -42,6 +42,7 @@ def write_clip_folder(config: ml_collections.ConfigDict, root: str, num_clips: i
         width=d.width,
         sample_rate=d.sample_rate,
         seed=config.seed,
+        radius_fraction=d.ball_radius,
     )
     os.makedirs(root, exist_ok=True)
     lines = []
