@@ -17,12 +17,13 @@ import ml_collections
 from harmony_jax.codecs import NAMES as CODEC_NAMES
 from harmony_jax.data.pipeline import SOURCES
 from harmony_jax.diffusion.cts import MODES as CTS_MODES
-from harmony_jax.diffusion.flow import PREDICTIONS
+from harmony_jax.diffusion.flow import LOSSES, PREDICTIONS, SIGMA_SAMPLINGS
 from harmony_jax.diffusion.sampler import SOLVERS
 from harmony_jax.diffusion.syncfg import GUIDANCES
 from harmony_jax.errors import ConfigError
 from harmony_jax.model.attention import IMPLEMENTATIONS
 from harmony_jax.model.config import INTERACTIONS, REMAT_POLICIES
+from harmony_jax.model.position import POS_EMBEDS
 from harmony_jax.parallel.mesh import dcn_shape, resolve_mesh_shape
 from harmony_jax.training.optim import ON_NONFINITE, SCHEDULES
 
@@ -33,6 +34,7 @@ _CHOICES = {
     "model.remat": REMAT_POLICIES,
     "model.attention": IMPLEMENTATIONS,
     "model.interaction.mode": INTERACTIONS,
+    "model.video.pos_embed": POS_EMBEDS,
     "model.dtype": DTYPES,
     "model.param_dtype": DTYPES,
     "data.source": SOURCES,
@@ -40,6 +42,8 @@ _CHOICES = {
     "codecs.audio.name": CODEC_NAMES["audio"],
     "codecs.text.name": CODEC_NAMES["text"],
     "flow.prediction": PREDICTIONS,
+    "flow.sigma_sampling": SIGMA_SAMPLINGS,
+    "flow.loss": LOSSES,
     "cts.mode": CTS_MODES,
     "sample.guidance": GUIDANCES,
     "sample.solver": SOLVERS,
@@ -130,6 +134,9 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         top = math.inf if key == "data.ref_audio_seconds" else 1.0
         if value is not _MISSING and not (_is_number(value) and 0 <= value <= top):
             _fail(key, value, "expected a number >= 0" + ("" if top == math.inf else " and <= 1"))
+    radius = _get(config, "data.ball_radius")  # two balls side by side, with room to move
+    if radius is not _MISSING and not (_is_number(radius) and 0 < radius < 0.25):
+        _fail("data.ball_radius", radius, "expected a number > 0 and < 0.25 (of the short side)")
     ema = _get(config, "optim.ema_decay")
     if ema is not _MISSING and not (_is_number(ema) and 0 <= ema < 1):
         _fail("optim.ema_decay", ema, "expected a number >= 0 and < 1 (0: no EMA)")

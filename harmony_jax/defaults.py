@@ -31,9 +31,20 @@ def base_config() -> ml_collections.ConfigDict:
     m.eps = 1e-6
     # text_pad_to: 0 masks padded caption tokens out of the video tower's text cross-attention;
     # 512 is Wan2.2's padding (real-token states zero-padded to 512, all attended), which an
-    # imported Wan tower (init.video_from) needs to compute what it does upstream
+    # imported Wan tower (init.video_from) needs to compute what it does upstream.
+    # pos_embed: absolute position added to the video tokens, 'none' (Wan: relative RoPE only,
+    # an imported tower needs it) | 'sincos' (fixed) | 'learned'; without one the tower cannot
+    # tell a wall from the middle of the frame (model/position.py)
     m.video = ml_collections.ConfigDict(
-        dict(dim=32, heads=2, ffn_dim=64, in_channels=3, patch=(1, 2, 2), text_pad_to=0)
+        dict(
+            dim=32,
+            heads=2,
+            ffn_dim=64,
+            in_channels=3,
+            patch=(1, 2, 2),
+            text_pad_to=0,
+            pos_embed="none",
+        )
     )
     m.audio = ml_collections.ConfigDict(dict(dim=32, heads=2, ffn_dim=64, in_channels=16))
     m.transcript = ml_collections.ConfigDict(
@@ -97,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.width = 32
     d.sample_rate = 16000
     d.num_clips = 4096  # sounding shapes: size of the (deterministic) world
+    d.ball_radius = 0.1  # sounding shapes: ball radius / the frame's short side
     d.root = ""  # clip folder: directory holding the mp4 files and captions.jsonl
     d.skip_bad_files = False
     d.num_workers = 0
@@ -105,7 +117,12 @@ def base_config() -> ml_collections.ConfigDict:
     # ---- flow matching + Cross-Task Synergy
     # prediction: what the network outputs, 'velocity' (Wan: an imported tower needs it) or
     # 'x0' (clean latents, turned into velocity: a small pixel model need not copy the noise)
-    c.flow = ml_collections.ConfigDict(dict(shift=5.0, prediction="velocity"))
+    # sigma_sampling: 'uniform' (Wan) or 'logit_normal' (SD3: mostly mid noise), then `shift`;
+    # loss: the MSE of the 'velocity' (Wan) or of the 'x0' it implies (sigma^2 x the velocity's,
+    # so near-clean frames do not dominate)
+    c.flow = ml_collections.ConfigDict(
+        dict(shift=5.0, prediction="velocity", sigma_sampling="uniform", loss="velocity")
+    )
     c.cts = ml_collections.ConfigDict(
         dict(
             mode="split",  # 'split' | 'all' | 'joint_only'

@@ -43,6 +43,7 @@ class ClipGeometry:
     fps: float
     sample_rate: int
     ref_audio_seconds: float = 0.0  # the reference-voice prefix (0: none)
+    ball_radius: float = 0.1  # the sounding-shapes world's balls, a fraction of the short side
 
     @property
     def num_samples(self) -> int:
@@ -57,6 +58,7 @@ class ClipGeometry:
             fps=float(data.fps),
             sample_rate=int(data.sample_rate),
             ref_audio_seconds=float(data.ref_audio_seconds),
+            ball_radius=float(data.ball_radius),
         )
 
 
@@ -250,6 +252,12 @@ def build_system(config: ml_collections.ConfigDict) -> System:
             f"read its output as clean latents (use 'velocity')"
         )
     m = config.model
+    if config.init.video_from and m.video.pos_embed != "none":
+        raise ValueError(
+            f"config.init.video_from={config.init.video_from} imports a Wan2.2 tower, which has "
+            f"no absolute position embedding; config.model.video.pos_embed="
+            f"{m.video.pos_embed!r} would add one (use 'none')"
+        )
     pad_to = m.video.text_pad_to
     if config.init.video_from and not pad_to:
         raise ValueError(

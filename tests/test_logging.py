@@ -64,6 +64,7 @@ def test_terminal_gets_bar_with_rate_and_eta_and_metric_lines():
     text = out.getvalue()
     assert "step/s" in text and "4/6" in text and "<" in text  # rate, count, elapsed<remaining
     assert "step 4 loss=0.5000" in text
+    assert text.count("measured ") == 1 and "remaining 3 steps" in text
 
 
 def test_pipe_gets_plain_lines_with_rate_and_eta(monkeypatch):
@@ -76,5 +77,7 @@ def test_pipe_gets_plain_lines_with_rate_and_eta(monkeypatch):
     progress.log(2, {"loss": 1.0})
     progress.close()
     assert out.getvalue() == ""  # no bar when not a terminal
-    assert len(lines) == 1 and lines[0].startswith("step 2 loss=1.0000 | ")
-    assert "steps/s | ETA " in lines[0]
+    assert len(lines) == 2 and lines[1].startswith("step 2 loss=1.0000 | ")
+    assert "steps/s | ETA " in lines[1]
+    # before the first metrics, once: the measured rate and how long the rest takes
+    assert lines[0].startswith("measured ") and "the remaining 2 steps take about " in lines[0]

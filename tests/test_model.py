@@ -9,11 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from einops import rearrange
 
-from configs import (
-    harmony_5b,  # noqa: E402
-    tiny,  # noqa: E402
-)
+from configs import harmony_5b, tiny  # noqa: E402
 from harmony_jax.model import HarmonyDiT, ModelConfig  # noqa: E402
 from harmony_jax.model.dit import num_params  # noqa: E402
 from harmony_jax.model.inputs import example_inputs  # noqa: E402
@@ -205,3 +203,29 @@ def test_bad_shapes_name_the_problem(tiny_setup):
         model.apply(params, video[..., :2], audio, t_v, t_a, cond)
     with pytest.raises(ValueError, match="per latent frame"):
         model.apply(params, video, audio, t_v[:, :1], t_a, cond)
+
+
+@pytest.mark.parametrize("pos_embed", ["none", "sincos", "learned"])
+def test_only_an_absolute_position_embedding_breaks_translation_equivariance(pos_embed):
+    """A constant video at one noise level gives every patch position the same prediction
+    without one (attention averages identical values, whatever RoPE does to the weights): the
+    tower cannot tell a wall from the middle of the frame. With one, positions differ."""
+    base = tiny_model_config()
+    video_cfg = dataclasses.replace(base.video, pos_embed=pos_embed)
+    cfg = dataclasses.replace(base, depth=1, video=video_cfg)
+    video, audio, t_v, t_a, cond = example_inputs(cfg, **GEOMETRY)
+    video = jnp.broadcast_to(video[:, :1, :1, :1], video.shape)  # one value per channel
+    t_v = jnp.broadcast_to(t_v[:, :1], t_v.shape)
+    model = HarmonyDiT(cfg)
+    params = jax.jit(model.init)(jax.random.key(0), video, audio, t_v, t_a, cond)
+    if pos_embed == "learned":  # its init is small: give it the spread training gives it
+        table = params["params"]["video_pos_embed"]
+        params["params"]["video_pos_embed"] = jax.tree.map(lambda x: x * 25.0, table)
+    out_v, _ = jax.jit(model.apply)(params, video, audio, t_v, t_a, cond)
+    _, ph, pw = cfg.video.patch
+    patches = rearrange(np.asarray(out_v), "b t (h q) (w r) c -> b t (h w) (q r c)", q=ph, r=pw)
+    spread = patches.std(axis=2).mean() / patches.std()  # across positions / overall
+    if pos_embed == "none":
+        assert spread < 1e-5
+    else:
+        assert spread > 0.1

@@ -279,7 +279,10 @@ def test_heldout_sync_evaluation_rows(model, tmp_path):
     from harmony_jax.eval.heldout import evaluate_sync
 
     system, params = model
-    rows = evaluate_sync(system, params, 2, out_dir=str(tmp_path), guidance="none")
+    kept = {}
+    rows = evaluate_sync(system, params, 2, out_dir=str(tmp_path), guidance="none", keep=kept)
+    assert list(kept) == ["ground truth", "t2av", "a2v", "v2a"]  # the contact sheet's clips
+    assert all(len(frames) == len(waves) == 2 for frames, waves in kept.values())
     assert set(rows) == {"ground truth", "ground truth, shuffled"} | {
         f"{m} {kind}" for m in ("t2av", "a2v", "v2a") for kind in ("generated", "shuffled")
     }

@@ -122,3 +122,14 @@ def test_errors_name_the_problem(source):
         ss.SoundingShapes(8, 0.5, 4, SIZE, SIZE, SR)[0]
     with pytest.raises(ValueError, match="num_frames=3"):
         ss.SoundingShapes(8, FPS, 3, SIZE, SIZE, SR)
+    with pytest.raises(ValueError, match=r"data.ball_radius"):
+        ss.SoundingShapes(8, FPS, FRAMES, SIZE, SIZE, SR, radius_fraction=0.3)
+
+
+def test_ball_radius_sets_the_drawn_and_rendered_size():
+    big = ss.SoundingShapes(8, FPS, FRAMES, SIZE, SIZE, SR, radius_fraction=0.15)
+    scene, video = big.scene(0), big[0]["video"]
+    assert scene.radius == pytest.approx(0.15 * SIZE)
+    lit = np.abs(video[0] - (np.asarray(ss.BACKGROUND) * 2 - 1)).max(-1) > 1.0  # [H, W]
+    disc = np.pi * scene.radius**2 * len(scene.colors)  # the balls' area, pixels
+    assert abs(lit.sum() - disc) < 0.15 * disc

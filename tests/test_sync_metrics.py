@@ -141,3 +141,17 @@ def test_motion_change_in_chunks_is_exact(monkeypatch):
     monkeypatch.setattr(sync, "_CHUNK", len(video))
     np.testing.assert_array_equal(chunked, sync.motion_change(video))
     assert chunked.shape == (148,)
+
+
+def test_contact_sheet_is_a_png_with_a_panel_pair_per_clip(clips, tmp_path):
+    from harmony_jax.eval.contact_sheet import write_contact_sheet
+
+    video = np.stack([c["video"] for c in clips[:2]])
+    audio = np.stack([c["audio"] for c in clips[:2]])
+    path = str(tmp_path / "sheet.png")
+    write_contact_sheet(
+        path, {"t2av": (video, audio[::-1]), "ground truth": (video, audio)}, FPS, SR, per_mode=2
+    )
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sheet.png"]  # nothing half-written

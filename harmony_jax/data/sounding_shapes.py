@@ -29,7 +29,7 @@ PALETTE: dict[str, tuple[tuple[float, float, float], float]] = {
 COLOR_NAMES = tuple(PALETTE)
 BACKGROUND = (0.05, 0.05, 0.08)  # RGB in [0, 1]
 
-RADIUS_FRACTION = 0.1  # ball radius / min(height, width)
+RADIUS_FRACTION = 0.1  # default ball radius / min(height, width) (`data.ball_radius`)
 SPEEDS = {"slowly": (0.3, 0.4), "fast": (0.6, 0.75)}  # frame widths per second
 MIN_AXIS_FRACTION = 0.5  # each velocity component >= this fraction of the speed
 TONE_AMPLITUDE = 0.5
@@ -133,7 +133,12 @@ def _balls_overlap(
 
 
 def draw_scene(
-    rng: np.random.Generator, fps: float, num_frames: int, height: int, width: int
+    rng: np.random.Generator,
+    fps: float,
+    num_frames: int,
+    height: int,
+    width: int,
+    radius_fraction: float = RADIUS_FRACTION,
 ) -> Scene:
     """Rejection-sample a scene whose every bounce is recoverable from frames and from audio.
 
@@ -141,7 +146,7 @@ def draw_scene(
     [1, F - 2] frame periods; events are two frames apart so neither modality merges them.
     Balls are drawn one by one, then redrawn together until their events interleave cleanly.
     """
-    radius = RADIUS_FRACTION * min(height, width)
+    radius = radius_fraction * min(height, width)
     size = np.array([width, height], np.float64)
     duration = num_frames / fps
     window = (1.0 / fps, (num_frames - 2) / fps, 2.0 / fps)  # first, last, min gap
@@ -165,7 +170,7 @@ def draw_scene(
         f"sounding shapes: no clip with separable bounces in {MAX_TRIES} draws for fps={fps}, "
         f"num_frames={num_frames}, {height}x{width}: every ball must bounce within frames "
         f"[1, num_frames - 2] with all bounces two frames apart; lengthen short clips, shorten "
-        f"long ones or raise fps"
+        f"long ones, raise fps or shrink data.ball_radius={radius_fraction}"
     )
 
 
@@ -223,9 +228,16 @@ class SoundingShapes:
         width: int,
         sample_rate: int,
         seed: int = 0,
+        radius_fraction: float = RADIUS_FRACTION,
     ):
         if num_frames < 4:
             raise ValueError(f"sounding shapes: num_frames={num_frames}, need >= 4 for a bounce")
+        if not 0 < radius_fraction < 0.25:  # two balls must fit side by side with room to move
+            raise ValueError(
+                f"sounding shapes: ball radius {radius_fraction} of the frame's short side "
+                f"(data.ball_radius) must be in (0, 0.25)"
+            )
+        self.radius_fraction = float(radius_fraction)
         self.num_clips = num_clips
         self.fps = float(fps)
         self.num_frames = num_frames
@@ -242,7 +254,8 @@ class SoundingShapes:
         return (
             f"SoundingShapes(num_clips={self.num_clips}, fps={self.fps}, "
             f"num_frames={self.num_frames}, height={self.height}, width={self.width}, "
-            f"sample_rate={self.sample_rate}, seed={self.seed})"
+            f"sample_rate={self.sample_rate}, seed={self.seed}, "
+            f"radius_fraction={self.radius_fraction})"
         )
 
     def scene(self, index: int) -> Scene:
@@ -250,7 +263,9 @@ class SoundingShapes:
         if not 0 <= index < self.num_clips:
             raise IndexError(f"sounding shapes: index {index} outside [0, {self.num_clips})")
         rng = np.random.default_rng([self.seed, int(index)])
-        return draw_scene(rng, self.fps, self.num_frames, self.height, self.width)
+        return draw_scene(
+            rng, self.fps, self.num_frames, self.height, self.width, self.radius_fraction
+        )
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray | str]:
         """The rendered clip: video, audio, captions, padded ground-truth bounce times."""

@@ -59,12 +59,16 @@ def task_sizes(
     return tuple(int(n) for n in sizes)
 
 
-def _masked_mse(pred: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
-    """Mean squared error over the frames with weight 1; `weight` is [N, T], 0 if none."""
+def _masked_mse(
+    pred: jax.Array, target: jax.Array, weight: jax.Array, scale: jax.Array | None = None
+) -> jax.Array:
+    """Mean squared error over the frames with weight 1; `weight` is [N, T], 0 if none.
+    `scale` [N, T] multiplies each frame's error without changing the count."""
     sq = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
     per_frame = sq.reshape(weight.shape + (-1,)).sum(-1)  # [N, T]
     count = weight.sum() * (sq.size // weight.size)
-    return (per_frame * weight).sum() / jnp.maximum(count, 1.0)
+    scaled = weight if scale is None else weight * scale
+    return (per_frame * scaled).sum() / jnp.maximum(count, 1.0)
 
 
 def cts_loss(
@@ -80,6 +84,8 @@ def cts_loss(
     lambda_a: float = 0.3,
     shift: float = 5.0,
     ref_image_prob: float = 0.0,
+    sigma_sampling: str = "uniform",
+    loss: str = "velocity",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The CTS loss of one batch of clean latents, with one denoiser call.
 
@@ -88,7 +94,11 @@ def cts_loss(
     scored elements of its own task's rows) and metrics: `loss`, the unweighted terms
     `loss_joint_v`, `loss_joint_a`, `loss_a2v`, `loss_v2a` (0 for a task with no rows),
     `sigma_mean` and `ref_image_frac`. `mode` and `fractions` must be static under jit.
+    `sigma_sampling` draws the noise levels (flow.SIGMA_SAMPLINGS); `loss` 'x0' weights each
+    frame's velocity error by sigma^2 (flow.LOSSES).
     """
+    if loss not in flow.LOSSES:
+        raise ValueError(f"loss {loss!r} is not one of {flow.LOSSES}")
     batch = video0.shape[0]
     sizes = task_sizes(batch, mode, fractions)
     if mode == "all":
@@ -99,7 +109,7 @@ def cts_loss(
     task = np.repeat([JOINT, A2V, V2A], sizes)  # [N] static
     k_sigma, k_video, k_audio, k_ref = jax.random.split(rng, 4)
 
-    sigma = flow.sample_training_sigmas(k_sigma, (n,), shift)  # [N]
+    sigma = flow.sample_training_sigmas(k_sigma, (n,), shift, sigma_sampling)  # [N]
     ref = jax.random.bernoulli(k_ref, ref_image_prob, (n,))  # [N]
     first = jnp.arange(tv) == 0  # [Tv]
     video_noised = jnp.asarray(task != V2A)[:, None] & ~(ref[:, None] & first)  # [N, Tv]
@@ -119,15 +129,16 @@ def cts_loss(
     target_v = flow.velocity_target(video0, noise_v)
     target_a = flow.velocity_target(audio0, noise_a)
 
-    def term(pred, target, noised, k):
+    def term(pred, target, noised, sigmas, k):
         rows = jnp.asarray(task == k)[:, None]  # [N, 1]
-        return _masked_mse(pred, target, (noised & rows).astype(jnp.float32))
+        scale = jnp.square(sigmas) if loss == "x0" else None
+        return _masked_mse(pred, target, (noised & rows).astype(jnp.float32), scale)
 
     metrics = {
-        "loss_joint_v": term(pred_v, target_v, video_noised, JOINT),
-        "loss_joint_a": term(pred_a, target_a, audio_noised, JOINT),
-        "loss_a2v": term(pred_v, target_v, video_noised, A2V),
-        "loss_v2a": term(pred_a, target_a, audio_noised, V2A),
+        "loss_joint_v": term(pred_v, target_v, video_noised, sigma_v, JOINT),
+        "loss_joint_a": term(pred_a, target_a, audio_noised, sigma_a, JOINT),
+        "loss_a2v": term(pred_v, target_v, video_noised, sigma_v, A2V),
+        "loss_v2a": term(pred_a, target_a, audio_noised, sigma_a, V2A),
     }
     loss = (
         metrics["loss_joint_v"]

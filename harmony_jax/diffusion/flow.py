@@ -37,9 +37,22 @@ def timestep(sigma: jax.Array) -> jax.Array:
     return TIMESTEP_SCALE * sigma
 
 
-def sample_training_sigmas(rng: jax.Array, shape: tuple[int, ...], shift: float) -> jax.Array:
-    """One sigma per sample: `shift_sigma(u, shift)` with `u ~ U(0, 1)`."""
-    return shift_sigma(jax.random.uniform(rng, shape, jnp.float32), shift)
+SIGMA_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def sample_training_sigmas(
+    rng: jax.Array, shape: tuple[int, ...], shift: float, sampling: str = "uniform"
+) -> jax.Array:
+    """One sigma per sample: `shift_sigma(u, shift)` with `u ~ U(0, 1)` or, 'logit_normal'
+    (SD3), `u = sigmoid(N(0, 1))`: most draws at mid noise, where layout and timing are decided,
+    few at the ends, where the clean image or the noise alone answers."""
+    if sampling == "logit_normal":
+        u = jax.nn.sigmoid(jax.random.normal(rng, shape, jnp.float32))
+    elif sampling == "uniform":
+        u = jax.random.uniform(rng, shape, jnp.float32)
+    else:
+        raise ValueError(f"sigma sampling {sampling!r} is not one of {SIGMA_SAMPLINGS}")
+    return shift_sigma(u, shift)
 
 
 def add_noise(x0: jax.Array, noise: jax.Array, sigma: jax.Array) -> jax.Array:
@@ -54,6 +67,10 @@ def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
 
 
 PREDICTIONS = ("velocity", "x0")
+# what the loss averages: the squared error of the velocity (Wan's), or of the clean latents it
+# implies, `sigma^2` times the velocity's: the near-clean frames, whose velocity is mostly the
+# noise, no longer dominate the loss (a memorizer's velocity error there is not 0, its x0 is)
+LOSSES = ("velocity", "x0")
 X0_MIN_SIGMA = 0.05  # the velocity of an x0 prediction divides by max(sigma, this), as JiT does
 
 

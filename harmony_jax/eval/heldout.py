@@ -37,6 +37,7 @@ def evaluate_sync(
     with_truth: bool = True,
     modes: Sequence[str] = generation.MODES,
     world_seed: int | None = None,
+    keep: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     **sample_overrides,
 ) -> dict[str, list[dict[str, float]]]:
     """Generates clips for held-out prompts in each of `modes`; per-clip sync metrics per row.
@@ -45,12 +46,20 @@ def evaluate_sync(
     (chance level), plus ground truth and shuffled ground truth when `with_truth`. Clips are
     written to `out_dir` when given. The prompts come from the world seeded `world_seed`
     (default: the run's seed + EVAL_SEED_OFFSET). `sample_overrides` (guidance, s_v, s_a,
-    cfg_scale, steps, solver) override the run's (`system.sampler`).
+    cfg_scale, steps, solver) override the run's (`system.sampler`). `keep`, when given, receives
+    each mode's (frames, waves) and the ground truth's, under the mode's name and 'ground truth'.
     """
     d, run = system.clip, system.sampler
     seed = run.seed + EVAL_SEED_OFFSET if world_seed is None else world_seed
     world = SoundingShapes(
-        num_clips, d.fps, d.num_frames, d.height, d.width, d.sample_rate, seed=seed
+        num_clips,
+        d.fps,
+        d.num_frames,
+        d.height,
+        d.width,
+        d.sample_rate,
+        seed=seed,
+        radius_fraction=d.ball_radius,
     )
     clips = [world[i] for i in range(num_clips)]
     truth_v = np.stack([c["video"] for c in clips])  # [N, F, H, W, 3]
@@ -61,6 +70,8 @@ def evaluate_sync(
     rng = jax.random.key(run.seed)
     shuffle = lambda x: np.roll(x, 1, axis=0)  # pair each clip with another clip's audio
     rows = {}
+    if keep is not None:
+        keep["ground truth"] = (truth_v, truth_a)
     if with_truth:
         rows["ground truth"] = _metrics(truth_v, truth_a, d.fps, d.sample_rate)
         rows["ground truth, shuffled"] = _metrics(truth_v, shuffle(truth_a), d.fps, d.sample_rate)
@@ -78,6 +89,8 @@ def evaluate_sync(
             write_av(
                 os.path.join(out_dir, f"{mode}_{i}.mp4"), v, d.fps, a, d.sample_rate, overwrite=True
             )
+        if keep is not None:
+            keep[mode] = (frames, waves)
         rows[f"{mode} generated"] = _metrics(frames, waves, d.fps, d.sample_rate)
         rows[f"{mode} shuffled"] = _metrics(frames, shuffle(waves), d.fps, d.sample_rate)
     return rows

@@ -8,6 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from harmony_jax.model.attention import IMPLEMENTATIONS as _ATTENTION
+from harmony_jax.model.position import POS_EMBEDS
 from harmony_jax.model.splash import SplashBlocks
 
 INTERACTIONS = ("gldi", "global")
@@ -33,6 +34,7 @@ class VideoTowerConfig(TowerConfig):
     # padding (N = 512): the caption's real-token states are zero-padded to N tokens and all N
     # are attended, unmasked, so an imported Wan tower computes what upstream computes.
     text_pad_to: int = 0
+    pos_embed: str = "none"  # absolute position of the tokens, one of model/position.py's kinds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +75,7 @@ class ModelConfig:
         _check("model.interaction.mode", self.interaction.mode, INTERACTIONS)
         _check("model.remat", self.remat, REMAT_POLICIES)
         _check("model.attention", self.attention, _ATTENTION)
+        _check("model.video.pos_embed", self.video.pos_embed, POS_EMBEDS)
         if self.video.text_pad_to < 0:
             raise ValueError(
                 f"model.video.text_pad_to={self.video.text_pad_to} must be >= 0 "
@@ -105,6 +108,7 @@ class ModelConfig:
                 in_channels=int(m.video.in_channels),
                 patch=tuple(int(p) for p in m.video.patch),
                 text_pad_to=int(m.video.text_pad_to),
+                pos_embed=str(m.video.pos_embed),
             ),
             audio=TowerConfig(
                 dim=int(m.audio.dim),

@@ -19,6 +19,7 @@ from harmony_jax.model.config import ModelConfig
 from harmony_jax.model.global_interaction import GlobalInteraction
 from harmony_jax.model.interaction import GLDI, CrossModalGeometry, cross_modal_geometry
 from harmony_jax.model.layers import MLP, dense, gelu_tanh
+from harmony_jax.model.position import VideoPositionEmbedding
 from harmony_jax.model.rope import sequence_angles, video_grid_angles
 from harmony_jax.model.transcript import TranscriptEncoder
 
@@ -99,6 +100,10 @@ class HarmonyDiT(nn.Module):
         x_v = dense(cfg.video.dim, ("channels", "embed"), name="video_patch_embed", **kw)(
             x_v.astype(cfg.dtype)
         )  # [B, Lv, Dv]
+        if cfg.video.pos_embed != "none":  # absolute position: off for Wan (model/position.py)
+            x_v = x_v + VideoPositionEmbedding(
+                cfg.video.pos_embed, cfg.video.dim, cfg.param_dtype, name="video_pos_embed"
+            )(tv, hv, wv).astype(x_v.dtype)
         temb_v, mod_v = TimeEmbedding(
             cfg.video.dim, cfg.freq_dim, name="video_time", param_dtype=cfg.param_dtype
         )(t_video[:, ::pt])

@@ -35,7 +35,9 @@ def write_clip_folder(config: ml_collections.ConfigDict, root: str, num_clips: i
     """`num_clips` sounding-shapes clips at `config.data`'s geometry as a clip folder (mp4 files
     and captions.jsonl): real files for the encoder to decode."""
     d = config.data
-    shapes = SoundingShapes(num_clips=num_clips, seed=config.seed, **clip_shape(d))
+    shapes = SoundingShapes(
+        num_clips=num_clips, seed=config.seed, radius_fraction=d.ball_radius, **clip_shape(d)
+    )
     os.makedirs(root, exist_ok=True)
     lines = []
     for i in range(num_clips):

@@ -33,6 +33,7 @@ class Progress:
         self.total, self.writer = total, writer
         self.stream = sys.stderr if stream is None else stream
         self.t_last, self.steps_since = time.time(), 0
+        self.estimated = False  # the first log line is preceded by the measured rate and ETA
         self.bar = None
         if show_bar and start < total and self.stream.isatty():
             self.bar = tqdm(
@@ -55,10 +56,16 @@ class Progress:
         steps_per_s = self.steps_since / max(now - self.t_last, 1e-9)
         self.t_last, self.steps_since = now, 0
         line = metric_line(step, metrics)
+        eta = (self.total - step) / max(steps_per_s, 1e-9)
+        if not self.estimated and step < self.total:
+            self.estimated = True
+            self._show(
+                f"measured {steps_per_s:.2f} steps/s on this machine (compiled, up to step "
+                f"{step}): the remaining {self.total - step} steps take about {_minutes(eta)}"
+            )
         if self.bar is not None:
             self.bar.write(line, file=self.stream)
         else:
-            eta = (self.total - step) / max(steps_per_s, 1e-9)
             logging.info("%s | %.2f steps/s | ETA %dm%02ds", line, steps_per_s, eta // 60, eta % 60)
         if self.writer is not None:
             for k, v in metrics.items():
@@ -66,6 +73,16 @@ class Progress:
             self.writer.add_scalar("train/steps_per_s", steps_per_s, step)
             self.writer.flush()
 
+    def _show(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            logging.info("%s", text)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"

@@ -114,6 +114,8 @@ def make_loss_fn(system: System, config) -> Callable:
             lambda_v=cts.lambda_v,
             lambda_a=cts.lambda_a,
             shift=config.flow.shift,
+            sigma_sampling=config.flow.sigma_sampling,
+            loss=config.flow.loss,
             ref_image_prob=cts.ref_image_prob,
         )
 
