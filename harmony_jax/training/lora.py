@@ -169,8 +169,7 @@ def check_base(config: ml_collections.ConfigDict, found: str, record: dict, wher
     if record and record["hash"] != found:
         raise BaseMismatchError(
             f"{where} was trained on the base {record['from']} (hash {record['hash']}); "
-            f"{describe(config)} now has hash {found}: give it its own base "
-            f"(--config.init.base_from)"
+            f"the base {describe(config)} has hash {found}: it is another model"
         )
 
 
@@ -194,6 +193,9 @@ def restore_merged(
     record = read_run(step_dir).get("lora_base")
     if record is None:
         raise CheckpointError(f"{step_dir}: a LoRA run's step without the record of its base")
+    if config.init.base_from:  # the absolute path the run recorded
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.init.base_from = record["from"]
     try:
         base = load_base(system, config, mesh, rules, abstract)
     except BaseMismatchError as e:
