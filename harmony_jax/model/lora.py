@@ -86,18 +86,22 @@ def is_adapter(path: str) -> bool:
 def targeted(plain: Params, spec: LoraSpec) -> list[str]:
     """Paths ('dit/...kernel') of the plain model's leaves that `spec.targets` matches; a regex
     that matches nothing, or a leaf that is no DiT kernel, raises ConfigError naming the key."""
-    pattern = re.compile(spec.targets)
-    paths = [p for p in flat(plain) if pattern.search(p)]
+    pattern, leaves = re.compile(spec.targets), flat(plain)
+    paths = [p for p in leaves if pattern.search(p)]
     if not paths:
         raise ConfigError(
             f"config.lora.targets={spec.targets!r} matches no parameter of the model "
             "(paths look like dit/layers/video_block/self_attn/q/kernel)"
         )
-    for path in paths:
-        if not (path.startswith("dit/") and path.endswith("/kernel")):
+    for path in paths:  # [in, out], or [layers, in, out] stacked by nn.scan
+        dense = 2 + path.startswith("dit/layers/")
+        if not (path.startswith("dit/") and path.endswith("/kernel")) or (
+            len(leaves[path].shape) != dense
+        ):
             raise ConfigError(
-                f"config.lora.targets={spec.targets!r} matches {path}: adapters go on the "
-                "DiT's Dense kernels (dit/.../kernel) only"
+                f"config.lora.targets={spec.targets!r} matches {path} "
+                f"{tuple(leaves[path].shape)}, which is no Dense kernel of the DiT "
+                "(adapters go on dit/.../kernel of x W layers)"
             )
     return paths
 

@@ -30,6 +30,7 @@ from harmony_jax.model import lora
 from harmony_jax.parallel.sharding import logical_shardings, sharded_init
 from harmony_jax.system import System
 from harmony_jax.training.checkpoint import (
+    CheckpointMismatchError,
     newest_intact,
     read_config_file,
     read_run,
@@ -39,8 +40,9 @@ from harmony_jax.training.checkpoint import (
 Params = Any
 
 
-class BaseMismatchError(CheckpointError):
-    """A LoRA run's base is missing, or is not the one its adapters were trained on."""
+class BaseMismatchError(CheckpointMismatchError):
+    """A LoRA run's base is missing, or is not the one its adapters were trained on (raised,
+    never taken for a damaged step)."""
 
 
 def plain_abstract(system: System, mesh, rules) -> Params:
