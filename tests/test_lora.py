@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from etils import epath
+from flax.linen import unbox
 
 from configs import tiny
 from harmony_jax.config_check import check_config
@@ -186,3 +187,14 @@ def test_config_mistakes_are_named():
     c.lora.targets = "^dit/transcript/convnext_0/dwconv/kernel$"  # a convolution, not x W
     with pytest.raises(ConfigError, match="no Dense kernel"):
         with_lora(build_system(c))
+
+
+def test_adapters_keep_a_bfloat16_models_dtype():
+    """qwix's float32 adapter term must not promote a bf16 block's output (nn.scan's carry
+    would then change dtype and the model not build)."""
+    c = _lora_config("")
+    c.model.dtype = "bfloat16"
+    system = with_lora(build_system(c))
+    params = jax.eval_shape(system.init, jax.random.key(0), system.example_batch(1))
+    video, audio = jax.eval_shape(lambda p: _outputs(_no_dropout(system), p), unbox(params))
+    assert video.dtype == audio.dtype == jnp.float32  # the heads' outputs, as without LoRA

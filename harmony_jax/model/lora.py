@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import qwix
 from flax import traverse_util
 
 from harmony_jax.errors import ConfigError
@@ -54,11 +55,22 @@ class LoraSpec:
         )
 
 
+class _LoraProvider(qwix.LoraProvider):
+    """qwix's LoRA with the layer's output dtype kept: qwix adds the float32 adapters' term to
+    a bfloat16 x W, which would promote the block's output (and `nn.scan`'s carry) to float32."""
+
+    def dot_general(
+        self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw
+    ):
+        out = super().dot_general(
+            lhs, rhs, dimension_numbers, precision, preferred_element_type, **kw
+        )
+        return out.astype(preferred_element_type or jnp.result_type(lhs, rhs))
+
+
 def adapt(model: nn.Module, spec: LoraSpec) -> nn.Module:
     """`model` (the DiT) with qwix LoRA adapters on `spec.module_paths`."""
-    import qwix  # only LoRA runs pay for the import
-
-    provider = qwix.LoraProvider(
+    provider = _LoraProvider(
         module_path="|".join(re.escape(p) for p in spec.module_paths),
         rank=spec.rank,
         alpha=spec.alpha,
