@@ -10,6 +10,7 @@ of these end deep in model building or after the first step (`checkpoint_every=0
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import ml_collections
@@ -85,8 +86,9 @@ _AT_LEAST = {  # key -> smallest allowed integer (total_steps=0: build, import, 
     "sample.steps": 1,
     "optim.warmup_steps": 0,
     "optim.grad_accum": 1,
+    "lora.rank": 0,
 }
-_POSITIVE = ("data.fps", "optim.lr", "flow.shift", "sample.shift")  # finite and > 0
+_POSITIVE = ("data.fps", "optim.lr", "flow.shift", "sample.shift", "lora.alpha")  # finite and > 0
 _FRACTIONS = (
     "cts.ref_image_prob",
     "cts.caption_dropout",
@@ -159,10 +161,43 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
             fractions,
             "expected 3 numbers >= 0 (joint, a2v, v2a) with a positive sum",
         )
+    _check_lora(config)
     for tower in ("video", "audio"):
         dim, heads = _get(config, f"model.{tower}.dim"), _get(config, f"model.{tower}.heads")
         if _is_int(dim) and _is_int(heads) and dim % heads:
             _fail(f"model.{tower}.dim", dim, f"expected a multiple of model.{tower}.heads={heads}")
+
+
+def _check_lora(config: ml_collections.ConfigDict) -> None:
+    """config.lora's regexes compile, its dropout is a rate, and init.base_from has a LoRA run
+    to be the base of (what the regexes match is checked against the model, `training.lora`)."""
+    for key in ("lora.targets", "lora.train_also"):
+        value = _get(config, key)
+        if value is _MISSING:
+            continue
+        if not isinstance(value, str):
+            _fail(key, value, "expected a regex string")
+        try:
+            re.compile(value)
+        except re.error as e:
+            _fail(key, value, f"not a regex ({e})")
+    dropout = _get(config, "lora.dropout")
+    if dropout is not _MISSING and not (_is_number(dropout) and 0 <= dropout < 1):
+        _fail("lora.dropout", dropout, "expected a number >= 0 and < 1")
+    rank, base = _get(config, "lora.rank"), _get(config, "init.base_from")
+    if rank is _MISSING or base is _MISSING:
+        return
+    if rank > 0 and not _get(config, "lora.targets"):
+        _fail("lora.targets", "", "a LoRA run (lora.rank > 0) needs kernels to adapt")
+    if base and rank == 0:
+        _fail("init.base_from", base, "is the frozen base of a LoRA run: set config.lora.rank > 0")
+    if base and _get(config, "init.video_from"):
+        _fail(
+            "init.video_from",
+            _get(config, "init.video_from"),
+            f"the base run (config.init.base_from={base}) brings its own video tower; "
+            "leave init.base_from empty to start the base from this tower",
+        )
 
 
 def batch_shards(config: ml_collections.ConfigDict, num_devices: int) -> int:

@@ -8,6 +8,12 @@ import ml_collections
 
 from harmony_jax.compile_cache import DEFAULT_DIR
 
+# LoRA's default targets: the attention q, k, v, out and FFN kernels of both towers' blocks
+# (scanned 'layers/' or unrolled 'layers_<i>/')
+LORA_TARGETS = (
+    r"^dit/layers(_\d+)?/(video|audio)_block/((self|cross)_attn/(q|k|v|out)|ffn/fc[12])/kernel$"
+)
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -71,9 +77,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict(
         dict(
             video_from="",  # `python -m harmony_jax.convert wan` output: the Wan2.2 video tower
-            transcript_from="",
+            transcript_from="",  # `convert f5-text` output: F5-TTS text-embedding weights + vocab
+            # the frozen base of a LoRA run (config.lora.rank > 0): another run's workdir or
+            # checkpoint step (its EMA weights where it kept them); '' : this run's own init with
+            # video_from / transcript_from imported. Referenced by path + hash, never copied.
+            base_from="",
         )
-    )  # `convert f5-text` output: F5-TTS text-embedding weights + vocab
+    )
+
+    # ---- LoRA fine-tuning (rank 0: off, every parameter trained). Adapters A [in, r] (random)
+    # and B [r, out] (zeros) beside each kernel `targets` matches (a regex searched in parameter
+    # paths such as dit/layers/video_block/self_attn/q/kernel), output x W + alpha/r x A B with
+    # `dropout` on x's adapter path; `train_also`: a regex of parameters trained in full beside
+    # them (e.g. "^dit/layers/interaction/"); everything else is the frozen base (init.base_from).
+    c.lora = ml_collections.ConfigDict(
+        dict(
+            rank=0,
+            alpha=32.0,
+            targets=LORA_TARGETS,
+            train_also="",
+            dropout=0.0,
+        )
+    )
 
     # ---- codecs: latent rate and frame times come from here, never hard-coded in the model.
     k = c.codecs = ml_collections.ConfigDict()

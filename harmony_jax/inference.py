@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import librosa
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
@@ -34,13 +33,14 @@ from harmony_jax.parallel.sharding import axis_rules, logical_shardings
 from harmony_jax.system import System, build_system
 from harmony_jax.training.checkpoint import (
     CheckpointMismatchError,
-    check_params,
     damage,
     damaged_file,
     newest_intact,
     read_config_file,
+    restore_params,
     steps_in,
 )
+from harmony_jax.training.lora import restore_merged
 
 Params = Any
 
@@ -142,22 +142,14 @@ def _load_step(
         nn.meta.unbox(boxed),
         shardings,
     )
-    state_dir = step_dir / "state"
-    saved = ocp.PyTreeCheckpointHandler().metadata(state_dir).tree  # no array is read
-    key = "ema_params" if saved.get("ema_params") else "params"
-    check_params(saved[key], abstract, str(step_dir))  # the code's model may have changed since
-    item = {key: abstract}
-    with ocp.PyTreeCheckpointer() as checkpointer:  # each array read into its shards, cast
-        restored = checkpointer.restore(
-            state_dir,
-            args=ocp.args.PyTreeRestore(
-                item=item,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                partial_restore=True,
-            ),
-        )
+    if config.lora.rank:  # base + adapters, merged in float32, then cast
+        params = restore_merged(step_dir, config, system, on, rules)
+        params = jax.tree.map(lambda x, s: x.astype(s.dtype), params, abstract)
+        logging.info("loaded LoRA run %s merged in %s on mesh %s", step_dir, dtype, dict(on.shape))
+        return system, params
+    key, params = restore_params(step_dir, abstract)
     logging.info("loaded %s from %s in %s on mesh %s", key, step_dir, dtype, dict(on.shape))
-    return system, restored[key]
+    return system, params
 
 
 # ---- audio

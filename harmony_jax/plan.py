@@ -59,6 +59,7 @@ from harmony_jax.errors import ConfigError, FlagError, reported_as_one_line
 from harmony_jax.parallel.mesh import AXES, apply_mesh_flag, make_mesh
 from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
 from harmony_jax.system import System, build_system, latent_inputs
+from harmony_jax.training.lora import with_lora
 from harmony_jax.training.state import make_train_state
 from harmony_jax.training.step import make_train_step
 
@@ -96,11 +97,12 @@ def abstract_batch(
 
 
 def plan_system(config: ml_collections.ConfigDict, inputs: str) -> System:
-    """The system `train` runs: on latent records (`inputs='latents'`) or on media."""
+    """The system `train` runs: on latent records (`inputs='latents'`) or on media; a LoRA
+    run's (`config.lora.rank` > 0) with its adapters."""
     if inputs == "latents":
-        return latent_system(config)
+        return with_lora(latent_system(config), config)
     if inputs == "media":
-        return build_system(config)
+        return with_lora(build_system(config), config)
     raise FlagError(f"--inputs={inputs!r} is not one of ('latents', 'media')")
 
 
@@ -125,6 +127,7 @@ class Plan:
     flops: float  # per step, all devices together
     compile_seconds: float
     frozen_text: int = 0  # latent runs: a frozen text encoder's weights, if it were resident
+    frozen_base: int = 0  # a LoRA run's frozen base (`params` are then its trained leaves)
 
     @property
     def devices(self) -> int:
@@ -175,7 +178,8 @@ def step_flops(system: System, config: ml_collections.ConfigDict, batch: dict) -
         cfg = dataclasses.replace(
             system.model_config, depth=depth, scan_layers=False, attention="xla"
         )
-        sys_d = dataclasses.replace(system, model_config=cfg)
+        sys_d = dataclasses.replace(system, model_config=cfg, lora=None)
+        sys_d = with_lora(sys_d, config) if system.lora is not None else sys_d  # its modules' paths
         tx, state = make_train_state(sys_d, config, one, rules, abstract=True)
         with jax.set_mesh(one), nn.logical_axis_rules(rules):
             cost = jax.jit(make_train_step(sys_d, tx, config)).lower(state, plain).cost_analysis()
@@ -234,6 +238,7 @@ def plan_train_step(
         params=_bytes_per_device(state.params),
         opt_state=_bytes_per_device(state.opt_state),
         ema=_bytes_per_device(state.ema_params) if state.ema_params is not None else 0,
+        frozen_base=_bytes_per_device(state.frozen) if state.frozen is not None else 0,
         batch=_bytes_per_device(batch),
         temp=int(mem.temp_size_in_bytes),
         total=int(total),
@@ -257,8 +262,10 @@ def _heading(plan: Plan) -> str:
 
 
 def _rows(plan: Plan) -> list[tuple[str, int]]:
+    lora = [("frozen base (LoRA)", plan.frozen_base)] if plan.frozen_base else []
     return [
-        ("parameters", plan.params),
+        ("parameters" if not lora else "trained parameters", plan.params),
+        *lora,
         ("optimizer state", plan.opt_state),
         ("EMA parameters", plan.ema),
         ("batch", plan.batch),

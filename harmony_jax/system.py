@@ -28,6 +28,7 @@ from harmony_jax.codecs.precomputed import PrecomputedAudio, PrecomputedText, Pr
 from harmony_jax.codecs.text import TranscriptTokenizer
 from harmony_jax.diffusion import flow
 from harmony_jax.model import Conditioning, HarmonyDiT, ModelConfig
+from harmony_jax.model.lora import LoraSpec, adapt
 from harmony_jax.parallel.sharding import axis_rules
 
 Params = Any
@@ -108,10 +109,12 @@ class System:
     text_encoder: TextEncoder
     transcript_tokenizer: TranscriptTokenizer
     inputs: str = "media"  # 'media': frames and waveforms; 'latents': see `latent_inputs`
+    lora: LoraSpec | None = None  # a LoRA run's adapters (`training.lora.with_lora`)
 
     @property
     def model(self) -> HarmonyDiT:
-        return HarmonyDiT(self.model_config)
+        model = HarmonyDiT(self.model_config)
+        return model if self.lora is None else adapt(model, self.lora)
 
     # ---- geometry of one clip, from the data config and the codecs
     @property
@@ -162,11 +165,13 @@ class System:
         """Clean latents (video [B, Tv, h, w, Cv], audio [B, Ta, Ca]) of a batch's media."""
         return self.video_codec.encode(batch["video"]), self.audio_codec.encode(batch["audio"])
 
-    def denoiser(self, params: Params) -> Callable:
+    def denoiser(self, params: Params, rng: jax.Array | None = None) -> Callable:
         """The denoiser contract of `model.conditioning` bound to these parameters: velocities,
-        whatever the network predicts (`config.flow.prediction`)."""
-        model = self.model
-        net = lambda v, a, tv, ta, cond: model.apply({"params": params["dit"]}, v, a, tv, ta, cond)
+        whatever the network predicts (`config.flow.prediction`). `rng`: LoRA's dropout."""
+        model, rngs = self.model, None if rng is None else {"dropout": rng}
+        net = lambda v, a, tv, ta, cond: model.apply(
+            {"params": params["dit"]}, v, a, tv, ta, cond, rngs=rngs
+        )
         return flow.x0_denoiser(net) if self.prediction == "x0" else net
 
     # ---- parameters
@@ -209,7 +214,8 @@ class System:
         b = video.shape[0]
         t_v = jnp.zeros((b, video.shape[1]), jnp.float32)
         t_a = jnp.zeros((b, audio.shape[1]), jnp.float32)
-        params["dit"] = self.model.init(k_dit, video, audio, t_v, t_a, cond)["params"]
+        rngs = k_dit if self.lora is None else {"params": k_dit, "dropout": k_dit}
+        params["dit"] = self.model.init(rngs, video, audio, t_v, t_a, cond)["params"]
         return params
 
 

@@ -3,7 +3,11 @@
     python -m harmony_jax.convert wan --src Wan2.2-TI2V-5B-Diffusers --dst ckpt/wan_video \
         [--config configs/harmony_5b.py] [--overwrite]
 
-then train with `--config.init.video_from=ckpt/wan_video`. Each command is a module of this
+then train with `--config.init.video_from=ckpt/wan_video`;
+
+    python -m harmony_jax.convert merge-lora --workdir RUN --dst DIR [--overwrite]
+
+folds a LoRA run's adapters into its base (a run of plain weights). Each command is a module of this
 package defining `convert_checkpoint(src, dst, config, *, overwrite)`; `--config` gives the model
 the weights are converted for (its shapes are checked against the checkpoint).
 """
@@ -28,6 +32,7 @@ _COMMANDS = {  # command -> module under harmony_jax.convert
     "mmaudio-vae": "mmaudio_vae",
     "bigvgan": "bigvgan",
     "f5-text": "f5_text",
+    "merge-lora": "merge_lora",  # --workdir RUN instead of --src
 }
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "harmony_5b.py"
 
@@ -38,6 +43,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 _SRC = flags.DEFINE_string("src", None, "Upstream checkpoint directory (or file).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "merge-lora: the LoRA run to merge.")
 _DST = flags.DEFINE_string("dst", None, "Orbax checkpoint directory to create.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --dst.")
 
@@ -49,13 +55,14 @@ def main(argv: list[str]) -> None:
     usage = f"usage: python -m harmony_jax.convert {{{'|'.join(_COMMANDS)}}} --src DIR --dst DIR"
     if len(argv) != 2 or argv[1] not in _COMMANDS:
         raise FlagError(f"{usage}; got arguments {argv[1:]}")
-    for flag, value in (("src", _SRC.value), ("dst", _DST.value)):
+    src = ("workdir", _WORKDIR.value) if argv[1] == "merge-lora" else ("src", _SRC.value)
+    for flag, value in (src, ("dst", _DST.value)):
         if not value:
             raise FlagError(f"--{flag} is required ({usage})")
     check_config(_CONFIG.value)
     module = importlib.import_module(f"harmony_jax.convert.{_COMMANDS[argv[1]]}")
     try:
-        module.convert_checkpoint(_SRC.value, _DST.value, _CONFIG.value, overwrite=_OVERWRITE.value)
+        module.convert_checkpoint(src[1], _DST.value, _CONFIG.value, overwrite=_OVERWRITE.value)
     except (ValueError, ImportError) as e:  # what --src holds does not fit, or needs torch
         if isinstance(e, UserError):
             raise

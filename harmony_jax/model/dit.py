@@ -188,7 +188,7 @@ class HarmonyDiT(nn.Module):
             return nn.scan(
                 layer,
                 variable_axes={"params": 0},
-                split_rngs={"params": True},
+                split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast,),
                 length=cfg.depth,
                 metadata_params={nn.PARTITION_NAME: "layers"},

@@ -160,6 +160,14 @@ def newest_intact(
     return None
 
 
+def _saved(state: Any) -> Any:
+    """What a checkpoint holds of a train state: all of it but a LoRA run's frozen base, which
+    is referenced (`run/metadata`'s lora_base: path and hash), never copied."""
+    if getattr(state, "frozen", None) is None:
+        return state
+    return state.replace(frozen=None)
+
+
 def state_bytes(state: Any) -> int:
     """Bytes one checkpoint of `state` takes (arrays or ShapeDtypeStructs: shapes only)."""
     return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
@@ -168,7 +176,15 @@ def state_bytes(state: Any) -> int:
 class Checkpointer:
     """Async, keep-N checkpointing of (train state, config) in `workdir/checkpoints`."""
 
-    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        keep: int = 3,
+        async_save: bool = True,
+        base: dict[str, str] | None = None,
+    ):
+        self.base = base  # a LoRA run's `lora_base` record, saved in every step's run item
         self.directory = epath.Path(workdir).absolute() / "checkpoints"
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -218,7 +234,7 @@ class Checkpointer:
         checkpoint of `state` (local workdirs; a bucket is not measured)."""
         if "://" in str(self.directory):
             return
-        need, free = state_bytes(state), shutil.disk_usage(self.directory).free
+        need, free = state_bytes(_saved(state)), shutil.disk_usage(self.directory).free
         if free < need:
             raise DiskError(
                 f"{self.directory}: {free / 2**20:.1f} MiB free, a checkpoint "
@@ -260,9 +276,9 @@ class Checkpointer:
             self._manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
+                    state=ocp.args.StandardSave(_saved(state)),
                     config=ocp.args.JsonSave(json.loads(config.to_json())),
-                    run=ocp.args.JsonSave(run_layout()),
+                    run=ocp.args.JsonSave(run_layout(self.base)),
                 ),
             )
         except Exception as e:  # noqa: BLE001 - e.g. OSError(ENOSPC), or a previous save's
@@ -279,12 +295,16 @@ class Checkpointer:
         check_params(saved, params, str(self.directory / str(step)))
 
     def restore(self, step: int, like_state: Any) -> Any:
-        """The state at `step`, laid out like `like_state` (arrays or abstract, with shardings)."""
+        """The state at `step`, laid out like `like_state` (arrays or abstract, with shardings);
+        a LoRA run's frozen base is `like_state`'s own."""
         self.check_params(step, like_state.params)
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(like_state)))
-        )
-        return restored["state"]
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(_saved(like_state)))),
+        )["state"]
+        if getattr(like_state, "frozen", None) is not None:
+            restored = restored.replace(frozen=like_state.frozen)
+        return restored
 
     def restore_newest_intact(self, like_state: Any) -> tuple[int, Any] | None:
         """(step, state) of the newest step that reads back, damaged newer ones set aside with
@@ -333,9 +353,38 @@ RESUMABLE_CHANGES = (
 )
 
 
-def run_layout() -> dict[str, int]:
-    """What a checkpoint records of the processes that wrote it."""
-    return dict(process_count=jax.process_count(), device_count=jax.device_count())
+def run_layout(base: dict[str, str] | None = None) -> dict[str, Any]:
+    """What a checkpoint records of the processes that wrote it (and a LoRA run's base)."""
+    run = dict(process_count=jax.process_count(), device_count=jax.device_count())
+    return run if base is None else dict(run, lora_base=base)
+
+
+def read_run(step_dir: epath.Path) -> dict[str, Any]:
+    """A step's run record (`run_layout`); {} for a step saved before it was recorded."""
+    file = epath.Path(step_dir) / "run" / "metadata"
+    return json.loads(file.read_text()) if file.exists() else {}
+
+
+def restore_params(step_dir: epath.Path, abstract: Any) -> tuple[str, Any]:
+    """('ema_params' | 'params', the tree) of a step: its EMA where the run kept one (averaged
+    weights are the ones to sample or build on), read straight into `abstract`'s shardings and
+    dtypes (each array into its shards, cast as read); no optimizer state is read. Shapes are
+    checked first (CheckpointMismatchError names the parameter)."""
+    state_dir = epath.Path(step_dir) / "state"
+    saved = ocp.PyTreeCheckpointHandler().metadata(state_dir).tree  # no array is read
+    key = "ema_params" if saved.get("ema_params") else "params"
+    check_params(saved[key], abstract, str(step_dir))  # the code's model may have changed since
+    item = {key: abstract}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        restored = checkpointer.restore(
+            state_dir,
+            args=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            ),
+        )
+    return key, restored[key]
 
 
 def read_config(path: str) -> tuple[ml_collections.ConfigDict, epath.Path | None]:

@@ -18,15 +18,21 @@ from harmony_jax.parallel.sharding import replicated
 from harmony_jax.training.step import TrainState, create_train_state
 
 
-def train_state_shardings(state: TrainState, param_shardings: Any, mesh: Mesh) -> TrainState:
+def train_state_shardings(
+    state: TrainState, param_shardings: Any, mesh: Mesh, frozen_shardings: Any = None
+) -> TrainState:
     """Shardings of `state` (arrays or abstract): every leaf whose key path ends in a parameter's
     path with that parameter's shape (its EMA, Adam's mu and nu, under any optax nesting or
-    freeze mask) as that parameter; counters and the rest replicated."""
+    freeze mask) as that parameter; a LoRA run's frozen base as `frozen_shardings`; counters and
+    the rest replicated."""
     rep = replicated(mesh)
+    pairs = [(state.params, param_shardings), (state.frozen, frozen_shardings)]
     params = {
         tuple(path): (leaf.shape, sharding)
+        for tree, shardings in pairs
+        if tree is not None
         for (path, leaf), sharding in zip(
-            jax.tree_util.tree_leaves_with_path(state.params), jax.tree.leaves(param_shardings)
+            jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(shardings)
         )
     }
 
@@ -41,12 +47,20 @@ def train_state_shardings(state: TrainState, param_shardings: Any, mesh: Mesh) -
 
 
 def sharded_train_state(
-    params: Any, param_shardings: Any, tx: optax.GradientTransformation, ema: bool, mesh: Mesh
+    params: Any,
+    param_shardings: Any,
+    tx: optax.GradientTransformation,
+    ema: bool,
+    mesh: Mesh,
+    frozen: Any = None,
+    frozen_shardings: Any = None,
 ) -> TrainState:
-    """`create_train_state(params, tx, ema)` laid out by `train_state_shardings` (parameters as
-    `param_shardings`, e.g. from `sharded_init`, wherever `params` are now); `params` are
-    donated, so they are not held twice."""
-    create = lambda p: create_train_state(p, tx, ema)
-    shardings = train_state_shardings(jax.eval_shape(create, params), param_shardings, mesh)
+    """`create_train_state(params, tx, ema, frozen)` laid out by `train_state_shardings`
+    (parameters as `param_shardings`, e.g. from `sharded_init`, wherever `params` are now);
+    `params` and `frozen` are donated, so they are not held twice."""
+    create = lambda p, f: create_train_state(p, tx, ema, f)
+    shardings = train_state_shardings(
+        jax.eval_shape(create, params, frozen), param_shardings, mesh, frozen_shardings
+    )
     with jax.set_mesh(mesh):
-        return jax.jit(create, out_shardings=shardings, donate_argnums=0)(params)
+        return jax.jit(create, out_shardings=shardings, donate_argnums=(0, 1))(params, frozen)

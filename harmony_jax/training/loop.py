@@ -20,11 +20,13 @@ from harmony_jax.convert.wan import load_video_tower
 from harmony_jax.data.latent_records import sample_items, unloaded_message
 from harmony_jax.data.pipeline import make_source, make_train_iterator
 from harmony_jax.media import write_av
+from harmony_jax.model.lora import merge
 from harmony_jax.parallel import distributed
 from harmony_jax.parallel.mesh import make_mesh
 from harmony_jax.parallel.sharding import axis_rules, batch_sharding, process_rows, replicated
 from harmony_jax.system import System, build_system, latent_inputs
-from harmony_jax.training.checkpoint import Checkpointer, steps_in, write_config
+from harmony_jax.training import lora
+from harmony_jax.training.checkpoint import Checkpointer, read_run, steps_in, write_config
 from harmony_jax.training.preemption import PreemptionWatch
 from harmony_jax.training.progress import Progress
 from harmony_jax.training.state import make_train_state
@@ -150,7 +152,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             params = load_transcript(params, config.init.transcript_from)
         return params
 
-    tx, state = make_train_state(train_system, config, mesh, rules, imported=imported)
+    # a LoRA run: adapters over a frozen base, loaded (and its hash taken) on every start
+    train_system, base_hash = lora.with_lora(train_system, config), []
+
+    def base(abstract):
+        params = lora.load_base(train_system, config, mesh, rules, abstract)
+        base_hash.append(lora.fingerprint(params))
+        return params
+
+    tx, state = make_train_state(train_system, config, mesh, rules, imported=imported, base=base)
+    if base_hash:
+        record = {"from": lora.describe(config), "hash": base_hash[0]}
+        if latest is not None:  # resumed on the base it was trained on, or refused
+            where = str(checkpointer.directory / str(latest))
+            saved = read_run(checkpointer.directory / str(latest)).get("lora_base", {})
+            lora.check_base(config, record["hash"], saved, where)
+        checkpointer.base = record
+        logging.info("LoRA over the base %s (hash %s)", record["from"], record["hash"])
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     logging.info(
         "parameters: %s",
@@ -237,7 +255,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 if config.sample_every and (
                     done % config.sample_every == 0 or done == config.total_steps
                 ):
-                    paths = write_samples(system, config, state.sampling_params, done, workdir)
+                    params = state.sampling_params
+                    if train_system.lora is not None:  # the adapters folded into the base
+                        params = merge(params, train_system.lora)
+                    paths = write_samples(system, config, params, done, workdir)
                     logging.info("samples: %s", paths)
     except jax.errors.JaxRuntimeError as e:  # on several processes: a peer is gone
         if jax.process_count() == 1:

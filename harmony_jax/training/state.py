@@ -18,6 +18,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from harmony_jax.model import lora
 from harmony_jax.parallel.sharding import logical_shardings, sharded_init
 from harmony_jax.system import System
 from harmony_jax.training.layout import sharded_train_state, train_state_shardings
@@ -39,14 +40,19 @@ def make_train_state(
     *,
     abstract: bool = False,
     imported: Callable[[Any], Any] | None = None,
+    base: Callable[[Any], Any] | None = None,
 ) -> tuple[optax.GradientTransformation, TrainState]:
     """(optimizer, train state) of `system` on `mesh`: parameters initialised from
     `config.seed` on the inputs `system.example_batch` describes (media or latents).
 
     `abstract`: the state as sharded `jax.ShapeDtypeStruct`s, nothing allocated (what `plan`
     compiles against). `imported`: params -> params applied before the optimizer is made (a
-    fresh run's imported towers); not with `abstract`.
+    fresh run's imported towers); not with `abstract`. A LoRA system (`training.lora.with_lora`)
+    trains its adapters (and `lora.train_also`) over a frozen base: `base` maps the plain
+    model's sharded abstract parameters to the base's arrays (not with `abstract`).
     """
+    if system.lora is not None:
+        return _lora_train_state(system, config, mesh, rules, abstract, base)
     example = system.example_batch(1)
     ema = config.optim.ema_decay > 0
     if abstract:
@@ -71,3 +77,40 @@ def make_train_state(
     # Adam's moments and the EMA laid out as the parameters (XLA alone may replicate them);
     # `params` are donated, so they are not held twice.
     return tx, sharded_train_state(params, param_shardings, tx, ema, mesh)
+
+
+def _lora_train_state(system, config, mesh, rules, abstract, base):
+    """The state of a LoRA run: `params` the trained leaves (adapters with their init, and the
+    base's `train_also` leaves), `frozen` the rest of the base; optimizer and EMA of the trained
+    leaves only."""
+    spec, key, example = system.lora, jax.random.key(config.seed), system.example_batch(1)
+    ema = config.optim.ema_decay > 0
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(system.init, key, example)
+        shardings = nn.meta.unbox(logical_shardings(boxed, mesh, rules))
+    full = _with_shardings(nn.meta.unbox(boxed), shardings)
+    lora.check_adapters(full, spec)
+    trained_sh, frozen_sh = lora.split(shardings, spec)
+    if abstract:
+        trained, frozen = lora.split(full, spec)
+        tx = make_optimizer(config.optim, trained, config.total_steps)
+        create = lambda p, f: create_train_state(p, tx, ema, f)
+        state = jax.eval_shape(create, trained, frozen)
+        layout = train_state_shardings(state, trained_sh, mesh, frozen_sh)
+        return tx, _with_shardings(state, layout)
+    if base is None:
+        raise ValueError("make_train_state: a LoRA system needs its `base`")
+    adapters_only = lambda tree: {
+        k: v for k, v in lora.flat(nn.meta.unbox(tree)).items() if lora.is_adapter(k)
+    }
+    zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        # only the adapters leave the jit: the base's own init is dead code there
+        adapters = jax.jit(
+            lambda rng: adapters_only(system.init(rng, zeros())),
+            out_shardings=adapters_only(shardings),
+        )(key)
+    params = lora.combine(base(lora.without_adapters(full)), lora.unflat(adapters))
+    trained, frozen = lora.split(params, spec)
+    tx = make_optimizer(config.optim, trained, config.total_steps)
+    return tx, sharded_train_state(trained, trained_sh, tx, ema, mesh, frozen, frozen_sh)

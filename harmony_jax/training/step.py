@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from harmony_jax.diffusion.cts import cts_loss
+from harmony_jax.model.lora import combine
 from harmony_jax.system import System
 
 Batch = dict[str, jax.Array]
@@ -20,24 +21,31 @@ Batch = dict[str, jax.Array]
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array  # int32 []
-    params: Any  # {'dit': ..., 'text': ...}
+    params: Any  # the trained parameters: {'dit': ..., 'text': ...}; a LoRA run's adapters
     opt_state: Any
     ema_params: Any  # same tree as params, or None when config.optim.ema_decay == 0
     skipped: jax.Array  # int32 []: updates dropped because the loss or a gradient was not finite
+    # a LoRA run's frozen base (every other leaf of the adapted model: no gradient, optimizer
+    # state or EMA; never checkpointed, see `training.lora`); None in a full run
+    frozen: Any = None
 
     @property
     def sampling_params(self) -> Any:
-        """The weights to sample from: the EMA where the run keeps one, else the raw ones."""
-        return self.params if self.ema_params is None else self.ema_params
+        """The weights to sample from: the EMA where the run keeps one, else the raw ones (a
+        LoRA run's with its frozen base: the adapted model's whole tree)."""
+        return combine(self.frozen, self.params if self.ema_params is None else self.ema_params)
 
 
-def create_train_state(params: Any, tx: optax.GradientTransformation, ema: bool) -> TrainState:
+def create_train_state(
+    params: Any, tx: optax.GradientTransformation, ema: bool, frozen: Any = None
+) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
         ema_params=jax.tree.map(jnp.copy, params) if ema else None,
         skipped=jnp.zeros((), jnp.int32),
+        frozen=frozen,
     )
 
 
@@ -96,6 +104,9 @@ def make_loss_fn(system: System, config) -> Callable:
 
     def loss_fn(params, batch: Batch, rng: jax.Array):
         k_drop, rng = jax.random.split(rng)
+        k_lora = None
+        if system.lora is not None and system.lora.dropout:  # a full run draws as it always did
+            k_lora, rng = jax.random.split(rng)
         video0, audio0 = system.encode_media(batch)  # [B, Tv, h, w, Cv], [B, Ta, Ca]
         cond = system.conditioning(
             params, drop_captions(system, batch, k_drop, cts.caption_dropout)
@@ -104,7 +115,7 @@ def make_loss_fn(system: System, config) -> Callable:
             k_ref, rng = jax.random.split(rng)
             cond = cond.replace(ref_audio=reference_voice(audio0, k_ref, ref_frames))
         return cts_loss(
-            system.denoiser(params),
+            system.denoiser(params, k_lora),
             video0,
             audio0,
             cond,
@@ -156,7 +167,9 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
-        metrics, grads = _grads(loss_fn, state.params, batch, rng, accum)
+        # differentiated w.r.t. the trained leaves only: a frozen base gets no gradient
+        loss = lambda trained, b, r: loss_fn(combine(state.frozen, trained), b, r)
+        metrics, grads = _grads(loss, state.params, batch, rng, accum)
         finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

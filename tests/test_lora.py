@@ -1,0 +1,203 @@
+"""LoRA fine-tuning on the tiny config: adapters over a frozen base run, exact at init, only the
+trained leaves move, optimizer state of those alone, exact resume, merged weights, refusals."""
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from etils import epath
+from flax.linen import unbox
+
+from configs import tiny
+from harmony_jax.config_check import check_config
+from harmony_jax.convert.merge_lora import merge_run
+from harmony_jax.errors import ConfigError
+from harmony_jax.inference import load_for_inference
+from harmony_jax.model import lora
+from harmony_jax.model.inputs import example_inputs
+from harmony_jax.system import build_system
+from harmony_jax.training.loop import train
+from harmony_jax.training.lora import BaseMismatchError, with_lora
+
+TRAIN_ALSO = "^dit/layers/interaction/a2v/"
+
+
+def _lora_config(base: str, **overrides):
+    c = tiny.get_config()
+    c.total_steps = 2
+    c.lora.rank, c.lora.alpha, c.lora.dropout = 4, 8.0, 0.1
+    c.lora.train_also = TRAIN_ALSO
+    c.init.base_from = base
+    c.optim.ema_decay = 0.5
+    c.update(overrides)
+    return c
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """A plain tiny run of 2 steps, a checkpoint at each: the base (step 2) and another."""
+    c = tiny.get_config()
+    c.total_steps, c.checkpoint_every = 2, 1
+    workdir = tmp_path_factory.mktemp("base")
+    train(c, str(workdir))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def lora_run(base_run, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("lora")
+    return workdir, train(_lora_config(str(base_run)), str(workdir))
+
+
+def _flat(tree):
+    return {k: np.asarray(v) for k, v in lora.flat(jax.device_get(tree)).items()}
+
+
+def _outputs(system, params):
+    """The denoiser's (video, audio) velocities on fixed random inputs."""
+    (tv, h, w, _), (ta, _) = system.video_latent_shape, system.audio_latent_shape
+    inputs = example_inputs(
+        system.model_config,
+        batch=2,
+        video_frames=tv,
+        height=h,
+        width=w,
+        audio_frames=ta,
+        audio_rate=system.audio_codec.latent_rate,
+    )
+    return jax.jit(lambda p: system.denoiser(p)(*inputs))(params)
+
+
+def _no_dropout(system):
+    return dataclasses.replace(system, lora=dataclasses.replace(system.lora, dropout=0.0))
+
+
+def test_only_trained_leaves_move_and_hold_optimizer_state(base_run, lora_run):
+    _, state = lora_run
+    base = _flat(load_for_inference(base_run, dtype="float32")[1])
+    trained, frozen = _flat(state.params), _flat(state.frozen)
+    assert set(trained) & set(frozen) == set()
+    assert set(frozen) | {k for k in trained if not lora.is_adapter(k)} == set(base)
+    for path, value in frozen.items():  # the base, bit for bit
+        np.testing.assert_array_equal(value, base[path], err_msg=path)
+    also = [k for k in trained if not lora.is_adapter(k)]
+    assert also and all(k.startswith(TRAIN_ALSO[1:]) for k in also)
+    assert any(not np.array_equal(trained[k], base[k]) for k in also)
+    assert all(np.any(trained[k] != 0) for k in trained if k.endswith("_lora_b"))
+    # Adam's two moments and the EMA: of the trained leaves only, in their shapes
+    moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim]
+    assert sorted(x.shape for x in moments) == sorted(2 * [v.shape for v in trained.values()])
+    assert set(_flat(state.ema_params)) == set(trained)
+
+
+def test_adapted_model_is_the_base_at_init_and_merges_exactly(base_run, lora_run):
+    _, state = lora_run
+    config = _lora_config(str(base_run))
+    system = with_lora(build_system(config), config)
+    adapted, plain = _no_dropout(system), dataclasses.replace(system, lora=None)
+    params = state.sampling_params
+    zero_b = lambda k, v: jnp.zeros_like(v) if k.endswith("_lora_b") else v
+    at_init = lora.unflat({k: zero_b(k, v) for k, v in lora.flat(params).items()})
+    for a, b in zip(_outputs(adapted, at_init), _outputs(plain, lora.without_adapters(at_init))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    merged = lora.merge(params, system.lora)
+    for a, b in zip(_outputs(adapted, params), _outputs(plain, merged)):
+        assert np.abs(np.asarray(a)).max() > 0
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_resume_continues_exactly(base_run, lora_run, tmp_path):
+    _, full = lora_run
+    first = train(_lora_config(str(base_run), total_steps=1), str(tmp_path))
+    assert int(first.step) == 1
+    resumed = train(_lora_config(str(base_run)), str(tmp_path))
+    assert int(resumed.step) == 2
+    for tree in ("params", "opt_state", "ema_params", "frozen"):
+        a, b = getattr(full, tree), getattr(resumed, tree)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=tree)
+
+
+def test_checkpoint_references_the_base_and_merge_lora_writes_a_plain_run(
+    base_run, lora_run, tmp_path
+):
+    workdir, state = lora_run
+    step = epath.Path(workdir) / "checkpoints" / "2"
+    record = json.loads((step / "run" / "metadata").read_text())["lora_base"]
+    assert record["from"] == str(base_run) and len(record["hash"]) == 16
+    saved = json.loads((step / "state" / "_METADATA").read_text())["tree_metadata"]
+    assert [k for k in saved if "frozen" in k] == ["('frozen',)"]  # None: the base not copied
+    system, loaded = load_for_inference(workdir, dtype="float32")
+    assert system.lora is None  # plain weights, the adapters merged
+    expected = _flat(
+        lora.merge(state.sampling_params, with_lora(system, _lora_config(str(base_run))).lora)
+    )
+    got = _flat(loaded)
+    assert set(got) == set(expected)
+    for k in got:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    merged = merge_run(str(workdir), str(tmp_path / "merged"))
+    assert merged.name == "2"
+    _, again = load_for_inference(tmp_path / "merged", dtype="float32")
+    for k, v in _flat(again).items():
+        np.testing.assert_array_equal(v, got[k], err_msg=k)
+
+
+def test_a_missing_or_another_base_is_refused_naming_both(base_run, lora_run, tmp_path):
+    workdir, _ = lora_run
+    moved = tmp_path / "moved"
+    shutil.move(str(base_run), str(moved))
+    try:
+        with pytest.raises(BaseMismatchError) as missing:
+            load_for_inference(workdir, dtype="float32")
+    finally:
+        shutil.move(str(moved), str(base_run))
+    assert str(base_run) in str(missing.value) and str(workdir) in str(missing.value)
+    assert "missing" in str(missing.value)
+    other = base_run / "checkpoints" / "1"  # the base run's other step: other weights
+    with pytest.raises(BaseMismatchError) as mismatch:
+        train(_lora_config(str(other), total_steps=3), str(workdir))
+    message = str(mismatch.value)
+    assert str(base_run) in message and str(other) in message and "hash" in message
+
+
+def test_config_mistakes_are_named():
+    c = _lora_config("")
+    for key, value, words in (
+        ("targets", "(", "lora.targets"),
+        ("dropout", 1.0, "lora.dropout"),
+        ("alpha", 0.0, "lora.alpha"),
+    ):
+        bad = _lora_config("")
+        bad.lora[key] = value
+        with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+            check_config(bad)
+    plain = tiny.get_config()
+    plain.init.base_from = "/somewhere"
+    with pytest.raises(ConfigError, match=r"init\.base_from.*lora\.rank"):
+        check_config(plain)
+    c.lora.targets = "^dit/no_such_layer/"
+    with pytest.raises(ConfigError, match=r"lora\.targets.*matches no parameter"):
+        with_lora(build_system(c), c)
+    c.lora.targets, c.lora.train_also = tiny.get_config().lora.targets, "^nothing"
+    with pytest.raises(ConfigError, match=r"lora\.train_also.*matches no parameter"):
+        with_lora(build_system(c), c)
+    c.lora.train_also = ""
+    c.lora.targets = "^dit/transcript/convnext_0/dwconv/kernel$"  # a convolution, not x W
+    with pytest.raises(ConfigError, match="no Dense kernel"):
+        with_lora(build_system(c), c)
+
+
+def test_adapters_keep_a_bfloat16_models_dtype():
+    """qwix's float32 adapter term must not promote a bf16 block's output (nn.scan's carry
+    would then change dtype and the model not build)."""
+    c = _lora_config("")
+    c.model.dtype = "bfloat16"
+    system = with_lora(build_system(c), c)
+    params = jax.eval_shape(system.init, jax.random.key(0), system.example_batch(1))
+    video, audio = jax.eval_shape(lambda p: _outputs(_no_dropout(system), p), unbox(params))
+    assert video.dtype == audio.dtype == jnp.float32  # the heads' outputs, as without LoRA
