@@ -51,7 +51,7 @@ def peak_matmul(steps: int = 10) -> tuple[float, str]:
     matmul = jax.jit(jnp.matmul)
     seconds = median_seconds(lambda: matmul(a, b), steps, warmup=2)
     return (
-        2 * n** 3 / seconds,
+        2 * n**3 / seconds,
         f"{jnp.dtype(dtype).name} {n}x{n} matmul on {jax.devices()[0].device_kind}",
     )
 
