@@ -21,6 +21,7 @@ from harmony_jax.data.sounding_shapes import SoundingShapes
 from harmony_jax.inference import inference_mesh, load_for_inference, read_audio, read_video
 from harmony_jax.media import MediaError, write_av, write_wav
 from harmony_jax.parallel import ulysses
+from harmony_jax.quantize import is_quantized, param_bytes
 from harmony_jax.sample import sample_to_files
 from harmony_jax.system import System
 from harmony_jax.training.loop import train
@@ -377,6 +378,32 @@ def test_bfloat16_weights_against_float32(run, model, reference):
     )
     assert err.max() < 0.1 and err.mean() < 0.01  # measured: max 0.031, mean 0.0024
     assert np.abs(audio - ref_audio).max() < 0.1  # measured: 0.027
+
+
+def test_int8_weights_against_float32(run, model, reference):
+    """--quantize int8 (bfloat16 elsewhere): every Dense kernel is held as int8 with one scale
+    per layer and output channel, and the clip stays close to float32's."""
+    system, params = load_for_inference(run[0], quantize="int8", devices=jax.devices()[:1])
+    kernels = [x for x in jax.tree.leaves(params, is_leaf=is_quantized) if is_quantized(x)]
+    assert len(kernels) > 40
+    q = params["dit"]["layers"]["video_block"]["self_attn"]["q"]["kernel"]  # [layers, D, D]
+    assert q.array.qvalue.dtype == jnp.int8 and q.array.scale.shape == (2, 1, q.shape[-1])
+    assert {k.array.qvalue.dtype for k in kernels} == {jnp.dtype(jnp.int8)}
+    assert all(k.array.qvalue.addressable_shards[0].data.dtype == jnp.int8 for k in kernels)
+    # one byte per kernel weight where bfloat16 takes two, plus float32 scales
+    bf16 = param_bytes(model[1]) // 2  # float32 as saved
+    scales = sum(k.array.scale.size * 4 for k in kernels)
+    assert param_bytes(params) == bf16 - sum(k.array.qvalue.size for k in kernels) + scales
+    video, audio, frames = _latents(system, params)
+    ref_video, ref_audio, ref_frames = reference
+    err = np.abs(frames - ref_frames)
+    print(
+        f"int8 vs f32: frames max {err.max():.4f} mean {err.mean():.5f}, audio latents max "
+        f"{np.abs(audio - ref_audio).max():.4f}; parameters {param_bytes(params)} bytes, "
+        f"bf16 {bf16}, f32 {param_bytes(model[1])}"
+    )
+    assert err.max() < 0.15 and err.mean() < 0.015  # measured: max 0.062, mean 0.0055
+    assert np.abs(audio - ref_audio).max() < 0.1  # measured: 0.037
 
 
 def test_mesh_flag_errors_name_it():
