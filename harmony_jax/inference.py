@@ -10,6 +10,7 @@ raise `MediaError` naming the file when it cannot be used.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections.abc import Sequence
@@ -72,6 +73,31 @@ def inference_mesh(spec: str | None, devices: Sequence[jax.Device]) -> dict[str,
     except ValueError as e:
         raise FlagError(f"--mesh {spec!r} over {len(devices)} devices: {e}") from None
     return sizes.to_dict()
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """`--mesh`, `--dtype` and `--quantize`, spelled and explained alike by every entry point
+    that loads a run to sample from it (`sample`, `evaluate`); `load_for_inference` takes
+    them as they are parsed."""
+    parser.add_argument(
+        "--mesh",
+        help="device mesh for the parameters and the sampler, e.g. "
+        "fsdp=4,tensor=2 (keys data, fsdp, sequence, tensor; left out: 1, fsdp takes "
+        "the remaining devices); default: every local device on fsdp",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="bfloat16",
+        help="dtype of the weights while sampling (the latents stay float32)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE,
+        default="none",
+        help="int8: every Dense kernel of the DiT (and of a frozen text encoder) held as int8 "
+        "with a scale per output channel, dequantized in the matmul (half bfloat16's bytes)",
+    )
 
 
 def load_for_inference(

@@ -1,6 +1,7 @@
 """Weight-only int8 for sampling, through qwix's post-training quantization (`qwix.PtqProvider`).
 
-Every `nn.Dense` kernel (the `dot_general`s with a parameter operand) is stored as int8 with one
+Every `nn.Dense` kernel of the DiT and of a frozen umT5 text encoder (the `dot_general`s with a
+parameter operand) is stored as int8 with one
 float32 scale per output channel (absmax), and dequantized inside the matmul, where XLA fuses
 the two; activations, norms, biases, embeddings and convolutions stay in the sampling dtype.
 Matmuls between activations (attention scores) are left to the model's own code: the rule
@@ -21,6 +22,7 @@ import functools
 import math
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,6 +30,7 @@ import qwix
 from qwix._src.core import qarray
 from qwix._src.providers.ptq import WithAux
 
+from harmony_jax.codecs.umt5 import UMT5Encoder, UMT5TextEncoder
 from harmony_jax.model import HarmonyDiT, ModelConfig
 from harmony_jax.system import System
 
@@ -54,13 +57,49 @@ def _quantized_model(model_config: ModelConfig) -> nn.Module:
     return qwix.quantize_model(HarmonyDiT(model_config), int8_provider())
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class QuantizedUMT5(UMT5TextEncoder):
+    """The frozen umT5 encoder with int8 Dense kernels, quantized one array at a time as its
+    checkpoint is read, so its float weights are never all on the device."""
+
+    @functools.cached_property
+    def module(self) -> nn.Module:
+        return qwix.quantize_model(UMT5Encoder(self.config), int8_provider())
+
+    @functools.cached_property
+    def params(self) -> Any:
+        from harmony_jax.convert.umt5 import load_umt5
+
+        with jax.ensure_compile_time_eval():  # first use may be inside a trace
+            return quantize_tree(self.module, load_umt5(self.path, self.config), self.max_len)
+
+
+def quantize_tree(module: nn.Module, params: Any, length: int) -> Any:
+    """Float `params` (host or device) of the unquantized twin of qwix-quantized `module`, a
+    text encoder over int32 ids [1, length], with every kernel qwix quantizes as int8."""
+    ids = jax.ShapeDtypeStruct((1, length), jnp.int32)
+    abstract = flax.traverse_util.flatten_dict(
+        jax.eval_shape(module.init, jax.random.key(0), ids)["params"]
+    )
+    flat = flax.traverse_util.flatten_dict(params)
+    out = {}
+    for path in list(flat):
+        x = jnp.asarray(flat.pop(path))  # one float array on the device at a time
+        out[path] = quantize_leaf(x, abstract[path]) if is_quantized(abstract[path]) else x
+    return flax.traverse_util.unflatten_dict(out)
+
+
 def quantized_system(system: System, quantize: str) -> System:
-    """`system` as sampled with `quantize` ('none': itself)."""
+    """`system` as sampled with `quantize` ('none': itself): int8 kernels in the DiT and in a
+    frozen umT5 text encoder (a trained one, the demo's, is small and stays as it is)."""
     if quantize not in QUANTIZE:
         raise ValueError(f"--quantize {quantize!r} is not one of {QUANTIZE}")
     if quantize == "none" or isinstance(system, QuantizedSystem):
         return system
     fields = {f.name: getattr(system, f.name) for f in dataclasses.fields(System)}
+    text = fields["text_encoder"]
+    if type(text) is UMT5TextEncoder:
+        fields["text_encoder"] = QuantizedUMT5(text.path, text.max_len, text.config)
     return QuantizedSystem(**fields)
 
 
