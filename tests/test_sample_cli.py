@@ -442,3 +442,41 @@ def test_cli_mesh_and_dtype_errors_are_one_line(run, tmp_path, capsys):
             ["--workdir", "w", "--prompt", "a", "--out", "o.mp4", "--dtype", "float16"]
         )
     assert not os.listdir(tmp_path)
+
+
+def test_evaluate_cli_loads_the_run_as_sample_does(run, tmp_path, monkeypatch, capsys):
+    """`evaluate --checkpoint` takes sample's --mesh/--dtype/--quantize (one definition) to the
+    loader and prints the held-out sync table; clips and a model at once are refused."""
+    from harmony_jax import evaluate as evaluate_cli
+
+    flags = lambda parser: {
+        a.dest: (a.help, a.choices, a.default)
+        for a in parser._actions
+        if a.dest in ("mesh", "dtype", "quantize")
+    }
+    assert flags(evaluate_cli._parser()) == flags(sample_cli._parser())
+    assert len(flags(sample_cli._parser())) == 3
+    seen = {}
+
+    def rows(system, params, num_clips, out_dir=None):
+        seen.update(params=params, num_clips=num_clips, mesh=dict(system.config.mesh))
+        return {"t2av generated": [dict(event_f1=0.5, mean_abs_offset_ms=20.0, av_offset_ms=0.0)]}
+
+    monkeypatch.setattr(evaluate_cli, "evaluate_sync", rows)
+    step = os.path.join(run[0], "checkpoints", "2")
+    out = tmp_path / "sync.json"
+    argv = ["--checkpoint", step, "--num-clips", "3", "--mesh", "fsdp=2,tensor=4"]
+    args = evaluate_cli._parser().parse_args([*argv, "--quantize", "int8", "--json", str(out)])
+    evaluate_cli.main(args)
+    q = seen["params"]["dit"]["layers"]["video_block"]["self_attn"]["q"]["kernel"]
+    assert is_quantized(q) and q.array.qvalue.sharding.spec == P(None, "fsdp", "tensor")
+    assert seen["num_clips"] == 3 and (seen["mesh"]["fsdp"], seen["mesh"]["tensor"]) == (2, 4)
+    assert "t2av generated" in capsys.readouterr().out
+    assert '"quantize": "int8"' in out.read_text()
+    for extra, message in (
+        ([str(tmp_path)], "give one of PATH (clips), --workdir or --checkpoint"),
+        (["--plot", str(tmp_path / "p.png")], "--plot measures clips (PATH)"),
+    ):
+        with pytest.raises(SystemExit):
+            evaluate_cli.main(evaluate_cli._parser().parse_args([*argv, *extra]))
+        assert message in capsys.readouterr().err
