@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import harmony_5b  # noqa: E402
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +15,7 @@ import optax
 import pytest
 from flax import traverse_util
 
+from configs import harmony_5b  # noqa: E402
 from harmony_jax.codecs import make_audio_codec  # noqa: E402
 from harmony_jax.codecs.bigvgan import BigVGANConfig  # noqa: E402
 from harmony_jax.codecs.mmaudio import VARIANTS, MMAudioCodec, Variant, log_mel  # noqa: E402

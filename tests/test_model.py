@@ -4,14 +4,16 @@ import dataclasses
 import fractions
 
 import flax.linen as nn
-import harmony_5b  # noqa: E402
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from configs import tiny  # noqa: E402
+from configs import (
+    harmony_5b,  # noqa: E402
+    tiny,  # noqa: E402
+)
 from harmony_jax.model import HarmonyDiT, ModelConfig  # noqa: E402
 from harmony_jax.model.dit import num_params  # noqa: E402
 from harmony_jax.model.inputs import example_inputs  # noqa: E402

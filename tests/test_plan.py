@@ -4,12 +4,14 @@ the tiny config on 8 simulated devices."""
 import dataclasses
 
 import flax.linen as nn
-import harmony_5b  # noqa: E402
 import jax
 import numpy as np
 import pytest
 
-from configs import tiny  # noqa: E402
+from configs import (
+    harmony_5b,  # noqa: E402
+    tiny,  # noqa: E402
+)
 from harmony_jax import plan  # noqa: E402
 from harmony_jax.codecs.mmaudio import MMAudioCodec  # noqa: E402
 from harmony_jax.codecs.precomputed import PrecomputedVideo  # noqa: E402

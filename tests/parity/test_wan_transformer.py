@@ -6,11 +6,11 @@ import dataclasses
 import json
 
 import flax.linen as nn
-import harmony_5b  # noqa: E402
 import jax
 import numpy as np
 import pytest
 
+from configs import harmony_5b  # noqa: E402
 from harmony_jax.convert.state_dict import read_safetensors
 from harmony_jax.convert.wan import (
     abstract_dit,
