@@ -8,7 +8,11 @@ import pytest
 
 from harmony_jax.model import ModelConfig
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
+CONFIGS = sorted(
+    p
+    for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
+    if not p.endswith("__init__.py")
+)
 
 
 def _load(path):
