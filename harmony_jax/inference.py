@@ -50,6 +50,11 @@ Params = Any
 
 
 DTYPES = ("bfloat16", "float32")
+DTYPE_HELP = "dtype of the weights while sampling (the latents stay float32)"
+QUANTIZE_HELP = (
+    "int8: every Dense kernel of the DiT (and of a frozen text encoder) held as int8 with a "
+    "scale per output channel, dequantized in the matmul (about half bfloat16's bytes)"
+)
 GiB = 1024**3
 # Axes `--mesh` leaves out are 1, except fsdp, which takes the remaining devices: parameters
 # split over every device is what lets a model that fits no single device sample at all.
@@ -85,19 +90,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         "fsdp=4,tensor=2 (keys data, fsdp, sequence, tensor; left out: 1, fsdp takes "
         "the remaining devices); default: every local device on fsdp",
     )
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="bfloat16",
-        help="dtype of the weights while sampling (the latents stay float32)",
-    )
-    parser.add_argument(
-        "--quantize",
-        choices=QUANTIZE,
-        default="none",
-        help="int8: every Dense kernel of the DiT (and of a frozen text encoder) held as int8 "
-        "with a scale per output channel, dequantized in the matmul (half bfloat16's bytes)",
-    )
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help=DTYPE_HELP)
+    parser.add_argument("--quantize", choices=QUANTIZE, default="none", help=QUANTIZE_HELP)
 
 
 def load_for_inference(

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 
-from harmony_jax.plan import frozen_text_bytes
+from harmony_jax.plan_sample import text_encoder_bytes
 from harmony_jax.system import build_system
 
 WEIGHT_SHARE = 0.6  # of a device's memory, for the weights
@@ -47,7 +47,7 @@ def weight_count(config: ml_collections.ConfigDict) -> tuple[int, int]:
     alone (nothing is read or computed)."""
     system = build_system(config)
     shapes = jax.eval_shape(lambda b: system.init(jax.random.key(0), b), system.example_batch(1))
-    return sum(x.size for x in jax.tree.leaves(shapes)), frozen_text_bytes(config)
+    return sum(x.size for x in jax.tree.leaves(shapes)), text_encoder_bytes(config, "none")
 
 
 def choose_layout(
