@@ -2,6 +2,8 @@
 
     python -m harmony_jax.evaluate PATH [--json out.json] [--sounding-shapes] [--plot out.png]
                                         [--max-lag 1.0]
+    python -m harmony_jax.evaluate --workdir DIR [--num-clips 8] [--out-dir DIR] [--json out.json]
+                                   [--mesh fsdp=4,tensor=2] [--dtype bfloat16] [--quantize int8]
 
 PATH is one clip or a folder of clips (.mp4, .mov, .m4v, .mkv, .webm). Every clip gets the
 generic AV offset estimate of DESIGN.md section 9 (the lag, within +/- max-lag, shorter than the
@@ -13,6 +15,12 @@ of the mean. `--sounding-shapes` adds the event metrics that need clips of that 
 seen vs onsets heard, event F1 and mean |offset| of the matched pairs. A table (one row per clip,
 then the mean) goes to stdout; `--json` writes the same numbers as one object, `--plot` a PNG of
 both envelopes per clip.
+
+`--workdir DIR` (or `--checkpoint DIR/checkpoints/<step>`) evaluates a model instead: a run
+trained on the sounding-shapes world samples held-out prompts of that world in every mode, loaded
+as `sample` loads it (`--mesh`, `--dtype`, `--quantize` as there), and prints the demo's sync
+table: event F1, mean |offset| and AV offset per mode, beside the same clips with the audio
+shuffled across clips (chance) and the ground truth. `--out-dir` keeps the clips.
 
 Frames are picked by presentation time at the clip's fastest sustained rate (variable-rate clips
 measure right) and decoded straight to the analysis size, so memory depends on the clip's
@@ -35,6 +43,8 @@ from harmony_jax import quiet_logs
 from harmony_jax.atomic import atomic_path
 from harmony_jax.errors import FlagError, reported_as_one_line
 from harmony_jax.eval import sync
+from harmony_jax.eval.heldout import evaluate_sync
+from harmony_jax.inference import add_model_flags, load_for_inference
 from harmony_jax.media import MediaError, unit_range
 from harmony_jax.media_window import frame_rate, read_window
 
@@ -180,6 +190,8 @@ def write_json(path: str, results: dict[str, Any]) -> None:
     clean = lambda x: (
         {k: clean(v) for k, v in x.items()}
         if isinstance(x, dict)
+        else [clean(v) for v in x]
+        if isinstance(x, list)
         else None
         if isinstance(x, float) and not np.isfinite(x)
         else x
@@ -233,13 +245,43 @@ def _plot(curves: list[tuple], path: str) -> None:
         fig.savefig(tmp, format="png", dpi=100)
 
 
+def evaluate_run(
+    path: str,
+    *,
+    num_clips: int = 8,
+    out_dir: str | None = None,
+    mesh: str | None = None,
+    dtype: str = "bfloat16",
+    quantize: str = "none",
+) -> dict[str, list[Metrics]]:
+    """Per-clip sync metrics per row (`eval.heldout.evaluate_sync`) of the run at `path` (a
+    workdir or a step directory, loaded by `inference.load_for_inference`) on `num_clips`
+    held-out sounding-shapes prompts; clips are written to `out_dir` when given."""
+    if num_clips < 1:
+        raise FlagError(f"--num-clips {num_clips}: expected at least 1 clip")
+    system, params = load_for_inference(path, mesh=mesh, dtype=dtype, quantize=quantize)
+    source = system.clip.source
+    if source != "sounding_shapes":
+        raise FlagError(
+            f"{path}: trained on config.data.source={source!r}; held-out prompts exist only for "
+            f"the sounding-shapes world (sample clips, then evaluate them as PATH)"
+        )
+    return evaluate_sync(system, params, num_clips, out_dir=out_dir)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse_flags.ArgumentParser(
         prog="python -m harmony_jax.evaluate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("path", help="a clip, or a folder of clips")
+    p.add_argument("path", nargs="?", help="a clip, or a folder of clips")
+    run = p.add_argument_group("a model instead of clips (sounding-shapes runs)")
+    run.add_argument("--workdir", help="run directory: its latest checkpoint is evaluated")
+    run.add_argument("--checkpoint", help="a checkpoint step directory, DIR/checkpoints/<step>")
+    run.add_argument("--num-clips", type=int, default=8, help="held-out prompts per mode")
+    run.add_argument("--out-dir", help="write the generated clips here")
+    add_model_flags(run)
     p.add_argument("--json", help="write the results here as one JSON object")
     p.add_argument(
         "--sounding-shapes",
@@ -253,6 +295,32 @@ def _parser() -> argparse.ArgumentParser:
 
 @reported_as_one_line  # the input is at fault: one line, no traceback
 def main(args: argparse.Namespace) -> None:
+    given = [f for f, v in (("PATH", args.path), ("--workdir", args.workdir)) if v is not None]
+    given += ["--checkpoint"] if args.checkpoint is not None else []
+    if len(given) != 1:
+        raise FlagError(
+            f"give one of PATH (clips), --workdir or --checkpoint (a model); got "
+            f"{' and '.join(given) or 'none'}"
+        )
+    if args.path is None:
+        for flag, value in (("--sounding-shapes", args.sounding_shapes), ("--plot", args.plot)):
+            if value:
+                raise FlagError(f"{flag} measures clips (PATH); a model's table has every metric")
+        rows = evaluate_run(
+            args.workdir or args.checkpoint,
+            num_clips=args.num_clips,
+            out_dir=args.out_dir,
+            mesh=args.mesh,
+            dtype=args.dtype,
+            quantize=args.quantize,
+        )
+        print(sync.sync_table(rows))
+        if args.json:
+            write_json(
+                args.json,
+                {"rows": rows, "mesh": args.mesh, "dtype": args.dtype, "quantize": args.quantize},
+            )
+        return
     results = evaluate(
         args.path, sounding_shapes=args.sounding_shapes, max_lag=args.max_lag, plot=args.plot
     )

@@ -2,11 +2,14 @@
 
 One jitted function per (mode, guidance, steps, solver) runs the whole sampler; encoding of the
 given media happens inside it, decoding (Griffin-Lim for the mel codec) on the host after it.
+Prompts are embedded before it (`embed_prompts`), so a frozen text encoder need not stay in
+memory while it runs (`release_text_encoder`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from harmony_jax.diffusion.sampler import MODES, sample
+from harmony_jax.model.conditioning import Conditioning
 from harmony_jax.system import System
 
 
@@ -67,15 +71,51 @@ def _token_batch(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Prompts:
+    """N embedded prompts: the sampler's conditioning, and the empty prompt's (text CFG's other
+    side; None unless guidance is 'cfg')."""
+
+    cond: Conditioning
+    uncond: Conditioning | None = None
+
+    @property
+    def num(self) -> int:
+        return self.cond.batch_size
+
+
+def embed_prompts(
+    system: System, params: Any, batch: dict[str, np.ndarray], guidance: str | None = None
+) -> Prompts:
+    """The conditioning of `prompt_batch`'s token ids (+ `ref_audio`) for `guidance` (default
+    `system.sampler.guidance`), computed op by op outside the sampler: no compiled program keeps
+    a frozen text encoder's weights, so `release_text_encoder` can free them."""
+    n = batch["video_text_ids"].shape[0]
+    uncond = None
+    if (guidance or system.sampler.guidance) == "cfg":
+        uncond = _token_batch(system, [""] * n)
+        if "ref_audio" in batch:  # the voice is not text: CFG keeps it on both sides
+            uncond["ref_audio"] = batch["ref_audio"]
+    with on_params_mesh(system, params):
+        return Prompts(
+            system.conditioning(params, batch),
+            None if uncond is None else system.conditioning(params, uncond),
+        )
+
+
+def release_text_encoder(system: System) -> None:
+    """Frees a frozen text encoder's weights (umT5-XXL: 11 GB in bfloat16) once the prompts are
+    embedded; a later prompt reads them again. A trained one (the demo's) is part of `params`."""
+    system.text_encoder.__dict__.pop("params", None)  # the encoder's cached_property
+
+
 @functools.lru_cache(maxsize=16)
 def _sampler(system: System, mode: str, guidance: str, steps: int, solver: str):
     s = system.sampler
 
     @jax.jit
-    def run(params, rng, batch, uncond_batch, given_video, given_audio, ref_image, scales):
-        cond = system.conditioning(params, batch)
-        uncond = system.conditioning(params, uncond_batch) if guidance == "cfg" else None
-        n = batch["video_text_ids"].shape[0]
+    def run(params, rng, cond, uncond, given_video, given_audio, ref_image, scales):
+        n = cond.batch_size
         silent = system.audio_codec.encode(jnp.zeros((1, system.num_samples), jnp.float32))
         encode_v = lambda x: None if x is None else system.video_codec.encode(x)
         return sample(
@@ -121,7 +161,7 @@ def sample_latents(
     system: System,
     params: Any,
     rng: jax.Array,
-    batch: dict[str, np.ndarray],
+    batch: dict[str, np.ndarray] | Prompts,
     *,
     mode: str = "t2av",
     guidance: str | None = None,
@@ -135,7 +175,8 @@ def sample_latents(
     ref_image: np.ndarray | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The sampler's clean latents (video [N, *video_latent_shape], audio
-    [N, *audio_latent_shape], float32) before decoding; arguments as `generate`'s."""
+    [N, *audio_latent_shape], float32) before decoding; arguments as `generate`'s; `batch` may
+    be already embedded (`embed_prompts`)."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {MODES}")
     if mode == "a2v" and given_audio is None:
@@ -144,10 +185,11 @@ def sample_latents(
         raise ValueError("mode='v2a' needs the driving video (given_video)")
     s = system.sampler
     guidance = guidance or s.guidance
-    n = batch["video_text_ids"].shape[0]
-    uncond = _token_batch(system, [""] * n)
-    if "ref_audio" in batch:  # the voice is not text: CFG keeps it on both sides
-        uncond["ref_audio"] = batch["ref_audio"]
+    prompts = batch
+    if not isinstance(prompts, Prompts):
+        prompts = embed_prompts(system, params, batch, guidance)
+    if guidance == "cfg" and prompts.uncond is None:
+        raise ValueError("guidance='cfg' needs prompts embedded with guidance='cfg'")
     steps = int(s.steps if steps is None else steps)  # 0 is refused by the sampler, not replaced
     run = _sampler(system, mode, guidance, steps, solver or s.solver)
     scales = jnp.asarray(
@@ -163,8 +205,8 @@ def sample_latents(
         return run(
             params,
             rng,
-            batch,
-            uncond,
+            prompts.cond,
+            prompts.uncond,
             as_f32(given_video),
             as_f32(given_audio),
             as_f32(ref_image),
@@ -176,7 +218,7 @@ def generate(
     system: System,
     params: Any,
     rng: jax.Array,
-    batch: dict[str, np.ndarray],
+    batch: dict[str, np.ndarray] | Prompts,
     *,
     mode: str = "t2av",
     guidance: str | None = None,
@@ -192,9 +234,9 @@ def generate(
     """Decoded clips: (frames [N, F, H, W, 3] in [-1, 1], waveforms [N, S]).
 
     `batch` comes from `prompt_batch`, optionally with `ref_audio` [N, S_ref] (a reference
-    voice waveform at the codec's rate). A2V returns `given_audio` [N, S] sample for sample and
-    V2A returns `given_video` [N, F, H, W, 3] frame for frame; unset options come from
-    `config.sample`.
+    voice waveform at the codec's rate), or from `embed_prompts`. A2V returns `given_audio`
+    [N, S] sample for sample and V2A returns `given_video` [N, F, H, W, 3] frame for frame;
+    unset options come from `config.sample`.
     """
     video_lat, audio_lat = sample_latents(
         system,

@@ -10,17 +10,21 @@ raise `MediaError` naming the file when it cannot be used.
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import av
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import librosa
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
@@ -30,14 +34,15 @@ from harmony_jax.media import MediaError, unit_range
 from harmony_jax.media_window import read_soundtrack, read_window
 from harmony_jax.parallel.mesh import apply_mesh_flag, make_mesh, resolve_mesh_shape
 from harmony_jax.parallel.sharding import axis_rules, logical_shardings
+from harmony_jax.quantize import QUANTIZE, is_quantized, quantize_leaf, quantized_system
 from harmony_jax.system import System, build_system
 from harmony_jax.training.checkpoint import (
     CheckpointMismatchError,
+    check_params,
     damage,
     damaged_file,
     newest_intact,
     read_config_file,
-    restore_params,
     steps_in,
 )
 from harmony_jax.training.lora import restore_merged
@@ -46,6 +51,12 @@ Params = Any
 
 
 DTYPES = ("bfloat16", "float32")
+DTYPE_HELP = "dtype of the weights while sampling (the latents stay float32)"
+QUANTIZE_HELP = (
+    "int8: every Dense kernel of the DiT (and of a frozen text encoder) held as int8 with a "
+    "scale per output channel, dequantized in the matmul (about half bfloat16's bytes)"
+)
+GiB = 1024**3
 # Axes `--mesh` leaves out are 1, except fsdp, which takes the remaining devices: parameters
 # split over every device is what lets a model that fits no single device sample at all.
 _INFERENCE_MESH = dict(data=1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
@@ -70,11 +81,26 @@ def inference_mesh(spec: str | None, devices: Sequence[jax.Device]) -> dict[str,
     return sizes.to_dict()
 
 
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """`--mesh`, `--dtype` and `--quantize`, spelled and explained alike by every entry point
+    that loads a run to sample from it (`sample`, `evaluate`); `load_for_inference` takes
+    them as they are parsed."""
+    parser.add_argument(
+        "--mesh",
+        help="device mesh for the parameters and the sampler, e.g. "
+        "fsdp=4,tensor=2 (keys data, fsdp, sequence, tensor; left out: 1, fsdp takes "
+        "the remaining devices); default: every local device on fsdp",
+    )
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help=DTYPE_HELP)
+    parser.add_argument("--quantize", choices=QUANTIZE, default="none", help=QUANTIZE_HELP)
+
+
 def load_for_inference(
     path: str | os.PathLike,
     *,
     mesh: str | None = None,
     dtype: str = "bfloat16",
+    quantize: str = "none",
     devices: Sequence[jax.Device] | None = None,
 ) -> tuple[System, Params]:
     """(system, params) from a workdir (its newest intact checkpoint) or a checkpoint step
@@ -83,7 +109,10 @@ def load_for_inference(
     The parameters are restored straight into their shards, laid out by the run's logical axis
     rules (`config.axis_rules`, as training lays them out) on the mesh `mesh` describes
     ('fsdp=4,tensor=2'; see `inference_mesh`) over `devices` (default: this host's), and cast
-    to `dtype` as they are read. `system.axis_rules` are the rules for that mesh; `generation`
+    to `dtype` as they are read; with `quantize='int8'` every Dense kernel is read in float32
+    and kept as int8 with per-output-channel scales (`harmony_jax.quantize`; the returned system
+    samples with them), a chunk at a time, so the float tree is never whole in memory.
+    `system.axis_rules` are the rules for that mesh; `generation`
     samples under that mesh. EMA parameters are preferred when the run kept them: averaged
     weights are the ones meant for sampling. In a workdir a damaged step is named in a warning
     and the previous one used; a damaged step directory given as such is refused, naming the
@@ -96,7 +125,9 @@ def load_for_inference(
     enable_compile_cache(DEFAULT_DIR)  # the sampler's compile
     devices = list(jax.local_devices() if devices is None else devices)
     sizes = inference_mesh(mesh, devices)  # a bad --mesh is named before any step is read
-    load = lambda step_dir: _load_step(step_dir, sizes, dtype, devices)
+    if quantize not in QUANTIZE:
+        raise FlagError(f"--quantize {quantize!r} is not one of {QUANTIZE}")
+    load = lambda step_dir: _load_step(step_dir, sizes, dtype, quantize, devices)
     path = epath.Path(os.fspath(path)).absolute()
     if (path / "config").exists():  # a checkpoint step directory
         try:
@@ -124,32 +155,100 @@ def load_for_inference(
 
 
 def _load_step(
-    step_dir: epath.Path, mesh: dict[str, int], dtype: str, devices: list[jax.Device]
+    step_dir: epath.Path, mesh: dict[str, int], dtype: str, quantize: str, devices: list
 ) -> tuple[System, Params]:
     config = read_config_file(step_dir / "config" / "metadata")
     config.mesh = mesh
     system = build_system(config)
+    sampled = quantized_system(system, quantize)
     on = make_mesh(config.mesh, devices)
     rules = axis_rules(config)
+    batch = system.example_batch(1)
     with jax.set_mesh(on), nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(
-            lambda batch: system.init(jax.random.key(0), batch), system.example_batch(1)
-        )  # shapes only: nothing is computed
-        shardings = nn.meta.unbox(logical_shardings(boxed, on, rules))
+        boxed = {  # shapes only: nothing is computed
+            s: jax.eval_shape(lambda b, s=s: s.init(jax.random.key(0), b), batch)
+            for s in {system, sampled}
+        }
+        shardings = {s: nn.meta.unbox(logical_shardings(b, on, rules)) for s, b in boxed.items()}
     cast = lambda s: jnp.dtype(dtype) if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
     abstract = jax.tree.map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, cast(s), sharding=sharding),
-        nn.meta.unbox(boxed),
-        shardings,
+        nn.meta.unbox(boxed[system]),
+        shardings[system],
     )
-    if config.lora.rank:  # base + adapters, merged in float32, then cast
-        params = restore_merged(step_dir, config, system, on, rules)
-        params = jax.tree.map(lambda x, s: x.astype(s.dtype), params, abstract)
-        logging.info("loaded LoRA run %s merged in %s on mesh %s", step_dir, dtype, dict(on.shape))
-        return system, params
-    key, params = restore_params(step_dir, abstract)
-    logging.info("loaded %s from %s in %s on mesh %s", key, step_dir, dtype, dict(on.shape))
-    return system, params
+    targets, layout = _flat(abstract), _flat(shardings[sampled])
+    quantized = {  # path -> (abstract int8 leaf, its shardings), for the kernels qwix stores int8
+        path: (leaf, layout[path])
+        for path, leaf in _flat(boxed[sampled]).items()
+        if is_quantized(leaf)
+    }
+    for path in quantized:  # read in float32 and rounded once, to int8
+        targets[path] = targets[path].update(dtype=jnp.float32)
+    if config.lora.rank:  # base + adapters, merged in float32, then cast (or rounded to int8)
+        key = "the LoRA run merged"
+        merged = _flat(restore_merged(step_dir, config, system, on, rules))
+        chunks = [{path: merged[path].astype(t.dtype) for path, t in targets.items()}]
+    else:
+        state_dir = step_dir / "state"
+        saved = ocp.PyTreeCheckpointHandler().metadata(state_dir).tree  # no array is read
+        key = "ema_params" if saved.get("ema_params") else "params"
+        check_params(saved[key], abstract, str(step_dir))  # the model may have changed since
+        chunks = _restore_chunks(state_dir, key, targets)
+    params = {}
+    for chunk in chunks:
+        floats = {path: chunk.pop(path) for path in list(chunk) if path in quantized}
+        if floats:  # one program per chunk; the float32 copies are donated
+            chunk.update(
+                jax.jit(
+                    lambda xs: {p: quantize_leaf(x, quantized[p][0]) for p, x in xs.items()},
+                    out_shardings={p: quantized[p][1] for p in floats},
+                    donate_argnums=0,
+                )(floats)
+            )
+        params.update(chunk)
+    logging.info(
+        "loaded %s from %s in %s%s on mesh %s",
+        key,
+        step_dir,
+        dtype,
+        f" ({quantize} kernels)" if quantized else "",
+        dict(on.shape),
+    )
+    return sampled, flax.traverse_util.unflatten_dict(params)
+
+
+def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
+    """path -> leaf of a tree of dicts (a boxed or `WithAux` leaf is one leaf)."""
+    return flax.traverse_util.flatten_dict(tree)
+
+
+def _restore_chunks(state_dir: epath.Path, key: str, targets: dict, budget: int = 2 * GiB):
+    """The arrays of `targets` (path -> sharded ShapeDtypeStruct) read from the checkpoint's
+    tree `key` in chunks of at most `budget` bytes per device, each array into its shards: a
+    caller that shrinks each chunk (int8) never holds the whole float tree."""
+    chunk, size = {}, 0
+    for path, target in targets.items():
+        chunk[path] = target
+        size += math.prod(target.sharding.shard_shape(target.shape)) * target.dtype.itemsize
+        if size >= budget:
+            yield _restore(state_dir, key, chunk)
+            chunk, size = {}, 0
+    if chunk:
+        yield _restore(state_dir, key, chunk)
+
+
+def _restore(state_dir: epath.Path, key: str, chunk: dict) -> dict:
+    item = {key: flax.traverse_util.unflatten_dict(chunk)}
+    with ocp.PyTreeCheckpointer() as checkpointer:  # each array read into its shards, cast
+        restored = checkpointer.restore(
+            state_dir,
+            args=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            ),
+        )
+    return _flat(restored[key])
 
 
 # ---- audio

@@ -3,6 +3,11 @@
     python -m harmony_jax.plan --config configs/harmony_5b.py --mesh data=1,fsdp=64,tensor=1 \
         [--batch 128] [--remat full|dots|dots_no_batch|none] [--inputs latents|media] \
         [--hbm_gib 95] [--attention splash,blockwise] [--config.optim.grad_accum=2 ...]
+    python -m harmony_jax.plan --mode sample --config configs/harmony_5b.py --mesh fsdp=8 \
+        [--dtype bfloat16|float32] [--quantize none|int8] [--batch 1] [--hbm_gib 16]
+
+`--mode sample` plans sampling instead (`harmony_jax.plan_sample`): the jitted SyncCFG sampler
+with the weights as `sample --mesh --dtype --quantize` loads them; `--batch` is clips per call.
 
 `make_train_step` (with the run's optimizer, EMA and CTS loss) is lowered and compiled on
 abstract inputs (`jax.ShapeDtypeStruct`s with their `NamedSharding`s: no array is ever made) for
@@ -56,14 +61,18 @@ from harmony_jax import quiet_logs
 from harmony_jax.config_check import check_config
 from harmony_jax.config_cli import parse_flags
 from harmony_jax.errors import ConfigError, FlagError, reported_as_one_line
+from harmony_jax.inference import DTYPE_HELP, DTYPES, QUANTIZE_HELP
 from harmony_jax.parallel.mesh import AXES, apply_mesh_flag, make_mesh
 from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
+from harmony_jax.plan_sample import format_sample_plan, plan_sampler
+from harmony_jax.quantize import QUANTIZE
 from harmony_jax.system import System, build_system, latent_inputs
 from harmony_jax.training.lora import with_lora
 from harmony_jax.training.state import make_train_state
 from harmony_jax.training.step import make_train_step
 
 GiB = 1024**3
+MODES = ("train", "sample")
 FROZEN_TEXT_DTYPE = "bfloat16"  # Wan2.2's umT5-XXL checkpoint (models_t5_umt5-xxl-enc-bf16)
 
 
@@ -418,9 +427,14 @@ def run(
     inputs: str = "latents",
     hbm_gib: float = 0.0,
     attention: Sequence[str] | None = None,
+    mode: str = "train",
+    dtype: str = "bfloat16",
+    quantize: str = "none",
 ) -> str:
     """What `python -m harmony_jax.plan` prints, for the command line's values."""
-    config = apply_flags(config, mesh, batch, remat)
+    if mode not in MODES:
+        raise FlagError(f"--mode {mode!r} is not one of {MODES}")
+    config = apply_flags(config, mesh, None if mode == "sample" else batch, remat)
     sizes = [int(config.mesh.get(a, 1)) for a in AXES] + [
         int(config.mesh.get(f"dcn_{a}", 1)) for a in ("data", "fsdp")
     ]
@@ -430,6 +444,14 @@ def run(
     check_config(config, count)  # names the key before anything compiles
     kernels = attention_kernels(config, attention)
     simulate_cpu_devices(count)
+    if mode == "sample":
+        if len(kernels) > 1:
+            raise FlagError("--mode sample plans one --attention kernel at a time")
+        config.model.attention = kernels[0]
+        planned = plan_sampler(
+            config, dtype=dtype, quantize=quantize, clips=batch or 1, devices=jax.devices()[:count]
+        )
+        return format_sample_plan(planned, hbm_gib)
     plans = plan_attentions(config, kernels, inputs=inputs, devices=jax.devices()[:count])
     return format_plans(plans, hbm_gib)
 
@@ -465,6 +487,13 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
         ),
         hbm_gib=flags.DEFINE_float(
             "hbm_gib", 0.0, "Device memory to check the total against (GiB)."
+        ),
+        mode=flags.DEFINE_enum(
+            "mode", "train", list(MODES), "Plan the train step or the sampler (sample)."
+        ),
+        dtype=flags.DEFINE_enum("dtype", "bfloat16", list(DTYPES), f"--mode sample: {DTYPE_HELP}"),
+        quantize=flags.DEFINE_enum(
+            "quantize", "none", list(QUANTIZE), f"--mode sample: {QUANTIZE_HELP}"
         ),
         attention=flags.DEFINE_list(
             "attention",

@@ -36,7 +36,13 @@ from harmony_jax import generation, quiet_logs
 from harmony_jax.diffusion.sampler import SOLVERS
 from harmony_jax.diffusion.syncfg import GUIDANCES
 from harmony_jax.errors import FlagError, UserError, one_line, reported_as_one_line
-from harmony_jax.inference import DTYPES, load_for_inference, read_audio, read_image, read_video
+from harmony_jax.inference import (
+    add_model_flags,
+    load_for_inference,
+    read_audio,
+    read_image,
+    read_video,
+)
 from harmony_jax.media import MediaError, write_av, write_wav
 from harmony_jax.system import System
 
@@ -156,13 +162,15 @@ def sample_to_files(
     if ref_audio is not None:
         batch["ref_audio"] = _reference_voice(system, ref_audio)[None]
 
+    prompts = generation.embed_prompts(system, params, batch, guidance)
+    generation.release_text_encoder(system)  # umT5's weights are not needed while sampling
     key = jax.random.key(seed)
     for i in tqdm(range(num), desc=f"sampling {mode}", unit="clip", disable=not progress):
         frames, waves = generation.generate(
             system,
             params,
             jax.random.fold_in(key, i),
-            batch,
+            prompts,
             mode=mode,
             guidance=guidance,
             steps=steps,
@@ -228,18 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=1, help="number of clips")
     p.add_argument("--out", required=True, help="output .mp4 (a .wav is written beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument(
-        "--mesh",
-        help="device mesh for the parameters and the sampler, e.g. "
-        "fsdp=4,tensor=2 (keys data, fsdp, sequence, tensor; left out: 1, fsdp takes "
-        "the remaining devices); default: every local device on fsdp",
-    )
-    p.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="bfloat16",
-        help="dtype of the weights while sampling (the latents stay float32)",
-    )
+    add_model_flags(p)
     return p
 
 
@@ -248,7 +245,7 @@ def main(args: argparse.Namespace) -> None:
     check_flags(args)  # before the slow part
     _check_inputs(args.mode, args.audio, args.video, args.image, args.ref_audio)
     system, params = load_for_inference(
-        args.workdir or args.checkpoint, mesh=args.mesh, dtype=args.dtype
+        args.workdir or args.checkpoint, mesh=args.mesh, dtype=args.dtype, quantize=args.quantize
     )
     try:
         paths = sample_to_files(

@@ -36,7 +36,8 @@ Params = Any
 
 @dataclasses.dataclass(frozen=True)
 class ClipGeometry:
-    """One clip as the run reads it (`config.data`): what every batch and latent is shaped by."""
+    """One clip as the run reads it (`config.data`): what every batch and latent is shaped by,
+    and the source it was trained on."""
 
     num_frames: int
     height: int
@@ -45,6 +46,7 @@ class ClipGeometry:
     sample_rate: int
     ref_audio_seconds: float = 0.0  # the reference-voice prefix (0: none)
     ball_radius: float = 0.1  # the sounding-shapes world's balls, a fraction of the short side
+    source: str = "sounding_shapes"  # config.data.source
 
     @property
     def num_samples(self) -> int:
@@ -60,6 +62,7 @@ class ClipGeometry:
             sample_rate=int(data.sample_rate),
             ref_audio_seconds=float(data.ref_audio_seconds),
             ball_radius=float(data.ball_radius),
+            source=str(data.source),
         )
 
 

@@ -130,3 +130,31 @@ def test_splash_plan_prints_beside_the_blockwise_plan():
         round(p.total / plan.GiB, 2) for p in (splash, blockwise)
     ]
     assert lines[-1] == plan.SPLASH_NOTE
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_sample_plan_dtype_quantize_and_mesh():
+    """`plan --mode sample`: the sampler's parameters per device are float32's 4 bytes a
+    parameter, 2 in bfloat16, about 1 for int8 kernels, and split over a 2x2x2 mesh; the table
+    says whether it fits."""
+    from harmony_jax.plan_sample import format_sample_plan, plan_sampler
+
+    config = tiny.get_config()
+    system = plan.latent_system(config)
+    shapes = jax.eval_shape(system.init, jax.random.key(0), plan.abstract_batch(system, 1))
+    count = sum(x.size for x in jax.tree.leaves(shapes))
+    one = jax.devices()[:1]
+    f32 = plan_sampler(config, dtype="float32", devices=one)
+    assert f32.params == 4 * count and f32.temp > 0 and f32.total > f32.params + f32.temp
+    assert f32.text == 0 and f32.prompts > 0  # tiny trains its text encoder
+    int8 = plan_sampler(config, quantize="int8", devices=one)
+    config.mesh.update(data=2, fsdp=2, tensor=2)
+    sharded = plan_sampler(config, devices=jax.devices()[:8])
+    print(f"f32 {f32.params}, int8 {int8.params}, bf16 on 8: {sharded.params} of {2 * count}")
+    # measured: int8 0.81 of bfloat16 (tiny's norms, biases, embeddings stay bfloat16), the 2x2x2
+    # mesh 0.41 of one device's bfloat16 (most kernels split four ways, the rest two or none)
+    assert count < int8.params < 0.85 * 2 * count
+    assert sharded.params < 0.5 * 2 * count and sharded.temp < f32.temp / 2
+    lines = format_sample_plan(sharded, hbm_gib=1.0).splitlines()
+    assert lines[0].startswith("sampler: mesh data=2,fsdp=2,tensor=2 (8 devices)")
+    assert lines[-1].startswith("fits in 1 GiB per device")
