@@ -30,7 +30,8 @@ import qwix
 from qwix._src.core import qarray
 from qwix._src.providers.ptq import WithAux
 
-from harmony_jax.codecs.umt5 import UMT5Encoder, UMT5TextEncoder
+from harmony_jax.codecs.umt5 import UMT5Encoder
+from harmony_jax.codecs.umt5_text import UMT5TextEncoder
 from harmony_jax.model import HarmonyDiT, ModelConfig
 from harmony_jax.system import System
 
@@ -68,7 +69,7 @@ class QuantizedUMT5(UMT5TextEncoder):
 
     @functools.cached_property
     def params(self) -> Any:
-        from harmony_jax.convert.umt5 import load_umt5
+        from harmony_jax.codecs.umt5_weights import load_umt5
 
         with jax.ensure_compile_time_eval():  # first use may be inside a trace
             return quantize_tree(self.module, load_umt5(self.path, self.config), self.max_len)

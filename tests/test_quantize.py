@@ -11,7 +11,8 @@ import pytest
 import qwix
 
 from harmony_jax import generation
-from harmony_jax.codecs.umt5 import UMT5Config, UMT5Encoder, UMT5TextEncoder
+from harmony_jax.codecs.umt5 import UMT5Config, UMT5Encoder
+from harmony_jax.codecs.umt5_text import UMT5TextEncoder
 from harmony_jax.quantize import int8_provider, is_quantized, param_bytes, quantize_tree
 
 

@@ -14,10 +14,10 @@ import shutil
 
 from etils import epath
 
-from harmony_jax.convert.store import check_destination
 from harmony_jax.errors import ConfigError
 from harmony_jax.inference import load_for_inference
 from harmony_jax.training.checkpoint import Checkpointer, read_config, write_config
+from harmony_jax.weights.store import check_destination
 
 
 def merge_run(workdir: str, dst: str, *, overwrite: bool = False) -> epath.Path:
