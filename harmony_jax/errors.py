@@ -32,7 +32,7 @@ class ConfigError(UserError, ValueError):
 
 
 class FlagError(UserError, ValueError):
-    """A command-line flag that cannot be right (`--steps 0`, `--s-v nan`, an `--out` under a
+    """A command-line flag that cannot be right (`--steps 0`, `--s_v nan`, an `--out` under a
     file, ...), found before any model is loaded."""
 
 

@@ -1,8 +1,8 @@
 """Audio-video synchronization of sounding clips, generated or real.
 
-    python -m harmony_jax.evaluate PATH [--json out.json] [--sounding-shapes] [--plot out.png]
-                                        [--max-lag 1.0]
-    python -m harmony_jax.evaluate --workdir DIR [--num-clips 8] [--out-dir DIR] [--json out.json]
+    python -m harmony_jax.evaluate PATH [--json out.json] [--sounding_shapes] [--plot out.png]
+                                        [--max_lag 1.0]
+    python -m harmony_jax.evaluate --workdir DIR [--num_clips 8] [--out_dir DIR] [--json out.json]
                                    [--mesh fsdp=4,tensor=2] [--dtype bfloat16] [--quantize int8]
 
 PATH is one clip or a folder of clips (.mp4, .mov, .m4v, .mkv, .webm). Every clip gets the
@@ -11,7 +11,7 @@ clip, that best aligns the video's motion-change envelope with the audio's onset
 envelope; positive = audio late) with the evidence
 behind it: the correlation's peak-to-sidelobe ratio and the motion and onset events counted. A
 clip without any (static video, silence, a steady tone) reads "no sync evidence" and is left out
-of the mean. `--sounding-shapes` adds the event metrics that need clips of that world: bounces
+of the mean. `--sounding_shapes` adds the event metrics that need clips of that world: bounces
 seen vs onsets heard, event F1 and mean |offset| of the matched pairs. A table (one row per clip,
 then the mean) goes to stdout; `--json` writes the same numbers as one object, `--plot` a PNG of
 both envelopes per clip.
@@ -20,7 +20,7 @@ both envelopes per clip.
 trained on the sounding-shapes world samples held-out prompts of that world in every mode, loaded
 as `sample` loads it (`--mesh`, `--dtype`, `--quantize` as there), and prints the demo's sync
 table: event F1, mean |offset| and AV offset per mode, beside the same clips with the audio
-shuffled across clips (chance) and the ground truth. `--out-dir` keeps the clips.
+shuffled across clips (chance) and the ground truth. `--out_dir` keeps the clips.
 
 Frames are picked by presentation time at the clip's fastest sustained rate (variable-rate clips
 measure right) and decoded straight to the analysis size, so memory depends on the clip's
@@ -49,7 +49,7 @@ from harmony_jax.media import MediaError, unit_range
 from harmony_jax.media_window import frame_rate, read_window
 
 Metrics = dict[str, float]
-_EVENT_COLUMNS = (  # (metric, title, format) of the --sounding-shapes columns
+_EVENT_COLUMNS = (  # (metric, title, format) of the --sounding_shapes columns
     ("event_f1", "event F1", "{:.3f}"),
     ("mean_abs_offset_ms", "|offset| ms", "{:.1f}"),
     ("num_bounces", "bounces", "{:.1f}"),
@@ -63,7 +63,7 @@ _EVIDENCE_COLUMNS = (  # the evidence behind every clip's offset
 _NO_EVIDENCE = "no sync evidence"
 _MAX_FPS = 60.0  # analysis rate cap: the envelopes are compared on a 100 Hz grid
 _SYNC_SIDE = 64  # short side the offset needs (`sync.motion_change` works at <= 64)
-_EVENT_SIDE = 256  # short side for --sounding-shapes (ball centroids in pixels)
+_EVENT_SIDE = 256  # short side for --sounding_shapes (ball centroids in pixels)
 
 
 CLIP_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm")
@@ -124,14 +124,14 @@ def evaluate(
     'no_evidence': the clips without sync evidence, left out of the mean offset} for a clip or a
     folder of clips; `plot` saves the envelopes of every clip as one PNG."""
     if not (math.isfinite(max_lag) and max_lag > 0):
-        raise FlagError(f"--max-lag {max_lag}: expected a finite number of seconds > 0")
+        raise FlagError(f"--max_lag {max_lag}: expected a finite number of seconds > 0")
     clips, curves = {}, []
     for clip in clip_paths(path):
         name = os.path.basename(clip)
         video, fps, audio, rate = read_clip(clip, _EVENT_SIDE if sounding_shapes else _SYNC_SIDE)
         if max_lag >= len(audio) / rate:  # no lag that long fits in the clip
             raise FlagError(
-                f"--max-lag {max_lag}: not shorter than {clip} ({len(audio) / rate:.2f} s)"
+                f"--max_lag {max_lag}: not shorter than {clip} ({len(audio) / rate:.2f} s)"
             )
         try:
             clips[name] = evaluate_clip(
@@ -258,7 +258,7 @@ def evaluate_run(
     workdir or a step directory, loaded by `inference.load_for_inference`) on `num_clips`
     held-out sounding-shapes prompts; clips are written to `out_dir` when given."""
     if num_clips < 1:
-        raise FlagError(f"--num-clips {num_clips}: expected at least 1 clip")
+        raise FlagError(f"--num_clips {num_clips}: expected at least 1 clip")
     system, params = load_for_inference(path, mesh=mesh, dtype=dtype, quantize=quantize)
     source = system.clip.source
     if source != "sounding_shapes":
@@ -279,17 +279,17 @@ def _parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("a model instead of clips (sounding-shapes runs)")
     run.add_argument("--workdir", help="run directory: its latest checkpoint is evaluated")
     run.add_argument("--checkpoint", help="a checkpoint step directory, DIR/checkpoints/<step>")
-    run.add_argument("--num-clips", type=int, default=8, help="held-out prompts per mode")
-    run.add_argument("--out-dir", help="write the generated clips here")
+    run.add_argument("--num_clips", type=int, default=8, help="held-out prompts per mode")
+    run.add_argument("--out_dir", help="write the generated clips here")
     add_model_flags(run)
     p.add_argument("--json", help="write the results here as one JSON object")
     p.add_argument(
-        "--sounding-shapes",
+        "--sounding_shapes",
         action="store_true",
         help="also event F1 / offsets (sounding-shapes clips)",
     )
     p.add_argument("--plot", help="save a PNG of the envelopes and the detected lag")
-    p.add_argument("--max-lag", type=float, default=1.0, help="largest lag searched (s)")
+    p.add_argument("--max_lag", type=float, default=1.0, help="largest lag searched (s)")
     return p
 
 
@@ -303,7 +303,7 @@ def main(args: argparse.Namespace) -> None:
             f"{' and '.join(given) or 'none'}"
         )
     if args.path is None:
-        for flag, value in (("--sounding-shapes", args.sounding_shapes), ("--plot", args.plot)):
+        for flag, value in (("--sounding_shapes", args.sounding_shapes), ("--plot", args.plot)):
             if value:
                 raise FlagError(f"{flag} measures clips (PATH); a model's table has every metric")
         rows = evaluate_run(

@@ -8,7 +8,7 @@
         --out out.mp4
 
 t2av generates video and audio from the prompts (and optionally a reference first frame,
-`--image`, and voice, `--ref-audio`); a2v generates the video for the given audio and keeps
+`--image`, and voice, `--ref_audio`); a2v generates the video for the given audio and keeps
 that audio sample for sample; v2a generates the audio for the given video and keeps its frames.
 Every clip is written as an .mp4 (H.264 + AAC) and a 16-bit .wav beside it. With `--num N > 1`
 clip 0 goes to OUT and clip i to OUT's stem + `_i` (out.mp4, out_1.mp4, ...; as the training
@@ -219,18 +219,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=generation.MODES, default="t2av")
     p.add_argument("--prompt", required=True, type=_caption, help="video caption")
     p.add_argument(
-        "--audio-prompt", type=_caption, help="sound caption (default: the video caption)"
+        "--audio_prompt", type=_caption, help="sound caption (default: the video caption)"
     )
     p.add_argument("--transcript", default="", help="words to be spoken")
     p.add_argument("--image", help="reference first frame (t2av, a2v)")
-    p.add_argument("--ref-audio", help="reference voice recording (t2av, v2a)")
+    p.add_argument("--ref_audio", help="reference voice recording (t2av, v2a)")
     p.add_argument("--audio", help="driving audio for a2v: an audio or video file")
     p.add_argument("--video", help="driving video for v2a")
     p.add_argument("--steps", type=int, help="sampler steps (default: config.sample.steps)")
     p.add_argument("--guidance", choices=GUIDANCES)
-    p.add_argument("--s-v", type=float, help="SyncCFG video scale")
-    p.add_argument("--s-a", type=float, help="SyncCFG audio scale")
-    p.add_argument("--cfg-scale", type=float, help="text CFG scale (--guidance cfg)")
+    p.add_argument("--s_v", type=float, help="SyncCFG video scale")
+    p.add_argument("--s_a", type=float, help="SyncCFG audio scale")
+    p.add_argument("--cfg_scale", type=float, help="text CFG scale (--guidance cfg)")
     p.add_argument("--solver", choices=SOLVERS)
     p.add_argument("--seed", type=int, default=0, help="clip i uses fold_in(key(seed), i)")
     p.add_argument("--num", type=int, default=1, help="number of clips")

@@ -192,7 +192,7 @@ def test_sigterm_to_every_process_saves_one_checkpoint(tmp_path):
             "2",
             "--devices",
             "4",
-            "--log-dir",
+            "--log_dir",
             str(logs),
             "--timeout",
             str(TIMEOUT),

@@ -469,7 +469,7 @@ def test_evaluate_cli_loads_the_run_as_sample_does(run, tmp_path, monkeypatch, c
     monkeypatch.setattr(evaluate_cli, "evaluate_sync", rows)
     step = os.path.join(run[0], "checkpoints", "2")
     out = tmp_path / "sync.json"
-    argv = ["--checkpoint", step, "--num-clips", "3", "--mesh", "fsdp=2,tensor=4"]
+    argv = ["--checkpoint", step, "--num_clips", "3", "--mesh", "fsdp=2,tensor=4"]
     args = evaluate_cli._parser().parse_args([*argv, "--quantize", "int8", "--json", str(out)])
     evaluate_cli.main(args)
     q = seen["params"]["dit"]["layers"]["video_block"]["self_attn"]["q"]["kernel"]

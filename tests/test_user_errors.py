@@ -256,8 +256,8 @@ def _sample_args(tmp_path, *argv):
     "argv, message",
     [
         (["--steps", "0"], "--steps 0: expected at least 1 sampler step"),
-        (["--s-v", "nan"], "--s-v nan: expected a finite scale"),
-        (["--s-a", "inf"], "--s-a inf: expected a finite scale"),
+        (["--s_v", "nan"], "--s_v nan: expected a finite scale"),
+        (["--s_a", "inf"], "--s_a inf: expected a finite scale"),
         (["--num", "0"], "--num 0: expected at least 1 clip"),
         (
             ["--out", "{tmp}/o.wav"],
@@ -317,15 +317,15 @@ def test_evaluate_finds_every_clip_container(tmp_path):
 @pytest.mark.parametrize(
     "max_lag, message",
     [
-        ("nan", "--max-lag nan: expected a finite number of seconds > 0"),
-        ("-1", "--max-lag -1.0: expected a finite number of seconds > 0"),
-        ("100", "--max-lag 100.0: not shorter than {clip} ("),
+        ("nan", "--max_lag nan: expected a finite number of seconds > 0"),
+        ("-1", "--max_lag -1.0: expected a finite number of seconds > 0"),
+        ("100", "--max_lag 100.0: not shorter than {clip} ("),
     ],
 )
 def test_evaluate_max_lag_is_one_line(capsys, tmp_path, max_lag, message):
     clip = tmp_path / "c.mp4"
     _clip(clip)
-    args = evaluate._parser().parse_args([str(clip), "--max-lag", max_lag])
+    args = evaluate._parser().parse_args([str(clip), "--max_lag", max_lag])
     line = _one_line(capsys, evaluate.main, args)
     assert line.startswith(f"error: {message.replace('{clip}', str(clip))}"), line
 

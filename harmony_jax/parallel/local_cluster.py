@@ -6,7 +6,7 @@
 Each process gets the variables a cluster gives (`JAX_COORDINATOR_ADDRESS=127.0.0.1:<free port>`,
 `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`) and `--devices` simulated CPU devices; JAX's CPU
 collectives (gloo) carry the traffic. Output lines are prefixed `[p<i>]` (or written to
-`--log-dir/process_<i>.log`). When one process fails the others get `--grace` seconds to stop on
+`--log_dir/process_<i>.log`). When one process fails the others get `--grace` seconds to stop on
 their own, then every process still running is killed by its PID; so is every process at
 `--timeout`, or when this launcher is interrupted. The exit status is the first failure's.
 """
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="JAX processes (hosts).")
     parser.add_argument("--devices", type=int, default=4, help="CPU devices per process.")
     parser.add_argument(
-        "--log-dir", default=None, help="Write process_<i>.log here instead of prefixed lines."
+        "--log_dir", default=None, help="Write process_<i>.log here instead of prefixed lines."
     )
     parser.add_argument(
         "--timeout",
