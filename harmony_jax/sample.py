@@ -197,7 +197,7 @@ def check_flags(args: argparse.Namespace) -> None:
     for flag in ("s_v", "s_a", "cfg_scale"):
         value = getattr(args, flag)
         if value is not None and not math.isfinite(value):
-            raise FlagError(f"--{flag.replace('_', '-')} {value}: expected a finite scale")
+            raise FlagError(f"--{flag} {value}: expected a finite scale")
     output_paths(args.out, args.num, args.overwrite)
 
 
