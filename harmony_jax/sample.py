@@ -90,10 +90,10 @@ def _check_inputs(mode: str, audio, video, image, ref_audio) -> None:
     needs = {"a2v": ("audio", audio), "v2a": ("video", video)}
     if mode in needs and needs[mode][1] is None:
         raise FlagError(f"mode {mode!r} needs --{needs[mode][0]}")
-    unused = {"t2av": ("audio", "video"), "a2v": ("video", "ref-audio"), "v2a": ("audio", "image")}[
+    unused = {"t2av": ("audio", "video"), "a2v": ("video", "ref_audio"), "v2a": ("audio", "image")}[
         mode
     ]
-    given = {"audio": audio, "video": video, "image": image, "ref-audio": ref_audio}
+    given = {"audio": audio, "video": video, "image": image, "ref_audio": ref_audio}
     for name in unused:
         if given[name] is not None:
             raise FlagError(f"--{name} has no meaning in mode {mode!r}")
