@@ -88,19 +88,23 @@ def embed_prompts(
     system: System, params: Any, batch: dict[str, np.ndarray], guidance: str | None = None
 ) -> Prompts:
     """The conditioning of `prompt_batch`'s token ids (+ `ref_audio`) for `guidance` (default
-    `system.sampler.guidance`), computed op by op outside the sampler: no compiled program keeps
-    a frozen text encoder's weights, so `release_text_encoder` can free them."""
+    `system.sampler.guidance`), computed before the sampler by a program of its own, which for a
+    frozen text encoder is dropped after the call: nothing compiled keeps that encoder's
+    weights, so `release_text_encoder` can free them."""
     n = batch["video_text_ids"].shape[0]
     uncond = None
     if (guidance or system.sampler.guidance) == "cfg":
         uncond = _token_batch(system, [""] * n)
         if "ref_audio" in batch:  # the voice is not text: CFG keeps it on both sides
             uncond["ref_audio"] = batch["ref_audio"]
+    embed = _conditioning(system) if system.text_encoder.trainable else jax.jit(system.conditioning)
     with on_params_mesh(system, params):
-        return Prompts(
-            system.conditioning(params, batch),
-            None if uncond is None else system.conditioning(params, uncond),
-        )
+        return Prompts(embed(params, batch), None if uncond is None else embed(params, uncond))
+
+
+@functools.lru_cache(maxsize=16)
+def _conditioning(system: System):
+    return jax.jit(system.conditioning)
 
 
 def release_text_encoder(system: System) -> None:

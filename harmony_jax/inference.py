@@ -224,8 +224,8 @@ def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
 
 def _restore_chunks(state_dir: epath.Path, key: str, targets: dict, budget: int = 2 * GiB):
     """The arrays of `targets` (path -> sharded ShapeDtypeStruct) read from the checkpoint's
-    tree `key` in chunks of at most `budget` bytes per device, each array into its shards: a
-    caller that shrinks each chunk (int8) never holds the whole float tree."""
+    tree `key` in chunks, each closed once it holds `budget` bytes per device, each array read
+    into its shards: a caller that shrinks every chunk (int8) never holds the float tree."""
     chunk, size = {}, 0
     for path, target in targets.items():
         chunk[path] = target

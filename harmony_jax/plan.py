@@ -64,7 +64,7 @@ from harmony_jax.errors import ConfigError, FlagError, reported_as_one_line
 from harmony_jax.inference import DTYPE_HELP, DTYPES, QUANTIZE_HELP
 from harmony_jax.parallel.mesh import AXES, apply_mesh_flag, make_mesh
 from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
-from harmony_jax.plan_sample import format_sample_plan, plan_sampler
+from harmony_jax.plan_sample import format_sample_plan, plan_sampler, use_cpu_xla_flags
 from harmony_jax.quantize import QUANTIZE
 from harmony_jax.system import System, build_system, latent_inputs
 from harmony_jax.training.lora import with_lora
@@ -443,6 +443,8 @@ def run(
     count = devices or math.prod(sizes)
     check_config(config, count)  # names the key before anything compiles
     kernels = attention_kernels(config, attention)
+    if mode == "sample":
+        use_cpu_xla_flags()
     simulate_cpu_devices(count)
     if mode == "sample":
         if len(kernels) > 1:

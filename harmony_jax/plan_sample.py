@@ -9,12 +9,20 @@ out as `inference.load_for_inference` lays them: the training rules on the mesh,
 embedded (`generation.embed_prompts`); a frozen text encoder is resident only while it embeds
 them, before the sampler runs, so its bytes are a second peak beside the sampler's, not part of
 it. The codecs' decoders run after the sampler and are not counted.
+
+XLA:CPU has no bfloat16 matmul: it computes each one in float32, converting the weights first,
+and its loop-invariant code motion then hoists that conversion of every stacked kernel out of
+the denoising loop (35 GiB of float32 weights for harmony_5b that a GPU or TPU never makes).
+`CPU_XLA_FLAGS` turns that one pass off for the planning compile; the figures remain XLA:CPU's
+(its activations of a bfloat16 model are float32 where an accelerator's are bfloat16), so treat
+them as an upper estimate.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any
 
@@ -31,6 +39,15 @@ from harmony_jax.quantize import int8_provider, is_quantized, quantized_system
 from harmony_jax.system import System, build_system, latent_inputs
 
 GiB = 1024**3
+CPU_XLA_FLAGS = "--xla_disable_hlo_passes=while-loop-invariant-code-motion"
+
+
+def use_cpu_xla_flags() -> None:
+    """Adds CPU_XLA_FLAGS to XLA_FLAGS; effective where JAX's backends have not started yet
+    (the CLI's first JAX call comes after)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if CPU_XLA_FLAGS not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {CPU_XLA_FLAGS}".strip()
 
 
 @dataclasses.dataclass(frozen=True)

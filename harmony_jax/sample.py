@@ -16,7 +16,10 @@ samples are named); clip i is drawn with `fold_in(key(seed), i)`, so it does not
 Given media of another length, rate, channel count, fps or size is fitted to the run's clip
 geometry with a logged notice. Every mode needs a non-empty `--prompt`. Existing outputs are
 kept unless `--overwrite`; every file is written under a temporary name and renamed when
-complete, so an interrupted run leaves no partial file under an output's name.
+complete, so an interrupted run leaves no partial file under an output's name. `--mesh`,
+`--dtype` and `--quantize` say how the weights are laid out while sampling
+(`inference.add_model_flags`); the prompts are embedded first, and a frozen text encoder's
+weights freed before the sampler runs.
 """
 
 from __future__ import annotations

@@ -167,3 +167,28 @@ def test_forced_blockwise_attention_with_no_queries():
     out = dot_product_attention(q, k, v, implementation="blockwise")
     assert out.shape == (2, 0, 2, 8)
     np.testing.assert_array_equal(out, dot_product_attention(q, k, v))
+
+
+def test_sampler_layout_table():
+    """One device in float32 (the base), bfloat16, int8 kernels, and a 2x2x2 mesh: every row
+    against the base, the base against itself; int8 and the mesh hold fewer bytes per device."""
+    from harmony_jax.perf import sampler_layouts as layouts
+
+    config = sampler.quick_sampler_config()
+    tiny = _tiniest()
+    config.data, config.model = tiny.data, tiny.model
+    rows = layouts.measure_layouts(
+        config, layouts.default_layouts("data=2,fsdp=2,tensor=2"), steps=2, runs=1
+    )
+    cells = _numbers(layouts.layout_table(rows), layouts.HEADERS)
+    assert [c[:3] for c in cells] == [
+        ["1 device", "float32", "none"],
+        ["1 device", "bfloat16", "none"],
+        ["1 device", "bfloat16", "int8"],
+        ["data=2,fsdp=2,tensor=2", "float32", "none"],
+        ["data=2,fsdp=2,tensor=2", "bfloat16", "int8"],
+    ]
+    assert all(_positive(c) for row in cells for c in row[3:])
+    assert cells[0][4] == cells[0][6] == "1"
+    assert rows[2].device_bytes < rows[1].device_bytes < rows[0].device_bytes
+    assert rows[4].device_bytes < rows[3].device_bytes < rows[0].device_bytes

@@ -50,6 +50,9 @@ def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
     assert sum("<video" in h and "base64" in h for h in html) == 4  # given + three modes
     assert sum("<audio" in h for h in html) == 4
     assert any("image/png" in o.get("data", {}) for o in outputs)
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert "runtime: 1 CPU device" in printed  # the layout chosen for what it found, said
+    assert "sampling with --mesh fsdp=1 --dtype float32 --quantize none" in printed
     assert any(
         re.search(r"mean \((4|\d of 4: \d without evidence excluded)\)", o.get("text", ""))
         for o in outputs

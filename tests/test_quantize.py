@@ -45,4 +45,4 @@ def test_frozen_text_encoder_is_released_and_read_again():
     generation.release_text_encoder(types.SimpleNamespace(text_encoder=encoder))
     assert "params" not in encoder.__dict__
     with pytest.raises(FileNotFoundError, match="nowhere: no such checkpoint"):
-        encoder.params  # noqa: B018 - the next use reads the checkpoint again
+        encoder.params  # the next use reads the checkpoint again

@@ -80,6 +80,10 @@ class DiTBlock(nn.Module):
 
         h = _per_frame(LayerNorm32(self.eps, name="norm3")(x), frames)
         h = modulate(h, c_shift, c_scale).reshape(x.shape).astype(self.dtype)
+        # tokens stay split over 'sequence' into the FFN: left free, the partitioner splits
+        # its contraction instead (the weights' 'embed' axis is on 'sequence' too) and
+        # all-reduces the whole [B, L, ffn] hidden state on every device
+        h = nn.with_logical_constraint(h, ("batch", "act_length", "act_embed"))
         y = MLP(self.ffn_dim, self.dim, gelu_tanh, name="ffn", **kw)(h)
         x = _per_frame(x.astype(jnp.float32), frames) + _per_frame(y, frames) * c_gate
         x = x.reshape(y.shape).astype(y.dtype)
