@@ -46,6 +46,7 @@ from harmony_jax.training.checkpoint import (
     steps_in,
 )
 from harmony_jax.training.lora import restore_merged
+from harmony_jax.units import GiB
 
 Params = Any
 
@@ -56,7 +57,6 @@ QUANTIZE_HELP = (
     "int8: every Dense kernel of the DiT (and of a frozen text encoder) held as int8 with a "
     "scale per output channel, dequantized in the matmul (about half bfloat16's bytes)"
 )
-GiB = 1024**3
 # Axes `--mesh` leaves out are 1, except fsdp, which takes the remaining devices: parameters
 # split over every device is what lets a model that fits no single device sample at all.
 _INFERENCE_MESH = dict(data=1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)

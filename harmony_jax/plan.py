@@ -70,8 +70,8 @@ from harmony_jax.system import System, build_system, latent_inputs
 from harmony_jax.training.lora import with_lora
 from harmony_jax.training.state import make_train_state
 from harmony_jax.training.step import make_train_step
+from harmony_jax.units import GiB
 
-GiB = 1024**3
 MODES = ("train", "sample")
 FROZEN_TEXT_DTYPE = "bfloat16"  # Wan2.2's umT5-XXL checkpoint (models_t5_umt5-xxl-enc-bf16)
 

@@ -37,8 +37,8 @@ from harmony_jax.parallel.mesh import make_mesh
 from harmony_jax.parallel.sharding import axis_rules, logical_shardings, replicated
 from harmony_jax.quantize import int8_provider, is_quantized, quantized_system
 from harmony_jax.system import System, build_system, latent_inputs
+from harmony_jax.units import GiB
 
-GiB = 1024**3
 CPU_XLA_FLAGS = "--xla_disable_hlo_passes=while-loop-invariant-code-motion"
 
 

@@ -19,9 +19,9 @@ import ml_collections
 
 from harmony_jax.plan_sample import text_encoder_bytes
 from harmony_jax.system import build_system
+from harmony_jax.units import GiB
 
 WEIGHT_SHARE = 0.6  # of a device's memory, for the weights
-GiB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)

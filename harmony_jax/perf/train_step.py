@@ -39,6 +39,7 @@ from harmony_jax.perf.measure import (
 from harmony_jax.system import System
 from harmony_jax.training.state import make_train_state
 from harmony_jax.training.step import make_train_step, reference_frames
+from harmony_jax.units import GiB
 
 REMATS = ("none", "full", "dots", "dots_no_batch")
 ATTENTIONS = ("xla", "cudnn", "blockwise", "splash")
@@ -86,7 +87,7 @@ class StepRow:
         if self.step_seconds is None:
             return (self.remat, self.attention, self.dtype, *["-"] * 7, self.note)
         rate = lambda flops: flops / self.step_seconds
-        peak = "n/a" if self.peak_bytes is None else self.peak_bytes / plan.GiB
+        peak = "n/a" if self.peak_bytes is None else self.peak_bytes / GiB
         return (
             self.remat,
             self.attention,
@@ -95,7 +96,7 @@ class StepRow:
             rate(self.model_flops) / 1e12,
             100 * rate(self.model_flops) / peak_flops,
             100 * rate(self.executed_flops) / peak_flops,
-            self.compiled_bytes / plan.GiB,
+            self.compiled_bytes / GiB,
             peak,
             self.compile_seconds,
             self.note,
