@@ -19,9 +19,11 @@ from harmony_jax.errors import ConfigError
 from harmony_jax.inference import load_for_inference
 from harmony_jax.model import lora
 from harmony_jax.model.inputs import example_inputs
+from harmony_jax.plan import format_plan, plan_train_step
 from harmony_jax.system import build_system
 from harmony_jax.training.loop import train
 from harmony_jax.training.lora import BaseMismatchError, with_lora
+from harmony_jax.training.step import make_loss_fn
 
 TRAIN_ALSO = "^dit/layers/interaction/a2v/"
 
@@ -70,6 +72,10 @@ def _outputs(system, params):
         audio_rate=system.audio_codec.latent_rate,
     )
     return jax.jit(lambda p: system.denoiser(p)(*inputs))(params)
+
+
+def _zeros(system, batch=1):
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), system.example_batch(batch))
 
 
 def _no_dropout(system):
@@ -198,3 +204,30 @@ def test_adapters_keep_a_bfloat16_models_dtype():
     params = jax.eval_shape(system.init, jax.random.key(0), system.example_batch(1))
     video, audio = jax.eval_shape(lambda p: _outputs(_no_dropout(system), p), unbox(params))
     assert video.dtype == audio.dtype == jnp.float32  # the heads' outputs, as without LoRA
+
+
+@pytest.mark.slow
+def test_audio_driven_video_alone_trains_the_adapters_and_plan_sizes_them():
+    """cts.fractions (0, 1, 0): LTX-2's a2v_lora. The A2V rows' loss reaches the video
+    tower's adapters (B's gradient), never the frozen base; plan counts the base apart, in
+    lora.base_dtype."""
+    c = _lora_config("")
+    c.lora.dropout = 0.0
+    c.cts.fractions = (0.0, 1.0, 0.0)
+    system = with_lora(build_system(c))
+    params = unbox(system.init(jax.random.key(0), _zeros(system)))
+    trained, frozen = lora.split(params, system.lora)
+    loss = make_loss_fn(system, c)
+    batch = _zeros(system, batch=2)
+    grad = jax.jit(jax.grad(lambda t: loss(lora.combine(frozen, t), batch, jax.random.key(1))[0]))
+    flat = _flat(grad(trained))
+    # (the captions of a zero batch are all masked: the cross-attention's k and v get none)
+    b_video = [k for k in flat if "video_block/" in k and "cross" not in k and "_lora_b" in k]
+    assert len(b_video) == 6 and all(np.abs(flat[k]).max() > 0 for k in b_video)
+    assert set(flat) == set(_flat(trained))  # gradients of the trained leaves only
+
+    c.lora.base_dtype = "bfloat16"  # the frozen base stored in half the bytes
+    plan = plan_train_step(c, inputs="latents", devices=jax.devices()[:1], flops=0.0)
+    assert plan.params == 4 * lora.count(trained)  # float32
+    assert plan.frozen_base == 2 * lora.count(frozen) and plan.opt_state >= 2 * plan.params
+    assert "frozen base (LoRA)" in format_plan(plan)
