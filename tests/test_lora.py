@@ -22,6 +22,7 @@ from harmony_jax.model import lora
 from harmony_jax.model.inputs import example_inputs
 from harmony_jax.plan import format_plan, plan_train_step
 from harmony_jax.system import build_system
+from harmony_jax.training.checkpoint import Checkpointer, CheckpointMismatchError
 from harmony_jax.training.loop import train
 from harmony_jax.training.lora import BaseMismatchError, with_lora
 from harmony_jax.training.step import make_loss_fn
@@ -230,3 +231,20 @@ def test_audio_driven_video_alone_trains_the_adapters_and_plan_sizes_them():
     assert plan.params == 4 * lora.count(trained)  # float32
     assert plan.frozen_base == 2 * lora.count(frozen) and plan.opt_state >= 2 * plan.params
     assert "frozen base (LoRA)" in format_plan(plan)
+
+
+def test_a_run_saved_before_the_lora_keys_existed_still_resumes(base_run, tmp_path):
+    """A checkpoint's config without `lora` / `init.base_from` reads as their defaults."""
+    copy = tmp_path / "old"
+    shutil.copytree(base_run, copy)
+    file = copy / "checkpoints" / "2" / "config" / "metadata"
+    saved = json.loads(file.read_text())
+    del saved["lora"], saved["init"]["base_from"]
+    file.write_text(json.dumps(saved))
+    checkpointer = Checkpointer(str(copy))
+    checkpointer.check_resumable(2, tiny.get_config())  # no mismatch raised
+    changed = tiny.get_config()
+    changed.lora.rank = 4
+    with pytest.raises(CheckpointMismatchError, match=r"lora\.rank"):
+        checkpointer.check_resumable(2, changed)
+    checkpointer.close()
