@@ -3,7 +3,10 @@ trained leaves move, optimizer state of those alone, exact resume, merged weight
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -248,3 +251,18 @@ def test_a_run_saved_before_the_lora_keys_existed_still_resumes(base_run, tmp_pa
     with pytest.raises(CheckpointMismatchError, match=r"lora\.rank"):
         checkpointer.check_resumable(2, changed)
     checkpointer.close()
+
+
+def test_merge_lora_command_refuses_a_plain_run_in_one_line(base_run, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "harmony_jax.convert", "merge-lora", "--workdir", str(base_run)]
+        + ["--dst", str(tmp_path / "out")],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and not (tmp_path / "out").exists()
+    assert done.stderr.strip().splitlines() == [
+        f"error: --workdir {base_run} is no LoRA run (config.lora.rank=0): its weights are plain"
+    ]

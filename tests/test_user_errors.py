@@ -336,7 +336,8 @@ def test_evaluate_max_lag_is_one_line(capsys, tmp_path, max_lag, message):
         (
             None,
             "error: --src is required (usage: python -m harmony_jax.convert "
-            "{wan|wan-vae|umt5|mmaudio-vae|bigvgan|f5-text} --src DIR --dst DIR)",
+            "{wan|wan-vae|umt5|mmaudio-vae|bigvgan|f5-text|merge-lora} --src DIR --dst DIR; "
+            "merge-lora: --workdir RUN instead of --src)",
         ),
         ("missing", "error: {tmp}/missing: no such checkpoint file or directory"),
     ],

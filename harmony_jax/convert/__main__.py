@@ -52,7 +52,10 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --dst.")
 def main(argv: list[str]) -> None:
     """Checks the command line, then converts; a checkpoint of another layout, a missing file or
     an absent torch is one line naming it (HARMONY_TRACEBACK=1 shows where it was found)."""
-    usage = f"usage: python -m harmony_jax.convert {{{'|'.join(_COMMANDS)}}} --src DIR --dst DIR"
+    usage = (
+        f"usage: python -m harmony_jax.convert {{{'|'.join(_COMMANDS)}}} --src DIR --dst DIR; "
+        "merge-lora: --workdir RUN instead of --src"
+    )
     if len(argv) != 2 or argv[1] not in _COMMANDS:
         raise FlagError(f"{usage}; got arguments {argv[1:]}")
     src = ("workdir", _WORKDIR.value) if argv[1] == "merge-lora" else ("src", _SRC.value)
