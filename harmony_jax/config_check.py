@@ -50,6 +50,7 @@ _CHOICES = {
     "sample.solver": SOLVERS,
     "optim.schedule": SCHEDULES,
     "optim.on_nonfinite": ON_NONFINITE,
+    "lora.base_dtype": ("float32", "bfloat16"),
 }
 _AT_LEAST = {  # key -> smallest allowed integer (total_steps=0: build, import, stop)
     "total_steps": 0,

@@ -97,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
             targets=LORA_TARGETS,
             train_also="",
             dropout=0.0,
+            # the frozen base's storage: 'bfloat16' halves its memory (a bf16-compute model
+            # casts its kernels to bf16 anyway; norms and tables then read bf16-rounded values)
+            base_dtype="float32",
         )
     )
 

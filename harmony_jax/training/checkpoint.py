@@ -8,6 +8,7 @@ that fails (a full disk) stops the run naming the last good step; a step that ca
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -161,11 +162,12 @@ def newest_intact(
 
 
 def _saved(state: Any) -> Any:
-    """What a checkpoint holds of a train state: all of it but a LoRA run's frozen base, which
-    is referenced (`run/metadata`'s lora_base: path and hash), never copied."""
-    if getattr(state, "frozen", None) is None:
+    """What a checkpoint holds of a train state: its fields but a LoRA run's frozen base, which
+    is referenced (`run/metadata`'s lora_base: path and hash), never copied. A dict of them:
+    the layout of checkpoints written before the field existed, which so still resume."""
+    if not dataclasses.is_dataclass(state):
         return state
-    return state.replace(frozen=None)
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "frozen"}
 
 
 def state_bytes(state: Any) -> int:
@@ -209,7 +211,8 @@ class Checkpointer:
         try:
             run_file = where / "run" / "metadata"
             saved = json.loads(run_file.read_text()) if run_file.exists() else None
-            saved_config = json.loads((where / "config" / "metadata").read_text())
+            # merged onto today's defaults: a key added since (lora) reads as its default
+            saved_config = json.loads(read_config_file(where / "config" / "metadata").to_json())
         except DAMAGE_ERRORS:  # a damaged step: set aside when the state is restored
             return
         if saved is not None:  # recorded since multi-process runs are checked
@@ -302,9 +305,7 @@ class Checkpointer:
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(_saved(like_state)))),
         )["state"]
-        if getattr(like_state, "frozen", None) is not None:
-            restored = restored.replace(frozen=like_state.frozen)
-        return restored
+        return like_state.replace(**restored) if dataclasses.is_dataclass(like_state) else restored
 
     def restore_newest_intact(self, like_state: Any) -> tuple[int, Any] | None:
         """(step, state) of the newest step that reads back, damaged newer ones set aside with

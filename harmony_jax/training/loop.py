@@ -20,7 +20,7 @@ from harmony_jax.convert.wan import load_video_tower
 from harmony_jax.data.latent_records import sample_items, unloaded_message
 from harmony_jax.data.pipeline import make_source, make_train_iterator
 from harmony_jax.media import write_av
-from harmony_jax.model.lora import merge
+from harmony_jax.model.lora import count, merge
 from harmony_jax.parallel import distributed
 from harmony_jax.parallel.mesh import make_mesh
 from harmony_jax.parallel.sharding import axis_rules, batch_sharding, process_rows, replicated
@@ -168,7 +168,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             saved = read_run(checkpointer.directory / str(latest)).get("lora_base", {})
             lora.check_base(config, record["hash"], saved, where)
         checkpointer.base = record
-        logging.info("LoRA over the base %s (hash %s)", record["from"], record["hash"])
+        logging.info(
+            "LoRA: %d trained parameters over the base %s (hash %s) of %d frozen",
+            count(state.params),
+            record["from"],
+            record["hash"],
+            count(state.frozen),
+        )
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     logging.info(
         "parameters: %s",

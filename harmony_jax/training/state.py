@@ -91,8 +91,13 @@ def _lora_train_state(system, config, mesh, rules, abstract, base):
     full = _with_shardings(nn.meta.unbox(boxed), shardings)
     lora.check_adapters(full, spec)
     trained_sh, frozen_sh = lora.split(shardings, spec)
+    store = jnp.dtype(config.lora.base_dtype)  # the frozen base as stored
+    stored = lambda dtype: store if jnp.issubdtype(dtype, jnp.floating) else dtype
     if abstract:
         trained, frozen = lora.split(full, spec)
+        frozen = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, stored(s.dtype), sharding=s.sharding), frozen
+        )
         tx = make_optimizer(config.optim, trained, config.total_steps)
         create = lambda p, f: create_train_state(p, tx, ema, f)
         state = jax.eval_shape(create, trained, frozen)
@@ -113,4 +118,11 @@ def _lora_train_state(system, config, mesh, rules, abstract, base):
     params = lora.combine(base(lora.without_adapters(full)), lora.unflat(adapters))
     trained, frozen = lora.split(params, spec)
     tx = make_optimizer(config.optim, trained, config.total_steps)
+    del params
+    leaves = lora.flat(frozen)
+    del frozen
+    for path in list(leaves):  # leaf by leaf: a float32 leaf is freed once cast
+        leaves[path] = leaves[path].astype(stored(leaves[path].dtype))
+    frozen = lora.unflat(leaves)
+    del leaves
     return tx, sharded_train_state(trained, trained_sh, tx, ema, mesh, frozen, frozen_sh)
