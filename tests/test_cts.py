@@ -180,3 +180,18 @@ def test_jit_grad_and_rng():
     assert np.isfinite(float(g0)) and float(g0) != 0.0
     assert set(m0) >= {"loss", "loss_joint_v", "loss_joint_a", "loss_a2v", "loss_v2a"}
     assert all(v.shape == () for v in m0.values())
+
+
+def test_x0_loss_weights_each_frame_by_its_sigma_squared():
+    """The x0 error of a velocity off by delta is sigma * delta: the loss is sigma^2 delta^2."""
+    video0, audio0 = make_latents(4)
+    delta_v = jnp.full((4, TV), 2.0)
+    delta_a = jnp.full((4,), 3.0)
+    _, m, c, _ = jitted_loss(
+        video0, audio0, delta_v, delta_a, 4, jax.random.PRNGKey(5), mode="joint_only", loss="x0"
+    )
+    sigma = np.asarray(c["t_v"])[:, 0] / 1000.0  # [4], one per sample
+    assert float(m["loss_joint_v"]) == pytest.approx(4.0 * np.mean(sigma**2), rel=1e-4)
+    assert float(m["loss_joint_a"]) == pytest.approx(9.0 * np.mean(sigma**2), rel=1e-4)
+    with pytest.raises(ValueError, match="'velocity', 'x0'"):
+        cts_loss(None, video0, audio0, make_cond(4), jax.random.PRNGKey(0), loss="v")

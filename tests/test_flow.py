@@ -80,3 +80,16 @@ def test_x0_denoiser_turns_an_exact_clean_prediction_into_the_velocity_target():
             atol=1e-5,
         )
         assert np.all(np.asarray(v)[s == 0] == 0)
+
+
+def test_logit_normal_sigmas_gather_at_mid_noise():
+    rng = jax.random.PRNGKey(0)
+    uniform = np.asarray(flow.sample_training_sigmas(rng, (4096,), 1.0))
+    logit = np.asarray(flow.sample_training_sigmas(rng, (4096,), 1.0, "logit_normal"))
+    middle = lambda s: np.mean((s > 0.25) & (s < 0.75))
+    assert middle(logit) > 0.65 > 0.55 > middle(uniform)  # ~0.68 vs 0.5
+    assert (
+        np.median(np.asarray(flow.sample_training_sigmas(rng, (4096,), 3.0, "logit_normal"))) > 0.7
+    )
+    with pytest.raises(ValueError, match="logit_normal"):
+        flow.sample_training_sigmas(rng, (4,), 1.0, "normal")
