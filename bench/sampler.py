@@ -24,11 +24,11 @@ import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave PyTorch its share
 
-import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import jax
+from absl import app, flags
+from ml_collections import config_flags
 
-from harmony_jax.perf import peer, sampler, sampler_layouts  # noqa: E402
+from harmony_jax.perf import peer, sampler, sampler_layouts
 
 _DEFAULT = os.path.join(os.path.dirname(__file__), "..", "configs", "harmony_5b.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "The model and clip geometry.")

@@ -75,7 +75,7 @@ def reported_as_one_line(main: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - sorted by exit_code, bugs re-raised
+        except Exception as e:
             code = exit_code(e)
             if code is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
                 raise

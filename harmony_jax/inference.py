@@ -132,7 +132,7 @@ def load_for_inference(
     if (path / "config").exists():  # a checkpoint step directory
         try:
             return load(path)
-        except Exception as error:  # noqa: BLE001 - damage is told apart from a bug below
+        except Exception as error:
             e = damage(error)
             if e is None or isinstance(error, CheckpointMismatchError):
                 raise

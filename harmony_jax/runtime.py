@@ -37,7 +37,7 @@ def device_memory(device: jax.Device) -> int | None:
     backend does not say (CPU)."""
     try:
         stats = device.memory_stats()
-    except Exception:  # noqa: BLE001 - backends without statistics raise, some NotImplemented
+    except Exception:
         return None
     return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
 

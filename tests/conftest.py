@@ -12,7 +12,7 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
+import jax
 
 _CACHE = os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
 jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))

@@ -4,10 +4,10 @@ unconditional side, both captions of a row drop together, and the rest stay unto
 import jax
 import numpy as np
 
-from configs import tiny  # noqa: E402
-from harmony_jax.generation import _token_batch, prompt_batch  # noqa: E402
-from harmony_jax.system import build_system  # noqa: E402
-from harmony_jax.training.step import drop_captions  # noqa: E402
+from configs import tiny
+from harmony_jax.generation import _token_batch, prompt_batch
+from harmony_jax.system import build_system
+from harmony_jax.training.step import drop_captions
 
 CAPTIONS = [f"a red ball bounces fast number {i}" for i in range(64)]
 

@@ -17,13 +17,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import save_file
 
-from configs import tiny  # noqa: E402
-from harmony_jax.convert import wan  # noqa: E402
-from harmony_jax.model import ModelConfig  # noqa: E402
-from harmony_jax.system import build_system  # noqa: E402
-from harmony_jax.training.loop import train  # noqa: E402
-from harmony_jax.weights import store  # noqa: E402
-from harmony_jax.weights.state_dict import StateDictMismatchError  # noqa: E402
+from configs import tiny
+from harmony_jax.convert import wan
+from harmony_jax.model import ModelConfig
+from harmony_jax.system import build_system
+from harmony_jax.training.loop import train
+from harmony_jax.weights import store
+from harmony_jax.weights.state_dict import StateDictMismatchError
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 CFG = ModelConfig.from_config(tiny.get_config().model, video_latent_rate=4.0)

@@ -14,15 +14,15 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny  # noqa: E402
-from harmony_jax.codecs.precomputed import PrecomputedText, pad_tokens  # noqa: E402
-from harmony_jax.data.latent_records import MANIFEST_FILE, LatentRecordsError, shard_name  # noqa: E402
-from harmony_jax.data.pipeline import make_source  # noqa: E402
-from harmony_jax.encode import encode_folder, shards_of  # noqa: E402
-from harmony_jax.media import MediaError, write_av  # noqa: E402
-from harmony_jax.parallel.local_cluster import LocalCluster  # noqa: E402
-from harmony_jax.training import loop  # noqa: E402
-from harmony_jax.training.progress import Progress  # noqa: E402
+from configs import tiny
+from harmony_jax.codecs.precomputed import PrecomputedText, pad_tokens
+from harmony_jax.data.latent_records import MANIFEST_FILE, LatentRecordsError, shard_name
+from harmony_jax.data.pipeline import make_source
+from harmony_jax.encode import encode_folder, shards_of
+from harmony_jax.media import MediaError, write_av
+from harmony_jax.parallel.local_cluster import LocalCluster
+from harmony_jax.training import loop
+from harmony_jax.training.progress import Progress
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 NUM_CLIPS, PER_SHARD = 8, 2

@@ -15,18 +15,18 @@ import optax
 import pytest
 from flax import traverse_util
 
-from configs import harmony_5b  # noqa: E402
+from configs import harmony_5b
 from harmony_jax.codecs import (
-    bigvgan_weights,  # noqa: E402
-    make_audio_codec,  # noqa: E402
-    mmaudio_vae_weights,  # noqa: E402
+    bigvgan_weights,
+    make_audio_codec,
+    mmaudio_vae_weights,
 )
-from harmony_jax.codecs.bigvgan import BigVGANConfig  # noqa: E402
-from harmony_jax.codecs.mmaudio import VARIANTS, MMAudioCodec, Variant, log_mel  # noqa: E402
-from harmony_jax.codecs.mmaudio_vae import MMAudioVAE, VAEConfig, fold_mp_weight  # noqa: E402
-from harmony_jax.convert import mmaudio_vae as convert_vae  # noqa: E402
-from harmony_jax.weights import store  # noqa: E402
-from harmony_jax.weights.state_dict import StateDictMismatchError  # noqa: E402
+from harmony_jax.codecs.bigvgan import BigVGANConfig
+from harmony_jax.codecs.mmaudio import VARIANTS, MMAudioCodec, Variant, log_mel
+from harmony_jax.codecs.mmaudio_vae import MMAudioVAE, VAEConfig, fold_mp_weight
+from harmony_jax.convert import mmaudio_vae as convert_vae
+from harmony_jax.weights import store
+from harmony_jax.weights.state_dict import StateDictMismatchError
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 

@@ -11,12 +11,12 @@ import optax
 import pytest
 from einops import rearrange
 
-from configs import harmony_5b, tiny  # noqa: E402
-from harmony_jax.model import HarmonyDiT, ModelConfig  # noqa: E402
-from harmony_jax.model.dit import num_params  # noqa: E402
-from harmony_jax.model.inputs import example_inputs  # noqa: E402
-from harmony_jax.model.interaction import band_mask, cross_modal_geometry  # noqa: E402
-from harmony_jax.model.rope import apply_rope  # noqa: E402
+from configs import harmony_5b, tiny
+from harmony_jax.model import HarmonyDiT, ModelConfig
+from harmony_jax.model.dit import num_params
+from harmony_jax.model.inputs import example_inputs
+from harmony_jax.model.interaction import band_mask, cross_modal_geometry
+from harmony_jax.model.rope import apply_rope
 
 VIDEO_FPS, AUDIO_RATE = 4.0, 62.5
 GEOMETRY = dict(batch=2, video_frames=4, height=8, width=8, audio_frames=16, audio_rate=AUDIO_RATE)

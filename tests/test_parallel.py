@@ -15,14 +15,14 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from configs import tiny  # noqa: E402
-from harmony_jax import plan  # noqa: E402
-from harmony_jax.model.attention import Attention, blockwise_attention, dot_product_attention  # noqa: E402
-from harmony_jax.parallel import ulysses  # noqa: E402
-from harmony_jax.parallel.mesh import device_grid, make_mesh, resolve_mesh_shape  # noqa: E402
-from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated  # noqa: E402
-from harmony_jax.training.state import make_train_state  # noqa: E402
-from harmony_jax.training.step import make_train_step  # noqa: E402
+from configs import tiny
+from harmony_jax import plan
+from harmony_jax.model.attention import Attention, blockwise_attention, dot_product_attention
+from harmony_jax.parallel import ulysses
+from harmony_jax.parallel.mesh import device_grid, make_mesh, resolve_mesh_shape
+from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
+from harmony_jax.training.state import make_train_state
+from harmony_jax.training.step import make_train_step
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 STEPS, BATCH = 3, 8

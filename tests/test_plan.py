@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from configs import (
-    harmony_5b,  # noqa: E402
-    tiny,  # noqa: E402
+    harmony_5b,
+    tiny,
 )
-from harmony_jax import plan  # noqa: E402
-from harmony_jax.codecs.mmaudio import MMAudioCodec  # noqa: E402
-from harmony_jax.codecs.precomputed import PrecomputedVideo  # noqa: E402
-from harmony_jax.codecs.wan22 import WanVAECodec  # noqa: E402
-from harmony_jax.training.optim import make_optimizer  # noqa: E402
-from harmony_jax.training.step import create_train_state, make_train_step, reference_frames  # noqa: E402
+from harmony_jax import plan
+from harmony_jax.codecs.mmaudio import MMAudioCodec
+from harmony_jax.codecs.precomputed import PrecomputedVideo
+from harmony_jax.codecs.wan22 import WanVAECodec
+from harmony_jax.training.optim import make_optimizer
+from harmony_jax.training.step import create_train_state, make_train_step, reference_frames
 
 
 def test_paper_geometry_from_the_real_codecs():

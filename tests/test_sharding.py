@@ -7,11 +7,11 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from configs import tiny  # noqa: E402
-from harmony_jax.model import HarmonyDiT, ModelConfig  # noqa: E402
-from harmony_jax.model.inputs import example_inputs  # noqa: E402
-from harmony_jax.parallel.mesh import make_mesh, resolve_mesh_shape  # noqa: E402
-from harmony_jax.parallel.sharding import axis_rules, batch_sharding, sharded_init  # noqa: E402
+from configs import tiny
+from harmony_jax.model import HarmonyDiT, ModelConfig
+from harmony_jax.model.inputs import example_inputs
+from harmony_jax.parallel.mesh import make_mesh, resolve_mesh_shape
+from harmony_jax.parallel.sharding import axis_rules, batch_sharding, sharded_init
 
 
 def test_mesh_shape_resolution_and_errors():

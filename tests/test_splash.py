@@ -11,25 +11,25 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import tiny  # noqa: E402
-from harmony_jax import plan  # noqa: E402
-from harmony_jax.codecs.wan22 import WanVAECodec  # noqa: E402
-from harmony_jax.model import attention as attention_lib  # noqa: E402
-from harmony_jax.model.attention import Attention, dot_product_attention  # noqa: E402
-from harmony_jax.model.interaction import band_mask  # noqa: E402
-from harmony_jax.model.splash import (  # noqa: E402
+from configs import tiny
+from harmony_jax import plan
+from harmony_jax.codecs.wan22 import WanVAECodec
+from harmony_jax.model import attention as attention_lib
+from harmony_jax.model.attention import Attention, dot_product_attention
+from harmony_jax.model.interaction import band_mask
+from harmony_jax.model.splash import (
     SplashBlocks,
     band_kernel,
     block_sizes,
     computed_blocks,
     splash_attention,
 )
-from harmony_jax.parallel.mesh import make_mesh  # noqa: E402
-from harmony_jax.parallel.sharding import axis_rules  # noqa: E402
-from harmony_jax.perf.train_step import random_batch  # noqa: E402
-from harmony_jax.timeline import interval_centres  # noqa: E402
-from harmony_jax.training.optim import make_optimizer  # noqa: E402
-from harmony_jax.training.step import create_train_state, make_train_step  # noqa: E402
+from harmony_jax.parallel.mesh import make_mesh
+from harmony_jax.parallel.sharding import axis_rules
+from harmony_jax.perf.train_step import random_batch
+from harmony_jax.timeline import interval_centres
+from harmony_jax.training.optim import make_optimizer
+from harmony_jax.training.step import create_train_state, make_train_step
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 SMALL = SplashBlocks(block_q=128, block_kv=128, block_kv_compute=128)  # the kernel's minimum

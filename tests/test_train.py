@@ -5,11 +5,11 @@ import os
 import jax
 import numpy as np
 import pytest
-from clips import read_all  # noqa: E402
+from clips import read_all
 
-from configs import tiny  # noqa: E402
-from harmony_jax.training.checkpoint import read_config  # noqa: E402
-from harmony_jax.training.loop import train  # noqa: E402
+from configs import tiny
+from harmony_jax.training.checkpoint import read_config
+from harmony_jax.training.loop import train
 
 
 def _config(**overrides):

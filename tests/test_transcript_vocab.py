@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from configs import tiny  # noqa: E402
-from harmony_jax import generation  # noqa: E402
-from harmony_jax.codecs.text import TranscriptTokenizer  # noqa: E402
-from harmony_jax.data.pipeline import make_train_iterator  # noqa: E402
-from harmony_jax.system import build_system  # noqa: E402
+from configs import tiny
+from harmony_jax import generation
+from harmony_jax.codecs.text import TranscriptTokenizer
+from harmony_jax.data.pipeline import make_train_iterator
+from harmony_jax.system import build_system
 
 VOCAB = [" ", "a", "b", "c", "h", "i"]  # F5's vocab.txt: one token a line, index = line number
 

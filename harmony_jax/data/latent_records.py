@@ -223,7 +223,7 @@ class LatentRecords:
         file = self.files[index // self._per_shard]
         try:
             record = serialization.msgpack_restore(self._source[index])
-        except Exception as e:  # noqa: BLE001 - riegeli / msgpack errors: the shard is bad
+        except Exception as e:
             raise LatentRecordsError(
                 f"{file}: record {index} is corrupt ({type(e).__name__}: {str(e)[:200]})"
             ) from None

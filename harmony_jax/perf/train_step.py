@@ -193,7 +193,7 @@ def measure_row(
             donate=donate,
             num_devices=num_devices,
         )
-    except Exception as e:  # noqa: BLE001 - the table reports it
+    except Exception as e:
         return dataclasses.replace(row, note=error_note(e))
     notes = [interpreted_note(attention), "" if np.isfinite(loss) else f"non-finite loss {loss}"]
     return dataclasses.replace(

@@ -133,7 +133,7 @@ def newest_intact(
             found = step, load(step)
         except CheckpointMismatchError:
             raise
-        except Exception as error:  # noqa: BLE001 - damage is told apart from a bug below
+        except Exception as error:
             e = damage(error)
             if e is None:
                 raise
@@ -265,7 +265,7 @@ class Checkpointer:
             return
         try:
             self._manager.check_for_errors()
-        except Exception as e:  # noqa: BLE001 - whatever the writer raised, named in one line
+        except Exception as e:
             step, self._saving = self._saving, None
             raise self._failed(step, e) from e
         if not self._manager.is_saving_in_progress():
@@ -284,7 +284,7 @@ class Checkpointer:
                     run=ocp.args.JsonSave(run_layout(self.base)),
                 ),
             )
-        except Exception as e:  # noqa: BLE001 - e.g. OSError(ENOSPC), or a previous save's
+        except Exception as e:
             self._saving = None
             raise self._failed(step, e) from e
         if self._saving is not None:  # save() waited for the previous one: it is complete
@@ -323,7 +323,7 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
             self.check_for_errors()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if self._broken:
                 logging.warning("after the failed save: %s", one_line(e))
                 return

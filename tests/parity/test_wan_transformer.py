@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import harmony_5b  # noqa: E402
+from configs import harmony_5b
 from harmony_jax.convert.wan import (
     abstract_dit,
     check_source_config,
