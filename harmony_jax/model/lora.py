@@ -79,10 +79,6 @@ def adapt(model: nn.Module, spec: LoraSpec) -> nn.Module:
     return qwix.apply_lora_to_model(model, provider)
 
 
-def path_of(keys: tuple) -> str:
-    return "/".join(str(getattr(k, "key", k)) for k in keys)
-
-
 def flat(tree: Params) -> dict[str, Any]:
     return traverse_util.flatten_dict(tree, sep="/")
 
