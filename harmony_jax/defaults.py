@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
     # pos_embed: absolute position added to the video tokens, 'none' (Wan: relative RoPE only,
     # an imported tower needs it) | 'sincos' (fixed) | 'learned'; without one the tower cannot
     # tell a wall from the middle of the frame (model/position.py)
+    # rope_theta: base of the video tokens' 3D RoPE frequencies; Wan's 10000 (an imported tower
+    # needs it) leaves one spatial band of five turning across a 4-patch grid, a smaller base
+    # (e.g. 100) lets attention tell near patches from far ones on small grids
     m.video = ml_collections.ConfigDict(
         dict(
             dim=32,
@@ -50,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
             patch=(1, 2, 2),
             text_pad_to=0,
             pos_embed="none",
+            rope_theta=10000.0,
         )
     )
     m.audio = ml_collections.ConfigDict(dict(dim=32, heads=2, ffn_dim=64, in_channels=16))
@@ -148,8 +152,17 @@ def base_config() -> ml_collections.ConfigDict:
     # sigma_sampling: 'uniform' (Wan) or 'logit_normal' (SD3: mostly mid noise), then `shift`;
     # loss: the MSE of the 'velocity' (Wan) or of the 'x0' it implies (sigma^2 x the velocity's,
     # so near-clean frames do not dominate)
+    # frame_noise_correlation: between the video noise of any two frames, in training and
+    # sampling alike; 0 is Wan's independent noise, > 0 shares a component across frames so a
+    # small model's frames agree before it has learned to couple them (diffusion/flow.py)
     c.flow = ml_collections.ConfigDict(
-        dict(shift=5.0, prediction="velocity", sigma_sampling="uniform", loss="velocity")
+        dict(
+            shift=5.0,
+            prediction="velocity",
+            sigma_sampling="uniform",
+            loss="velocity",
+            frame_noise_correlation=0.0,
+        )
     )
     c.cts = ml_collections.ConfigDict(
         dict(

@@ -27,7 +27,7 @@ from harmony_jax.data.sounding_shapes import SoundingShapes, captions
 from harmony_jax.errors import reported_as_one_line
 from harmony_jax.eval.contact_sheet import write_contact_sheet
 from harmony_jax.eval.heldout import EVAL_SEED_OFFSET, evaluate_sync
-from harmony_jax.eval.sync import sync_table
+from harmony_jax.eval.sync import sync_table, versus_shuffled
 from harmony_jax.system import build_system
 from harmony_jax.training.loop import train
 
@@ -65,7 +65,7 @@ def main(argv):
         f"total {(time.time() - start) / 60:.1f} min; clips in {workdir}/demo_clips, "
         f"contact sheet {sheet}\n"
     )
-    print(table)
+    print(f"{table}\n\n{versus_shuffled(rows)}")
     with (
         atomic_path(os.path.join(workdir, "demo_sync.json"), overwrite=True) as tmp,
         open(tmp, "w") as f,

@@ -314,7 +314,7 @@ def main(args: argparse.Namespace) -> None:
             dtype=args.dtype,
             quantize=args.quantize,
         )
-        print(sync.sync_table(rows))
+        print(f"{sync.sync_table(rows)}\n\n{sync.versus_shuffled(rows)}")
         if args.json:
             write_json(
                 args.json,

@@ -141,6 +141,7 @@ def _sampler(system: System, mode: str, guidance: str, steps: int, solver: str):
             ref_image=None if ref_image is None else encode_v(ref_image[:, None]),
             uncond=uncond,
             silent_audio=silent,
+            noise_correlation=system.frame_noise_correlation,
         )
 
     return run

@@ -106,6 +106,9 @@ class System:
     clip: ClipGeometry
     sampler: SamplerDefaults
     prediction: str  # config.flow.prediction: what the network outputs ('velocity' | 'x0')
+    # config.flow.frame_noise_correlation: the video noise the model was trained from, which
+    # its sampler must start from (flow.frame_noise)
+    frame_noise_correlation: float
     axis_rules: tuple  # logical axis -> mesh axes for the run's mesh (`parallel.axis_rules`)
     video_codec: VideoCodec
     audio_codec: AudioCodec
@@ -250,6 +253,11 @@ def build_system(config: ml_collections.ConfigDict) -> System:
     must agree, and a mismatch names both keys."""
     video_codec, audio_codec = make_video_codec(config), make_audio_codec(config)
     text_encoder = make_text_encoder(config)
+    if not 0.0 <= config.flow.frame_noise_correlation < 1.0:
+        raise ValueError(
+            f"config.flow.frame_noise_correlation={config.flow.frame_noise_correlation} must be "
+            f"in [0, 1) (0: independent noise per frame)"
+        )
     if config.flow.prediction not in flow.PREDICTIONS:
         raise ValueError(
             f"config.flow.prediction={config.flow.prediction!r}: expected one of {flow.PREDICTIONS}"
@@ -266,6 +274,12 @@ def build_system(config: ml_collections.ConfigDict) -> System:
             f"config.init.video_from={config.init.video_from} imports a Wan2.2 tower, which has "
             f"no absolute position embedding; config.model.video.pos_embed="
             f"{m.video.pos_embed!r} would add one (use 'none')"
+        )
+    if config.init.video_from and m.video.rope_theta != 10000.0:
+        raise ValueError(
+            f"config.init.video_from={config.init.video_from} imports a Wan2.2 tower, trained "
+            f"with RoPE base 10000; config.model.video.rope_theta={m.video.rope_theta} would move "
+            f"its positions (use 10000)"
         )
     pad_to = m.video.text_pad_to
     if config.init.video_from and not pad_to:
@@ -295,6 +309,7 @@ def build_system(config: ml_collections.ConfigDict) -> System:
         clip=ClipGeometry.from_config(config.data),
         sampler=SamplerDefaults.from_config(config),
         prediction=str(config.flow.prediction),
+        frame_noise_correlation=float(config.flow.frame_noise_correlation),
         axis_rules=axis_rules(config),
         video_codec=video_codec,
         audio_codec=audio_codec,

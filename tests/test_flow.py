@@ -93,3 +93,40 @@ def test_logit_normal_sigmas_gather_at_mid_noise():
     )
     with pytest.raises(ValueError, match="logit_normal"):
         flow.sample_training_sigmas(rng, (4,), 1.0, "normal")
+
+
+@pytest.mark.parametrize("correlation", [0.0, 0.5, 0.8])
+def test_frame_noise_has_unit_variance_and_the_asked_correlation_between_frames(correlation):
+    noise = np.asarray(flow.frame_noise(jax.random.key(0), (64, 6, 8, 8, 3), correlation))
+    assert abs(noise.std() - 1.0) < 0.03
+    frames = noise.transpose(1, 0, 2, 3, 4).reshape(6, -1)  # [T, everything else]
+    between = np.corrcoef(frames)[np.triu_indices(6, 1)]
+    assert np.all(np.abs(between - correlation) < 0.04)  # 12288 pairs: std ~0.009
+    with pytest.raises(ValueError, match="correlation 1.0"):
+        flow.frame_noise(jax.random.key(0), (1, 2, 3), 1.0)
+
+
+def test_the_sampler_starts_from_the_frame_noise_the_model_was_trained_on():
+    """A zero velocity field leaves the initial noise as it is: the sample is that noise."""
+    from harmony_jax.diffusion.sampler import sample
+    from harmony_jax.model.conditioning import Conditioning
+
+    still = lambda video, audio, t_v, t_a, cond: (jnp.zeros_like(video), jnp.zeros_like(audio))
+    b, tv, ta = 16, 4, 6
+    cond = Conditioning(
+        video_text=jnp.zeros((b, 2, 4)),
+        video_text_mask=jnp.ones((b, 2), bool),
+        audio_text=jnp.zeros((b, 2, 4)),
+        audio_text_mask=jnp.ones((b, 2), bool),
+        transcript=jnp.zeros((b, 1), jnp.int32),
+        video_time=jnp.zeros((b, tv)),
+        audio_time=jnp.zeros((b, ta)),
+    )
+    for correlation in (0.0, 0.8):
+        video, _ = sample(
+            still, jax.random.key(1), cond, video_shape=(b, tv, 8, 8, 3), audio_shape=(b, ta, 4),
+            guidance="none", steps=2, noise_correlation=correlation,
+        )  # fmt: skip
+        video = np.asarray(video)
+        r = np.corrcoef(video[:, 0].ravel(), video[:, 1].ravel())[0, 1]
+        assert abs(r - correlation) < 0.05

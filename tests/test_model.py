@@ -16,7 +16,7 @@ from harmony_jax.model import HarmonyDiT, ModelConfig
 from harmony_jax.model.dit import num_params
 from harmony_jax.model.inputs import example_inputs
 from harmony_jax.model.interaction import band_mask, cross_modal_geometry
-from harmony_jax.model.rope import apply_rope
+from harmony_jax.model.rope import apply_rope, axis_split, video_grid_angles
 
 VIDEO_FPS, AUDIO_RATE = 4.0, 62.5
 GEOMETRY = dict(batch=2, video_frames=4, height=8, width=8, audio_frames=16, audio_rate=AUDIO_RATE)
@@ -229,3 +229,29 @@ def test_only_an_absolute_position_embedding_breaks_translation_equivariance(pos
         assert spread < 1e-5
     else:
         assert spread > 0.1
+
+
+def test_rope_theta_sets_how_many_spatial_bands_resolve_a_small_grid():
+    """At Wan's base one spatial band of five turns an eighth of a turn across 4 patches; at 10,
+    three do. The base is the model's: a layer's video angles follow `model.video.rope_theta`."""
+
+    def bands(theta: float) -> int:
+        angles = video_grid_angles(1, 4, 1, 32, theta)  # [4, 16]: height positions 0..3
+        _, hh, _ = axis_split(32)
+        height = angles[:, (32 - 2 * hh) // 2 : (32 - 2 * hh) // 2 + hh // 2]  # its bands
+        return int(np.sum(height[-1] - height[0] >= np.pi / 4))
+
+    assert bands(10000.0) == 1 and bands(10.0) == 3
+    base = tiny_model_config()
+    cfgs = [
+        dataclasses.replace(base, depth=1, video=dataclasses.replace(base.video, rope_theta=t))
+        for t in (10000.0, 10.0)
+    ]
+    video, audio, t_v, t_a, cond = example_inputs(cfgs[0], **GEOMETRY)
+    params = jax.jit(HarmonyDiT(cfgs[0]).init)(jax.random.key(0), video, audio, t_v, t_a, cond)
+    params = jax.tree.map(lambda x: x + 0.05, params)  # open the zero-initialised gates
+    outs = [
+        np.asarray(jax.jit(HarmonyDiT(c).apply)(params, video, audio, t_v, t_a, cond)[0])
+        for c in cfgs
+    ]
+    assert np.abs(outs[0] - outs[1]).max() > 1e-4

@@ -86,6 +86,7 @@ def cts_loss(
     ref_image_prob: float = 0.0,
     sigma_sampling: str = "uniform",
     loss: str = "velocity",
+    noise_correlation: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The CTS loss of one batch of clean latents, with one denoiser call.
 
@@ -95,7 +96,8 @@ def cts_loss(
     `loss_joint_v`, `loss_joint_a`, `loss_a2v`, `loss_v2a` (0 for a task with no rows),
     `sigma_mean` and `ref_image_frac`. `mode` and `fractions` must be static under jit.
     `sigma_sampling` draws the noise levels (flow.SIGMA_SAMPLINGS); `loss` 'x0' weights each
-    frame's velocity error by sigma^2 (flow.LOSSES).
+    frame's velocity error by sigma^2 (flow.LOSSES). `noise_correlation`: between the video
+    noise of any two frames (flow.frame_noise).
     """
     if loss not in flow.LOSSES:
         raise ValueError(f"loss {loss!r} is not one of {flow.LOSSES}")
@@ -117,7 +119,7 @@ def cts_loss(
     sigma_v = jnp.where(video_noised, sigma[:, None], 0.0)  # [N, Tv]
     sigma_a = jnp.where(audio_noised, sigma[:, None], 0.0)  # [N, Ta]
 
-    noise_v = jax.random.normal(k_video, video0.shape, video0.dtype)
+    noise_v = flow.frame_noise(k_video, video0.shape, noise_correlation).astype(video0.dtype)
     noise_a = jax.random.normal(k_audio, audio0.shape, audio0.dtype)
     pred_v, pred_a = denoise(
         flow.add_noise(video0, noise_v, sigma_v),

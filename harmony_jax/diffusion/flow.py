@@ -61,6 +61,23 @@ def add_noise(x0: jax.Array, noise: jax.Array, sigma: jax.Array) -> jax.Array:
     return ((1.0 - s) * x0 + s * noise).astype(x0.dtype)
 
 
+def frame_noise(rng: jax.Array, shape: tuple[int, ...], correlation: float = 0.0) -> jax.Array:
+    """Video noise [B, T, ...] whose frames share a component: `sqrt(c) e_shared + sqrt(1 - c)
+    e_frame`, unit variance per element, correlation `c` between any two frames (PYoCo's mixed
+    prior, Ge et al. 2023). Why: with independent noise a model that has not yet learned to
+    couple frames decides each frame's layout from that frame's noise alone, and samples flicker;
+    shared noise makes those decisions agree and leaves the frame-to-frame change to learn.
+    0 is Wan's independent noise (an imported tower needs it); training and sampling must agree."""
+    if not 0.0 <= correlation < 1.0:
+        raise ValueError(f"frame noise correlation {correlation} must be in [0, 1)")
+    k_shared, k_frame = jax.random.split(rng)
+    noise = jax.random.normal(k_frame, shape, jnp.float32)
+    if correlation == 0.0:
+        return noise
+    shared = jax.random.normal(k_shared, (shape[0], 1, *shape[2:]), jnp.float32)
+    return correlation**0.5 * shared + (1.0 - correlation) ** 0.5 * noise
+
+
 def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
     """The velocity `d x_t / d s = e - x0` the model learns."""
     return noise - x0

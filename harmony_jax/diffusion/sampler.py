@@ -104,6 +104,7 @@ def sample(
     ref_image: jax.Array | None = None,
     uncond: Conditioning | None = None,
     silent_audio: jax.Array | None = None,
+    noise_correlation: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
     """Integrates the flow ODE from noise (sigma 1) to data (sigma 0); returns (video, audio).
 
@@ -113,7 +114,8 @@ def sample(
     first video latent frame (TI2V). `guidance`: 'syncfg' (s_v, s_a; `silent_audio`, the audio
     codec's encoding of silence, [1 or B, Ta, Ca], zeros if None), 'cfg' (text CFG
     against `uncond` with `cfg_scale`), 'none'. `solver`: 'euler', or 'heun' (2nd order; its
-    final step to sigma 0 is Euler). Deterministic: one rng, one result. Under jit, pass
+    final step to sigma 0 is Euler). `noise_correlation`: the video noise's between frames, as
+    the model was trained (flow.frame_noise). Deterministic: one rng, one result. Under jit, pass
     denoise, shapes, mode, guidance, steps and solver as static; the rest may be traced.
     """
     _check_args(
@@ -137,7 +139,7 @@ def sample(
     video_keep = jnp.asarray(~video_fixed)[None, :, None, None, None]  # [1, Tv, 1, 1, 1]
 
     k_video, k_audio = jax.random.split(rng)
-    z_v = jax.random.normal(k_video, video_shape, jnp.float32)  # [B, Tv, H, W, C]
+    z_v = flow.frame_noise(k_video, video_shape, noise_correlation)  # [B, Tv, H, W, C]
     z_a = jax.random.normal(k_audio, audio_shape, jnp.float32)  # [B, Ta, Ca]
     if given_video is not None:
         z_v = given_video.astype(jnp.float32)

@@ -17,6 +17,7 @@ from absl import logging
 
 from harmony_jax import generation
 from harmony_jax.data.sounding_shapes import SoundingShapes
+from harmony_jax.eval.shapes import balls_right, fastest_step, max_jump
 from harmony_jax.eval.sync import clip_sync_metrics
 from harmony_jax.media import write_av
 from harmony_jax.system import System
@@ -24,8 +25,22 @@ from harmony_jax.system import System
 EVAL_SEED_OFFSET = 1_000_003  # the evaluation world: clips the training stream never draws
 
 
-def _metrics(frames, waves, fps: float, sample_rate: int) -> list[dict[str, float]]:
-    return [clip_sync_metrics(v, fps, a, sample_rate) for v, a in zip(frames, waves)]
+def _metrics(frames, waves, fps: float, sample_rate: int, colors) -> list[dict[str, float]]:
+    """Per clip: the sync metrics, and whether its frames show the captioned balls
+    (`balls_right`: fraction of frames; `smooth`: 1.0 when no centroid jumps more than twice
+    the world's fastest step, 0.0 when one does, nan when no ball is tracked)."""
+    limit = 2.0 * fastest_step(frames.shape[-2], fps)
+    rows = []
+    for v, a, c in zip(frames, waves, colors):
+        jump = max_jump(v, c)
+        rows.append(
+            clip_sync_metrics(v, fps, a, sample_rate)
+            | {
+                "balls_right": balls_right(v, c),
+                "smooth": float(jump <= limit) if np.isfinite(jump) else jump,
+            }
+        )
+    return rows
 
 
 def evaluate_sync(
@@ -62,6 +77,7 @@ def evaluate_sync(
         radius_fraction=d.ball_radius,
     )
     clips = [world[i] for i in range(num_clips)]
+    colors = [world.scene(i).colors for i in range(num_clips)]
     truth_v = np.stack([c["video"] for c in clips])  # [N, F, H, W, 3]
     truth_a = np.stack([c["audio"] for c in clips])  # [N, S]
     batch = generation.prompt_batch(
@@ -73,8 +89,10 @@ def evaluate_sync(
     if keep is not None:
         keep["ground truth"] = (truth_v, truth_a)
     if with_truth:
-        rows["ground truth"] = _metrics(truth_v, truth_a, d.fps, d.sample_rate)
-        rows["ground truth, shuffled"] = _metrics(truth_v, shuffle(truth_a), d.fps, d.sample_rate)
+        rows["ground truth"] = _metrics(truth_v, truth_a, d.fps, d.sample_rate, colors)
+        rows["ground truth, shuffled"] = _metrics(
+            truth_v, shuffle(truth_a), d.fps, d.sample_rate, colors
+        )
     # A model trained on reference first frames (TI2V, `cts.ref_image_prob` > 0) is evaluated
     # with the clip's first frame as the reference, as the paper always samples.
     ref = {"ref_image": truth_v[:, 0]} if run.ref_image else {}
@@ -91,6 +109,6 @@ def evaluate_sync(
             )
         if keep is not None:
             keep[mode] = (frames, waves)
-        rows[f"{mode} generated"] = _metrics(frames, waves, d.fps, d.sample_rate)
-        rows[f"{mode} shuffled"] = _metrics(frames, shuffle(waves), d.fps, d.sample_rate)
+        rows[f"{mode} generated"] = _metrics(frames, waves, d.fps, d.sample_rate, colors)
+        rows[f"{mode} shuffled"] = _metrics(frames, shuffle(waves), d.fps, d.sample_rate, colors)
     return rows

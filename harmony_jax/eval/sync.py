@@ -13,6 +13,8 @@ sounding-shapes clips (2-3 events in 2 s) at this default, against 1.0 for groun
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import scipy.ndimage
 import scipy.optimize
@@ -351,15 +353,52 @@ def clip_sync_metrics(
 
 
 def sync_table(rows: dict[str, list[dict[str, float]]]) -> str:
-    """Plain-text table of per-clip metrics averaged per row name (nan-aware)."""
-    header = f"{'name':<24} {'event F1':>9} {'|offset| ms':>12} {'AV offset ms':>13} {'clips':>6}"
+    """Plain-text table of per-clip metrics averaged per row name (nan-aware); the ball columns
+    (eval/shapes.py) where the rows have them."""
+    header = f"{'name':<24} {'event F1':>9} {'|offset| ms':>12} {'AV offset ms':>13}"
+    shapes = any("balls_right" in c for clips in rows.values() for c in clips)
+    header += f" {'balls right':>11} {'smooth':>7} {'clips':>6}" if shapes else f" {'clips':>6}"
     lines = [header, "-" * len(header)]
     for name, clips in rows.items():
-        f1, offset, av = (
-            nan_mean([c[key] for c in clips])
-            for key in ("event_f1", "mean_abs_offset_ms", "av_offset_ms")
+        keys = ("event_f1", "mean_abs_offset_ms", "av_offset_ms", "balls_right", "smooth")
+        f1, offset, av, balls, smooth = (nan_mean([c.get(k, np.nan) for c in clips]) for k in keys)
+        line = f"{name:<24} {f1:>9.3f} {offset:>12.1f} {av:>13.1f}"
+        line += f" {balls:>11.2f} {smooth:>7.2f}" if shapes else ""
+        lines.append(f"{line} {len(clips):>6d}")
+    return "\n".join(lines)
+
+
+def paired_bootstrap_ci(
+    values: Sequence[float], baseline: Sequence[float], draws: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """95% interval of mean(values - baseline) over clips resampled with replacement (pairs
+    kept together: a clip's generated and shuffled scores share its prompt)."""
+    diff = np.asarray(values, np.float64) - np.asarray(baseline, np.float64)
+    picks = np.random.default_rng(seed).integers(0, len(diff), (draws, len(diff)))
+    low, high = np.percentile(diff[picks].mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def versus_shuffled(rows: dict[str, list[dict[str, float]]]) -> str:
+    """Per mode: event F1 of the generated clips, of the same clips with the audio shuffled
+    (chance), their ratio and the paired bootstrap 95% interval of the difference."""
+    header = f"{'mode':<14} {'F1':>6} {'shuffled':>9} {'ratio':>6} {'95% CI of F1 - shuffled':>24}"
+    lines = [header, "-" * len(header)]
+    for name in rows:
+        base = name.replace(" generated", " shuffled") if name.endswith(" generated") else None
+        if name == "ground truth":
+            base = "ground truth, shuffled"
+        if base not in rows:
+            continue
+        f1 = [c["event_f1"] for c in rows[name]]
+        chance = [c["event_f1"] for c in rows[base]]
+        low, high = paired_bootstrap_ci(f1, chance)
+        mean, mean_chance = float(np.mean(f1)), float(np.mean(chance))
+        ratio = mean / mean_chance if mean_chance > 0 else float("inf")
+        lines.append(
+            f"{name.removesuffix(' generated'):<14} {mean:>6.3f} {mean_chance:>9.3f} "
+            f"{ratio:>6.1f} {f'[{low:+.3f}, {high:+.3f}]':>24}"
         )
-        lines.append(f"{name:<24} {f1:>9.3f} {offset:>12.1f} {av:>13.1f} {len(clips):>6d}")
     return "\n".join(lines)
 
 

@@ -35,6 +35,9 @@ class VideoTowerConfig(TowerConfig):
     # are attended, unmasked, so an imported Wan tower computes what upstream computes.
     text_pad_to: int = 0
     pos_embed: str = "none"  # absolute position of the tokens, one of model/position.py's kinds
+    # base of the 3D RoPE frequencies (Wan: 10000, sized for grids of ~50 patches; a grid of
+    # 4 patches a side is resolved by one band of five at that base)
+    rope_theta: float = 10000.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +79,8 @@ class ModelConfig:
         _check("model.remat", self.remat, REMAT_POLICIES)
         _check("model.attention", self.attention, _ATTENTION)
         _check("model.video.pos_embed", self.video.pos_embed, POS_EMBEDS)
+        if not self.video.rope_theta > 1.0:
+            raise ValueError(f"model.video.rope_theta={self.video.rope_theta} must be > 1")
         if self.video.text_pad_to < 0:
             raise ValueError(
                 f"model.video.text_pad_to={self.video.text_pad_to} must be >= 0 "
@@ -109,6 +114,7 @@ class ModelConfig:
                 patch=tuple(int(p) for p in m.video.patch),
                 text_pad_to=int(m.video.text_pad_to),
                 pos_embed=str(m.video.pos_embed),
+                rope_theta=float(m.video.rope_theta),
             ),
             audio=TowerConfig(
                 dim=int(m.audio.dim),

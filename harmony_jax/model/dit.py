@@ -150,7 +150,9 @@ class HarmonyDiT(nn.Module):
             ctx_v_mask=video_text_mask,
             ctx_a=ctx_a,
             ctx_a_mask=ctx_a_mask,
-            angles_v=jnp.asarray(video_grid_angles(tv, hv, wv, cfg.video.head_dim)),
+            angles_v=jnp.asarray(
+                video_grid_angles(tv, hv, wv, cfg.video.head_dim, cfg.video.rope_theta)
+            ),
             angles_a=sequence_angles(
                 jnp.arange(-num_ref, audio.shape[1], dtype=jnp.float32), cfg.audio.head_dim
             ),

@@ -32,11 +32,13 @@ def rope_angles(positions, axis_dims: Sequence[int], theta: float = 10000.0, xp=
     return xp.concatenate(parts, axis=-1)
 
 
-def video_grid_angles(frames: int, height: int, width: int, head_dim: int) -> np.ndarray:
+def video_grid_angles(
+    frames: int, height: int, width: int, head_dim: int, theta: float = 10000.0
+) -> np.ndarray:
     """Static angles [frames*height*width, head_dim/2] for a (t, h, w) token grid (Wan 3D RoPE)."""
     t, h, w = np.meshgrid(np.arange(frames), np.arange(height), np.arange(width), indexing="ij")
     pos = np.stack([t, h, w], axis=-1).reshape(-1, 3).astype(np.float64)
-    return rope_angles(pos, axis_split(head_dim), xp=np).astype(np.float32)
+    return rope_angles(pos, axis_split(head_dim), theta, xp=np).astype(np.float32)
 
 
 def sequence_angles(positions: jax.Array, head_dim: int) -> jax.Array:

@@ -88,7 +88,9 @@ class VideoTower(nn.Module):
             name="video_text_embedder",
             **kw,
         )(text.astype(cfg.dtype))
-        angles = jnp.asarray(video_grid_angles(tv, hv, wv, cfg.video.head_dim))
+        angles = jnp.asarray(
+            video_grid_angles(tv, hv, wv, cfg.video.head_dim, cfg.video.rope_theta)
+        )
         layers = nn.scan(
             _VideoLayer,
             variable_axes={"params": 0},

@@ -127,6 +127,7 @@ def make_loss_fn(system: System, config) -> Callable:
             shift=config.flow.shift,
             sigma_sampling=config.flow.sigma_sampling,
             loss=config.flow.loss,
+            noise_correlation=system.frame_noise_correlation,
             ref_image_prob=cts.ref_image_prob,
         )
 

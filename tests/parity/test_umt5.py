@@ -124,6 +124,7 @@ def test_transformers_layout_parity_with_padding(reference, pipeline_root):
         clip=None,
         sampler=None,
         prediction="velocity",
+        frame_noise_correlation=0.0,
         axis_rules=(),
         video_codec=None,
         audio_codec=None,
