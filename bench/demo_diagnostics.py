@@ -3,8 +3,9 @@
     python bench/demo_diagnostics.py --workdir runs/demo [--num_clips 8]
 
 1. position: a spatially constant input at sigma 0.95 (the background colour everywhere, the
-   same noise in every patch); the std across patch positions of the predicted x0. A tower
-   without absolute position gives 0 (it is translation-equivariant); real clips differ by ~0.2.
+   same noise in every patch of every frame); the std across patch positions of the predicted
+   x0. A tower without absolute position gives 0 (it is translation-equivariant); real clips
+   differ by ~0.2.
 2. per sigma: the x0 error of the model against that of the optimal denoiser of the run's
    first `num_clips` training clips (the posterior mean over those clips whose caption is the
    prompt). For a run trained on exactly those clips (`--config.data.num_clips=8`), the gap is
@@ -18,138 +19,17 @@
 
 from __future__ import annotations
 
-import re
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 from harmony_jax import generation
-from harmony_jax.data.sounding_shapes import BACKGROUND, COLOR_NAMES, PALETTE, SoundingShapes
-from harmony_jax.diffusion import flow
+from harmony_jax.data.sounding_shapes import COLOR_NAMES, SoundingShapes
+from harmony_jax.eval.diagnostics import per_sigma, position_std, rotary_bands, text_path
 from harmony_jax.inference import load_for_inference
-from harmony_jax.model.rope import axis_split
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "A trained sounding-shapes run.")
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 8, "Training clips measured (from index 0).")
-SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95)
-
-
-def _predict_x0(system, params, video, audio, sigma, batch):
-    """The model's x0 of video latents noised to `sigma` (audio noised alike), per clip."""
-    cond = system.conditioning(params, batch)
-    b, tv, ta = video.shape[0], video.shape[1], audio.shape[1]
-    s_v, s_a = jnp.full((b, tv), sigma), jnp.full((b, ta), sigma)
-    v, _ = system.denoiser(params)(
-        video, audio, flow.timestep(s_v), flow.timestep(s_a), cond
-    )  # velocity e - x0
-    return video - sigma * v  # x_t - s v = x0
-
-
-def _noised(x0, rng, sigma):
-    return flow.add_noise(x0, jax.random.normal(rng, x0.shape), jnp.full(x0.shape[:1], sigma))
-
-
-def position_std(system, params, batch, audio) -> tuple[float, float]:
-    """(std across patch positions of x0 predicted from a constant input, same of real clips)."""
-    video_shape = system.video_latent_shape  # [Tv, h, w, C]
-    _, ph, pw = system.model_config.video.patch
-    tv, h, w, c = video_shape
-    grid = (h // ph, w // pw)
-    patch_noise = np.random.default_rng(0).normal(size=(1, tv, 1, ph, 1, pw, c))
-    noise = np.broadcast_to(patch_noise, (1, tv, grid[0], ph, grid[1], pw, c)).reshape(
-        1, tv, h, w, c
-    )
-    background = np.asarray(BACKGROUND) * 2 - 1
-    x_t = jnp.asarray(0.05 * background + 0.95 * noise, jnp.float32)
-    one = jax.tree.map(lambda x: x[:1], batch)
-    x0 = _predict_x0(system, params, x_t, audio[:1], 0.95, one)
-
-    def across_positions(x):
-        patches = np.asarray(x).reshape(-1, tv, grid[0], ph, grid[1], pw, c)
-        return float(patches.std(axis=(2, 4)).mean())
-
-    return across_positions(x0), across_positions(system.encode_media(batch)[0])
-
-
-def optimal_x0(x_t, clips, sigma, same_caption) -> np.ndarray:
-    """Posterior mean of x0 over the clips sharing each sample's caption, given x_t."""
-    x_t, clips = np.asarray(x_t, np.float64), np.asarray(clips, np.float64)
-    d2 = ((x_t[:, None] - (1 - sigma) * clips[None]) ** 2).reshape(len(x_t), len(clips), -1)
-    logp = np.where(same_caption, -d2.sum(-1) / (2 * sigma**2), -np.inf)
-    weights = np.exp(logp - logp.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
-    return np.einsum("ij,j...->i...", weights, clips)
-
-
-def per_sigma(system, params, batch, video, audio, captions) -> list[tuple[float, float, float]]:
-    """(sigma, model x0 MSE, optimal x0 MSE) on the measured clips."""
-    same = np.array([[a == b for b in captions] for a in captions])
-    rows = []
-    for i, sigma in enumerate(SIGMAS):
-        x_t = _noised(video, jax.random.key(i), sigma)
-        a_t = _noised(audio, jax.random.key(100 + i), sigma)
-        model = np.asarray(_predict_x0(system, params, x_t, a_t, sigma, batch))
-        best = optimal_x0(x_t, video, sigma, same)
-        rows.append(
-            (sigma, float(np.mean((model - video) ** 2)), float(np.mean((best - video) ** 2)))
-        )
-    return rows
-
-
-def _colour_share(x0, colors_per_clip) -> float:
-    """Mean share of palette-projected mass that falls on each clip's captioned colours."""
-    rgb = (np.asarray(x0, np.float64) + 1) / 2 - np.asarray(BACKGROUND)  # [B, T, H, W, 3]
-    directions = np.array([PALETTE[n][0] for n in COLOR_NAMES]) - np.asarray(BACKGROUND)
-    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
-    cosine = np.einsum("bthwc,kc->bthwk", rgb, directions) / (
-        np.linalg.norm(rgb, axis=-1, keepdims=True) + 1e-9
-    )
-    mass = np.where(cosine == cosine.max(-1, keepdims=True), np.abs(rgb).max(-1, keepdims=True), 0)
-    mass = mass.sum(axis=(1, 2, 3))  # [B, K]
-    keep = np.array([[n in colors for n in COLOR_NAMES] for colors in colors_per_clip])
-    return float(np.mean((mass * keep).sum(-1) / (mass.sum(-1) + 1e-9)))
-
-
-def _swap_colours(caption: str, colors) -> tuple[str, tuple[str, ...]]:
-    others = [n for n in COLOR_NAMES if n not in colors]
-    new = tuple(others[: len(colors)])
-    for old, replacement in zip(colors, new):
-        caption = re.sub(rf"\b{old}\b", replacement, caption)
-    return caption, new
-
-
-def text_path(system, params, world, n, video, audio) -> tuple[float, float]:
-    """(colour share under the clip's own caption, under colour-swapped captions) at sigma 0.9."""
-    scenes = [world.scene(i) for i in range(n)]
-    clips = [world[i] for i in range(n)]
-    x_t = _noised(video, jax.random.key(7), 0.9)
-    a_t = _noised(audio, jax.random.key(8), 0.9)
-    shares = []
-    for swap in (False, True):
-        vc, ac, colors = [], [], []
-        for clip, scene in zip(clips, scenes):
-            v, c = (
-                _swap_colours(clip["video_caption"], scene.colors)
-                if swap
-                else (clip["video_caption"], scene.colors)
-            )
-            vc.append(v)
-            ac.append(_swap_colours(clip["audio_caption"], scene.colors)[0] if swap else v)
-            colors.append(c)
-        batch = generation.prompt_batch(system, vc, ac)
-        shares.append(_colour_share(_predict_x0(system, params, x_t, a_t, 0.9, batch), colors))
-    return shares[0], shares[1]
-
-
-def rotary_bands(head_dim: int, grid: tuple[int, int], theta: float) -> list[tuple[int, int]]:
-    """Per spatial axis: (bands resolving position across it, bands in all)."""
-    out = []
-    for dim, size in zip(axis_split(head_dim)[1:], grid):
-        inv_freq = 1.0 / theta ** (np.arange(0, dim, 2)[: dim // 2] / dim)
-        out.append((int(np.sum(inv_freq * (size - 1) >= np.pi / 4)), len(inv_freq)))
-    return out
 
 
 def main(argv):

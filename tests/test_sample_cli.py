@@ -484,3 +484,57 @@ def test_evaluate_cli_loads_the_run_as_sample_does(run, tmp_path, monkeypatch, c
         with pytest.raises(SystemExit):
             evaluate_cli.main(evaluate_cli._parser().parse_args([*argv, *extra]))
         assert message in capsys.readouterr().err
+
+
+def test_heldout_rows_read_the_balls_and_the_curve_has_a_row_per_checkpoint(run, model):
+    from harmony_jax.eval.curve import curve, header
+    from harmony_jax.eval.heldout import evaluate_sync
+
+    system, params = model
+    rows = evaluate_sync(system, params, 2, modes=("v2a",), guidance="none", steps=2)
+    assert [c["balls_right"] for c in rows["ground truth"]] == [1.0, 1.0]
+    assert [c["smooth"] for c in rows["ground truth"]] == [1.0, 1.0]
+    assert [c["balls_right"] for c in rows["v2a generated"]] == [1.0, 1.0]  # its frames: given
+    lines = []
+    points = curve(run[0], 1, echo=lines.append)
+    assert [p["step"] for p in points] == [2] and len(lines) == 1
+    assert len(lines[0].split()) == 1 + 2 * 3  # the step, then F1/shuffled and balls per mode
+    assert len(header().split()) == 1 + 4 * 3  # column titles are two words
+
+
+def test_diagnostics_of_a_run(model):
+    """The tiny config has no absolute position: its constant-input x0 is the same everywhere;
+    the optimal denoiser of the measured clips is exact near sigma 0."""
+    from harmony_jax.eval import diagnostics
+
+    system, params = model
+    d = system.clip
+    world = SoundingShapes(2, d.fps, d.num_frames, d.height, d.width, d.sample_rate, seed=0)
+    clips = [world[i] for i in range(2)]
+    captions = [c["video_caption"] for c in clips]
+    batch = {
+        k: jnp.asarray(v)
+        for k, v in generation.prompt_batch(
+            system, captions, [c["audio_caption"] for c in clips]
+        ).items()
+    }
+    media = {k: jnp.asarray(np.stack([c[k] for c in clips])) for k in ("video", "audio")}
+    video, audio = system.encode_media(media)
+    model_std, real_std = diagnostics.position_std(system, params, batch | media, audio)
+    assert model_std < 1e-4 < real_std
+    rows = diagnostics.per_sigma(system, params, batch, video, audio, captions)
+    assert [r[0] for r in rows] == list(diagnostics.SIGMAS) and rows[0][2] < 1e-6
+    own, swapped = diagnostics.text_path(system, params, world, 2, video, audio)
+    assert 0.0 <= swapped <= 1.0 and 0.0 <= own <= 1.0
+
+
+def test_optimal_denoiser_is_the_posterior_mean_over_clips_sharing_the_prompt():
+    from harmony_jax.eval.diagnostics import optimal_x0
+
+    clips = np.random.default_rng(0).normal(size=(3, 4, 5)).astype(np.float32)
+    same = np.array([[True, True, False], [True, True, False], [False, False, True]])
+    near = optimal_x0(0.99 * clips + 0.01 * 0.1, clips, 0.01, same)  # tiny sigma: the clip
+    np.testing.assert_allclose(near, clips, atol=1e-6)
+    far = optimal_x0(np.zeros_like(clips), clips, 1.0 - 1e-9, same)  # all noise: the mean
+    np.testing.assert_allclose(far[0], clips[:2].mean(0), atol=1e-6)
+    np.testing.assert_allclose(far[2], clips[2], atol=1e-6)
