@@ -5,7 +5,7 @@
 Trains nothing: it evaluates each checkpoint the run kept (`--config.checkpoint_every`,
 `--config.keep_checkpoints`) with the run's sampler, in every mode, beside the same clips with
 the audio shuffled, and prints one row per step (F1 / shuffled per mode, the share of frames
-showing exactly the captioned balls). `--plot` draws F1 and its shuffled baseline per mode.
+showing exactly the captioned balls). `--plot` draws the three per mode against the steps.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def plot(rows: list[dict[str, float]], path: str) -> None:
     for ax, mode in zip(fig.subplots(1, len(MODES), squeeze=False)[0], MODES):
         ax.plot(steps, [r[mode] for r in rows], "o-", label="generated")
         ax.plot(steps, [r[f"{mode} shuffled"] for r in rows], "s--", label="audio shuffled")
-        ax.set(title=mode, xlabel="training step", ylabel="event F1", ylim=(0, 1))
+        ax.plot(steps, [r[f"{mode} balls"] for r in rows], "^:", label="frames: balls right")
+        ax.set(title=mode, xlabel="training step", ylabel="event F1 / share", ylim=(0, 1.05))
         ax.legend(fontsize=7)
     fig.savefig(path, dpi=120)
 

@@ -1,9 +1,10 @@
-"""The CPU demo: learn the sounding-shapes world in minutes on a laptop (2 cores).
+"""The CPU demo: train on the sounding-shapes world in under 10 minutes on 2 cores.
 
-2 s clips, 16 frames of 20x20 at 8 fps; 4x4-pixel video patches give 25 tokens a frame (400 in
-all) of 48 values each, well under the width of 128: a token narrower than its patch cannot carry
-the noise through and the video never denoises. A 32-band log-mel at 31.25 frames/s gives 62
-audio tokens.
+1.5 s clips, 12 frames of 16x16 at 8 fps, balls of radius 0.15 of the frame (2.4 px); 4x4-pixel
+patches give 16 tokens a frame (192 in all) of 48 values each, under the width of 128 (a token
+narrower than its patch cannot carry the noise through). A fixed sin-cos absolute position tells
+the tower where the walls are, where every event of this world happens. A 32-band log-mel at
+31.25 frames/s gives 47 audio tokens. 1800 steps at ~3.2 steps/s on a 2-core machine.
 """
 
 from harmony_jax.defaults import base_config
@@ -11,29 +12,32 @@ from harmony_jax.defaults import base_config
 
 def get_config():
     c = base_config()
-    c.data.update(fps=8.0, num_frames=16, height=20, width=20, num_clips=100_000)
+    c.data.update(fps=8.0, num_frames=12, height=16, width=16, ball_radius=0.15, num_clips=100_000)
     m = c.model
     m.depth = 3
     m.text_dim = 64
-    m.video.update(dim=128, heads=4, ffn_dim=256, in_channels=3, patch=(1, 4, 4))
+    m.video.update(
+        dim=128, heads=4, ffn_dim=256, in_channels=3, patch=(1, 4, 4), pos_embed="sincos"
+    )
     m.audio.update(dim=128, heads=4, ffn_dim=256, in_channels=32)
     m.transcript.update(dim=32, conv_layers=1, max_len=8)
     c.codecs.audio.update(n_mels=32, n_fft=1024, hop_length=512, griffin_lim_iters=32)
     c.codecs.text.update(max_len=12, vocab_size=512)
 
     c.batch_size = 8
-    c.total_steps = 1000
-    c.checkpoint_every = 250
+    c.total_steps = 1800
+    c.checkpoint_every = 600
     c.log_every = 25
     # A cosine decay and an EMA of the weights: sampling from the raw weights of a constant
-    # 1e-3 run gave chance-level A2V/V2A sync; these gave ~4x the shuffled baseline (README).
+    # 1e-3 run gave chance-level A2V/V2A sync (README). 2e-3 and an EMA of 0.99 (a 100-step
+    # horizon) suit a run this short.
     c.optim.update(
-        lr=1e-3,
+        lr=2e-3,
         warmup_steps=50,
         grad_clip=1.0,
         schedule="cosine",
         end_lr_fraction=0.02,
-        ema_decay=0.995,
+        ema_decay=0.99,
     )
     c.flow.shift = 2.0  # small images: less noise than Wan's 720p shift of 5
     c.sample.update(steps=25, shift=2.0, guidance="syncfg", s_v=3.0, s_a=2.0)

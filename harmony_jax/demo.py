@@ -1,6 +1,6 @@
 """The sounding-shapes demo: train, generate with SyncCFG, and measure synchronization.
 
-    python -m harmony_jax.demo --workdir runs/demo [--config configs/demo.py] [--num_clips 8]
+    python -m harmony_jax.demo --workdir runs/demo [--config configs/demo.py] [--num_clips 32]
 
 Trains `configs/demo.py` (resuming if WORKDIR holds a checkpoint), then generates clips for
 held-out prompts in three modes and prints the sync table: event F1 and mean |offset| between
@@ -33,7 +33,7 @@ from harmony_jax.training.loop import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Run config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the run and the clips go.")
-_NUM_CLIPS = flags.DEFINE_integer("num_clips", 8, "Held-out prompts to generate.")
+_NUM_CLIPS = flags.DEFINE_integer("num_clips", 32, "Held-out prompts to generate per mode.")
 
 
 @reported_as_one_line  # a bad config, workdir or disk: one line, no traceback
