@@ -91,3 +91,22 @@ def test_x0_prediction_refuses_an_imported_velocity_tower():
     config.init.video_from = "ckpt/wan_video_tower"
     with pytest.raises(ValueError, match=r"video_from=ckpt/wan_video_tower.*velocity"):
         build_system(config)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("pos_embed", "sincos", "no absolute position embedding"),
+        ("rope_theta", 100.0, "trained with RoPE base 10000"),
+    ],
+)
+def test_an_imported_wan_tower_keeps_wans_positions(key, value, message):
+    from configs import tiny
+    from harmony_jax.system import build_system
+
+    config = tiny.get_config()
+    config.init.video_from = "/some/converted/wan"
+    config.model.video.text_pad_to = 512
+    config.model.video[key] = value
+    with pytest.raises(ValueError, match=message):
+        build_system(config)

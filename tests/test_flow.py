@@ -130,3 +130,15 @@ def test_the_sampler_starts_from_the_frame_noise_the_model_was_trained_on():
         video = np.asarray(video)
         r = np.corrcoef(video[:, 0].ravel(), video[:, 1].ravel())[0, 1]
         assert abs(r - correlation) < 0.05
+
+
+def test_a_frame_noise_correlation_outside_its_range_is_named():
+    from configs import tiny
+    from harmony_jax.system import build_system
+
+    config = tiny.get_config()
+    config.flow.frame_noise_correlation = 1.0
+    with pytest.raises(ValueError, match=r"config.flow.frame_noise_correlation=1.0 must be in"):
+        build_system(config)
+    config.flow.frame_noise_correlation = 0.5
+    assert build_system(config).frame_noise_correlation == 0.5
