@@ -65,9 +65,9 @@ def frame_noise(rng: jax.Array, shape: tuple[int, ...], correlation: float = 0.0
     """Video noise [B, T, ...] whose frames share a component: `sqrt(c) e_shared + sqrt(1 - c)
     e_frame`, unit variance per element, correlation `c` between any two frames (PYoCo's mixed
     prior, Ge et al. 2023). Why: with independent noise a model that has not yet learned to
-    couple frames decides each frame's layout from that frame's noise alone, and samples flicker;
-    shared noise makes those decisions agree and leaves the frame-to-frame change to learn.
-    0 is Wan's independent noise (an imported tower needs it); training and sampling must agree."""
+    couple frames decides each frame's layout from that frame's noise alone; shared noise ties
+    those decisions together (in the demo world at c = 0.8 it did not yet give one track: issue
+    24). 0 is Wan's independent noise; training and sampling must agree."""
     if not 0.0 <= correlation < 1.0:
         raise ValueError(f"frame noise correlation {correlation} must be in [0, 1)")
     k_shared, k_frame = jax.random.split(rng)

@@ -25,22 +25,21 @@ from harmony_jax.system import System
 EVAL_SEED_OFFSET = 1_000_003  # the evaluation world: clips the training stream never draws
 
 
-def _metrics(frames, waves, fps: float, sample_rate: int, colors) -> list[dict[str, float]]:
-    """Per clip: the sync metrics, and whether its frames show the captioned balls
-    (`balls_right`: fraction of frames; `smooth`: 1.0 when no centroid jumps more than twice
-    the world's fastest step, 0.0 when one does, nan when no ball is tracked)."""
+def _frame_metrics(frames, fps: float, colors) -> list[dict[str, float]]:
+    """Per clip, whether its frames show the captioned balls: `balls_right` (share of frames)
+    and `smooth` (1.0 when no centroid jumps more than twice the world's fastest step, 0.0 when
+    one does, nan when no ball is tracked). The audio does not change them: computed once."""
     limit = 2.0 * fastest_step(frames.shape[-2], fps)
     rows = []
-    for v, a, c in zip(frames, waves, colors):
-        jump = max_jump(v, c)
-        rows.append(
-            clip_sync_metrics(v, fps, a, sample_rate)
-            | {
-                "balls_right": balls_right(v, c),
-                "smooth": float(jump <= limit) if np.isfinite(jump) else jump,
-            }
-        )
+    for video, balls in zip(frames, colors):
+        jump = max_jump(video, balls)
+        smooth = float(jump <= limit) if np.isfinite(jump) else jump
+        rows.append({"balls_right": balls_right(video, balls), "smooth": smooth})
     return rows
+
+
+def _metrics(frames, waves, fps: float, sample_rate: int, shapes) -> list[dict[str, float]]:
+    return [clip_sync_metrics(v, fps, a, sample_rate) | s for v, a, s in zip(frames, waves, shapes)]
 
 
 def evaluate_sync(
@@ -77,7 +76,7 @@ def evaluate_sync(
         radius_fraction=d.ball_radius,
     )
     clips = [world[i] for i in range(num_clips)]
-    colors = [world.scene(i).colors for i in range(num_clips)]
+    colors = [world.scene(i).colors for i in range(num_clips)]  # (cheap: no rendering)
     truth_v = np.stack([c["video"] for c in clips])  # [N, F, H, W, 3]
     truth_a = np.stack([c["audio"] for c in clips])  # [N, S]
     batch = generation.prompt_batch(
@@ -89,9 +88,10 @@ def evaluate_sync(
     if keep is not None:
         keep["ground truth"] = (truth_v, truth_a)
     if with_truth:
-        rows["ground truth"] = _metrics(truth_v, truth_a, d.fps, d.sample_rate, colors)
+        shapes = _frame_metrics(truth_v, d.fps, colors)
+        rows["ground truth"] = _metrics(truth_v, truth_a, d.fps, d.sample_rate, shapes)
         rows["ground truth, shuffled"] = _metrics(
-            truth_v, shuffle(truth_a), d.fps, d.sample_rate, colors
+            truth_v, shuffle(truth_a), d.fps, d.sample_rate, shapes
         )
     # A model trained on reference first frames (TI2V, `cts.ref_image_prob` > 0) is evaluated
     # with the clip's first frame as the reference, as the paper always samples.
@@ -109,6 +109,7 @@ def evaluate_sync(
             )
         if keep is not None:
             keep[mode] = (frames, waves)
-        rows[f"{mode} generated"] = _metrics(frames, waves, d.fps, d.sample_rate, colors)
-        rows[f"{mode} shuffled"] = _metrics(frames, shuffle(waves), d.fps, d.sample_rate, colors)
+        shapes = _frame_metrics(frames, d.fps, colors)
+        rows[f"{mode} generated"] = _metrics(frames, waves, d.fps, d.sample_rate, shapes)
+        rows[f"{mode} shuffled"] = _metrics(frames, shuffle(waves), d.fps, d.sample_rate, shapes)
     return rows
