@@ -118,18 +118,19 @@ def text_path(system, params, world, n, video, audio) -> tuple[float, float]:
     a_t = _noised(audio, jax.random.key(8), 0.9)
     shares = []
     for swap in (False, True):
-        vc, ac, colors = [], [], []
+        vc, ac, captioned = [], [], []
         for clip, scene in zip(clips, scenes):
-            v, c = (
-                _swap_colours(clip["video_caption"], scene.colors)
-                if swap
-                else (clip["video_caption"], scene.colors)
-            )
-            vc.append(v)
-            ac.append(_swap_colours(clip["audio_caption"], scene.colors)[0] if swap else v)
-            colors.append(c)
+            video_caption, audio_caption = clip["video_caption"], clip["audio_caption"]
+            colors = scene.colors
+            if swap:
+                video_caption, new = _swap_colours(video_caption, scene.colors)
+                audio_caption, _ = _swap_colours(audio_caption, scene.colors)
+                colors = new
+            vc.append(video_caption)
+            ac.append(audio_caption)
+            captioned.append(colors)
         batch = generation.prompt_batch(system, vc, ac)
-        shares.append(_colour_share(_predict_x0(system, params, x_t, a_t, 0.9, batch), colors))
+        shares.append(_colour_share(_predict_x0(system, params, x_t, a_t, 0.9, batch), captioned))
     return shares[0], shares[1]
 
 
