@@ -9,6 +9,7 @@ colours swapped. Rotary bands: how many RoPE frequencies resolve a small patch g
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -23,6 +24,7 @@ from harmony_jax.model.rope import axis_split
 SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95)
 
 
+@functools.partial(jax.jit, static_argnums=0)  # one compile per shape, not one trace per call
 def _predict_x0(system, params, video, audio, sigma, batch):
     """The model's x0 of video latents noised to `sigma` (audio noised alike), per clip."""
     cond = system.conditioning(params, batch)
