@@ -108,20 +108,13 @@ def test_frame_noise_has_unit_variance_and_the_asked_correlation_between_frames(
 
 def test_the_sampler_starts_from_the_frame_noise_the_model_was_trained_on():
     """A zero velocity field leaves the initial noise as it is: the sample is that noise."""
+    from test_cts import TA, TV, make_cond
+
     from harmony_jax.diffusion.sampler import sample
-    from harmony_jax.model.conditioning import Conditioning
 
     still = lambda video, audio, t_v, t_a, cond: (jnp.zeros_like(video), jnp.zeros_like(audio))
-    b, tv, ta = 16, 4, 6
-    cond = Conditioning(
-        video_text=jnp.zeros((b, 2, 4)),
-        video_text_mask=jnp.ones((b, 2), bool),
-        audio_text=jnp.zeros((b, 2, 4)),
-        audio_text_mask=jnp.ones((b, 2), bool),
-        transcript=jnp.zeros((b, 1), jnp.int32),
-        video_time=jnp.zeros((b, tv)),
-        audio_time=jnp.zeros((b, ta)),
-    )
+    b, tv, ta = 16, TV, TA
+    cond = make_cond(b)
     for correlation in (0.0, 0.8):
         video, _ = sample(
             still, jax.random.key(1), cond, video_shape=(b, tv, 8, 8, 3), audio_shape=(b, ta, 4),
