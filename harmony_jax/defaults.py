@@ -42,8 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
     # an imported tower needs it) | 'sincos' (fixed) | 'learned'; without one the tower cannot
     # tell a wall from the middle of the frame (model/position.py)
     # rope_theta: base of the video tokens' 3D RoPE frequencies; Wan's 10000 (an imported tower
-    # needs it) leaves one spatial band of five turning across a 4-patch grid, a smaller base
-    # (e.g. 100) lets attention tell near patches from far ones on small grids
+    # needs it) turns one spatial band of five by an eighth of a turn across a 4-patch grid; a
+    # smaller base turns more of them (10: three), i.e. more relative position on small grids
     m.video = ml_collections.ConfigDict(
         dict(
             dim=32,
@@ -153,8 +153,8 @@ def base_config() -> ml_collections.ConfigDict:
     # loss: the MSE of the 'velocity' (Wan) or of the 'x0' it implies (sigma^2 x the velocity's,
     # so near-clean frames do not dominate)
     # frame_noise_correlation: between the video noise of any two frames, in training and
-    # sampling alike; 0 is Wan's independent noise, > 0 shares a component across frames so a
-    # small model's frames agree before it has learned to couple them (diffusion/flow.py)
+    # sampling alike; 0 is Wan's independent noise, > 0 shares a component across frames
+    # (PYoCo's mixed prior, diffusion/flow.py; in the demo world 0.8 gave no track: issue 24)
     c.flow = ml_collections.ConfigDict(
         dict(
             shift=5.0,
