@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from harmony_jax import generation
-from harmony_jax.data.sounding_shapes import BACKGROUND, COLOR_NAMES, PALETTE
+from harmony_jax.data.sounding_shapes import BACKGROUND, COLOR_NAMES
 from harmony_jax.diffusion import flow
+from harmony_jax.eval.shapes import PALETTE_DIRECTIONS
 from harmony_jax.model.rope import axis_split
 
 SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95)
@@ -93,9 +94,7 @@ def per_sigma(system, params, batch, video, audio, captions) -> list[tuple[float
 def _colour_share(x0, colors_per_clip) -> float:
     """Mean share of palette-projected mass that falls on each clip's captioned colours."""
     rgb = (np.asarray(x0, np.float64) + 1) / 2 - np.asarray(BACKGROUND)  # [B, T, H, W, 3]
-    directions = np.array([PALETTE[n][0] for n in COLOR_NAMES]) - np.asarray(BACKGROUND)
-    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
-    cosine = np.einsum("bthwc,kc->bthwk", rgb, directions) / (
+    cosine = np.einsum("bthwc,kc->bthwk", rgb, PALETTE_DIRECTIONS) / (
         np.linalg.norm(rgb, axis=-1, keepdims=True) + 1e-9
     )
     mass = np.where(cosine == cosine.max(-1, keepdims=True), np.abs(rgb).max(-1, keepdims=True), 0)

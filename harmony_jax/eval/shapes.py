@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.ndimage
 
-from harmony_jax.data.sounding_shapes import BACKGROUND, PALETTE, SPEEDS
+from harmony_jax.data.sounding_shapes import BACKGROUND, COLOR_NAMES, PALETTE, SPEEDS
 from harmony_jax.eval.sync import color_tracks
 
 BRIGHT = 0.45  # max-channel offset from the background (values in [0, 1]) of a ball pixel
@@ -25,19 +25,25 @@ MIN_PIXELS = 3  # smaller components are noise (the default ball covers ~13 pixe
 _FOUR_NEIGHBOURS = scipy.ndimage.generate_binary_structure(2, 1)
 
 
+def _palette_directions() -> np.ndarray:
+    """Unit offsets [K, 3] from the background to each palette colour, in COLOR_NAMES order."""
+    offsets = np.array([PALETTE[n][0] for n in COLOR_NAMES]) - np.asarray(BACKGROUND)
+    return offsets / np.linalg.norm(offsets, axis=-1, keepdims=True)
+
+
+PALETTE_DIRECTIONS = _palette_directions()
+
+
 def frame_balls(frame: np.ndarray) -> list[str]:
     """Palette colours of the balls in one frame [H, W, 3] in [-1, 1], one entry per ball."""
     offset = (np.asarray(frame, np.float64) + 1.0) / 2.0 - np.asarray(BACKGROUND)  # [H, W, 3]
     labels, count = scipy.ndimage.label(np.abs(offset).max(-1) > BRIGHT, _FOUR_NEIGHBOURS)
-    names = list(PALETTE)
-    directions = np.array([PALETTE[n][0] for n in names]) - np.asarray(BACKGROUND)  # [K, 3]
-    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
     balls = []
     for component in range(1, count + 1):
         pixels = labels == component
         if pixels.sum() >= MIN_PIXELS:
             mean = offset[pixels].mean(axis=0)
-            balls.append(names[int(np.argmax(directions @ mean))])
+            balls.append(COLOR_NAMES[int(np.argmax(PALETTE_DIRECTIONS @ mean))])
     return balls
 
 
