@@ -143,6 +143,16 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     ema = _get(config, "optim.ema_decay")
     if ema is not _MISSING and not (_is_number(ema) and 0 <= ema < 1):
         _fail("optim.ema_decay", ema, "expected a number >= 0 and < 1 (0: no EMA)")
+    correlation = _get(config, "flow.frame_noise_correlation")
+    if correlation is not _MISSING and not (_is_number(correlation) and 0 <= correlation < 1):
+        _fail(
+            "flow.frame_noise_correlation",
+            correlation,
+            "expected a number >= 0 and < 1 (0: independent noise per frame)",
+        )
+    theta = _get(config, "model.video.rope_theta")
+    if theta is not _MISSING and not (_is_number(theta) and math.isfinite(theta) and theta > 1):
+        _fail("model.video.rope_theta", theta, "expected a finite number > 1 (Wan: 10000)")
     patch = _get(config, "model.video.patch")
     if patch is not _MISSING and not (
         isinstance(patch, (tuple, list))

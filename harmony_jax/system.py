@@ -253,11 +253,6 @@ def build_system(config: ml_collections.ConfigDict) -> System:
     must agree, and a mismatch names both keys."""
     video_codec, audio_codec = make_video_codec(config), make_audio_codec(config)
     text_encoder = make_text_encoder(config)
-    if not 0.0 <= config.flow.frame_noise_correlation < 1.0:
-        raise ValueError(
-            f"config.flow.frame_noise_correlation={config.flow.frame_noise_correlation} must be "
-            f"in [0, 1) (0: independent noise per frame)"
-        )
     if config.flow.prediction not in flow.PREDICTIONS:
         raise ValueError(
             f"config.flow.prediction={config.flow.prediction!r}: expected one of {flow.PREDICTIONS}"

@@ -127,11 +127,18 @@ def test_the_sampler_starts_from_the_frame_noise_the_model_was_trained_on():
 
 def test_a_frame_noise_correlation_outside_its_range_is_named():
     from configs import tiny
+    from harmony_jax.config_check import check_config
+    from harmony_jax.errors import ConfigError
     from harmony_jax.system import build_system
 
     config = tiny.get_config()
     config.flow.frame_noise_correlation = 1.0
-    with pytest.raises(ValueError, match=r"config.flow.frame_noise_correlation=1.0 must be in"):
-        build_system(config)
+    with pytest.raises(ConfigError, match=r"config.flow.frame_noise_correlation=1.0: expected"):
+        check_config(config)
+    config.model.video.rope_theta = 0.5
+    config.flow.frame_noise_correlation = 0.0
+    with pytest.raises(ConfigError, match=r"config.model.video.rope_theta=0.5: expected"):
+        check_config(config)
+    config.model.video.rope_theta = 10000.0
     config.flow.frame_noise_correlation = 0.5
     assert build_system(config).frame_noise_correlation == 0.5
