@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from harmony_jax import generation
-from harmony_jax.data.sounding_shapes import COLOR_NAMES, SoundingShapes
+from harmony_jax.data.sounding_shapes import SoundingShapes
 from harmony_jax.eval.diagnostics import per_sigma, position_std, rotary_bands, text_path
 from harmony_jax.inference import load_for_inference
 
@@ -36,10 +36,7 @@ def main(argv):
     del argv
     system, params = load_for_inference(_WORKDIR.value, dtype="float32")
     d, n = system.clip, _NUM_CLIPS.value
-    world = SoundingShapes(
-        n, d.fps, d.num_frames, d.height, d.width, d.sample_rate, system.sampler.seed,
-        radius_fraction=d.ball_radius,
-    )  # fmt: skip
+    world = SoundingShapes.like(d, n, system.sampler.seed)
     clips = [world[i] for i in range(n)]
     captions = [c["video_caption"] for c in clips]
     batch = generation.prompt_batch(system, captions, [c["audio_caption"] for c in clips])
@@ -61,7 +58,7 @@ def main(argv):
     print(
         f"\n3. text path: captioned colours' share of the x0 colour mass at sigma 0.9: "
         f"{own:.2f} with the caption, {swapped:.2f} with its colours swapped (chance ~"
-        f"{1 / len(COLOR_NAMES):.2f})"
+        f"{1 / len(world.colors):.2f})"
     )
     mc = system.model_config.video
     grid = (video.shape[2] // mc.patch[1], video.shape[3] // mc.patch[2])

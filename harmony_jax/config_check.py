@@ -17,6 +17,7 @@ import ml_collections
 
 from harmony_jax.codecs import NAMES as CODEC_NAMES
 from harmony_jax.data.pipeline import SOURCES
+from harmony_jax.data.sounding_shapes import PALETTE
 from harmony_jax.diffusion.cts import MODES as CTS_MODES
 from harmony_jax.diffusion.flow import LOSSES, PREDICTIONS, SIGMA_SAMPLINGS
 from harmony_jax.diffusion.sampler import SOLVERS
@@ -140,6 +141,22 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     radius = _get(config, "data.ball_radius")  # two balls side by side, with room to move
     if radius is not _MISSING and not (_is_number(radius) and 0 < radius < 0.25):
         _fail("data.ball_radius", radius, "expected a number > 0 and < 0.25 (of the short side)")
+    schedule, warmup = _get(config, "optim.schedule"), _get(config, "optim.warmup_steps")
+    total = _get(config, "total_steps")
+    if schedule == "cosine" and _is_int(warmup) and _is_int(total) and total <= warmup:
+        _fail(
+            "total_steps",
+            total,
+            f"optim.schedule='cosine' needs more than optim.warmup_steps={warmup}",
+        )
+    colors = _get(config, "data.colors")
+    if colors is not _MISSING and (
+        isinstance(colors, str)
+        or not colors
+        or any(c not in PALETTE for c in colors)
+        or len(set(colors)) != len(colors)
+    ):
+        _fail("data.colors", colors, f"expected distinct names of {', '.join(PALETTE)}")
     ema = _get(config, "optim.ema_decay")
     if ema is not _MISSING and not (_is_number(ema) and 0 <= ema < 1):
         _fail("optim.ema_decay", ema, "expected a number >= 0 and < 1 (0: no EMA)")
@@ -202,6 +219,16 @@ def _check_lora(config: ml_collections.ConfigDict) -> None:
         _fail("lora.targets", "", "a LoRA run (lora.rank > 0) needs kernels to adapt")
     if base and rank == 0:
         _fail("init.base_from", base, "is the frozen base of a LoRA run: set config.lora.rank > 0")
+    start = _get(config, "init.params_from")
+    if start and rank > 0:
+        _fail(
+            "init.params_from",
+            start,
+            "starts a full run (lora.rank 0); a LoRA run names its frozen base in init.base_from",
+        )
+    for key in ("init.video_from", "init.transcript_from"):
+        if start and _get(config, key):
+            _fail(key, _get(config, key), f"config.init.params_from={start} brings every weight")
     if base and _get(config, "init.video_from"):
         _fail(
             "init.video_from",

@@ -7,6 +7,7 @@ refuses unknown keys) and one test can load every config.
 import ml_collections
 
 from harmony_jax.compile_cache import DEFAULT_DIR
+from harmony_jax.data.sounding_shapes import WORLD_COLORS
 
 # LoRA's default targets: the attention q, k, v, out and FFN kernels of both towers' blocks
 # (scanned 'layers/' or unrolled 'layers_<i>/')
@@ -86,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
             # checkpoint step (its EMA weights where it kept them); '' : this run's own init with
             # video_from / transcript_from imported. Referenced by path + hash, never copied.
             base_from="",
+            # full fine-tuning: another run's workdir or checkpoint step whose weights (its EMA
+            # where it kept them; a LoRA run's merged) start this run, copied and all trained
+            params_from="",
         )
     )
 
@@ -141,6 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.sample_rate = 16000
     d.num_clips = 4096  # sounding shapes: size of the (deterministic) world
     d.ball_radius = 0.1  # sounding shapes: ball radius / the frame's short side
+    # sounding shapes: the colours clips draw from, names of its palette (red green blue yellow
+    # magenta cyan white; each colour's tone has its own pitch); white is left for fine-tunes
+    d.colors = WORLD_COLORS
     d.root = ""  # clip folder: directory holding the mp4 files and captions.jsonl
     d.skip_bad_files = False
     d.num_workers = 0

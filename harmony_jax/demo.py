@@ -75,17 +75,7 @@ def main(argv):
 
 def _captions(config, count: int) -> list[str]:
     """The video captions of the first `count` held-out prompts (evaluate_sync's world)."""
-    d = config.data
-    world = SoundingShapes(
-        count,
-        d.fps,
-        d.num_frames,
-        d.height,
-        d.width,
-        d.sample_rate,
-        config.seed + EVAL_SEED_OFFSET,
-        radius_fraction=d.ball_radius,
-    )
+    world = SoundingShapes.like(config.data, count, config.seed + EVAL_SEED_OFFSET)
     return [captions(world.scene(i))[0] for i in range(count)]
 
 

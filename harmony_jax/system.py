@@ -26,6 +26,7 @@ from harmony_jax.codecs import (
 )
 from harmony_jax.codecs.precomputed import PrecomputedAudio, PrecomputedText, PrecomputedVideo
 from harmony_jax.codecs.text import TranscriptTokenizer
+from harmony_jax.data.sounding_shapes import WORLD_COLORS
 from harmony_jax.diffusion import flow
 from harmony_jax.model import Conditioning, HarmonyDiT, ModelConfig
 from harmony_jax.model.lora import LoraSpec, adapt
@@ -46,6 +47,7 @@ class ClipGeometry:
     sample_rate: int
     ref_audio_seconds: float = 0.0  # the reference-voice prefix (0: none)
     ball_radius: float = 0.1  # the sounding-shapes world's balls, a fraction of the short side
+    colors: tuple[str, ...] = WORLD_COLORS  # the sounding-shapes world's palette (data.colors)
     source: str = "sounding_shapes"  # config.data.source
 
     @property
@@ -62,6 +64,7 @@ class ClipGeometry:
             sample_rate=int(data.sample_rate),
             ref_audio_seconds=float(data.ref_audio_seconds),
             ball_radius=float(data.ball_radius),
+            colors=tuple(data.colors),
             source=str(data.source),
         )
 

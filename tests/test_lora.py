@@ -269,3 +269,64 @@ def test_merge_lora_command_refuses_a_plain_run_in_one_line(base_run, tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"error: --workdir {base_run} is no LoRA run (config.lora.rank=0): its weights are plain"
     ]
+
+
+def test_full_fine_tune_starts_from_another_runs_weights(base_run, tmp_path):
+    """`init.params_from`: a full run's step 1 (zero learning rate) holds the base's weights,
+    all of them trained (no frozen part); beside LoRA, imports or a missing run it is refused
+    naming the key."""
+    c = tiny.get_config()
+    c.total_steps = c.checkpoint_every = 1
+    c.init.params_from = str(base_run)
+    state = train(c, str(tmp_path / "full"))
+    _, base = load_for_inference(str(base_run), dtype="float32")
+    assert state.frozen is None
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(state.params)[0],
+                            jax.tree.leaves(base)):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+    for key, value, words in (
+        ("lora.rank", 4, r"init\.params_from.*init\.base_from"),
+        ("init.video_from", "/tower", r"init\.video_from.*brings every weight"),
+    ):
+        bad = tiny.get_config()
+        bad.init.params_from = str(base_run)
+        section, name = key.split(".")
+        bad[section][name] = value
+        with pytest.raises(ConfigError, match=words):
+            check_config(bad)
+    c.init.params_from = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"init\.params_from=.*nowhere is missing"):
+        train(c, str(tmp_path / "other"))
+
+
+def test_teaching_a_new_colour_sets_lora_beside_full_fine_tuning(base_run, tmp_path):
+    """bench/demo_lora's comparison at the tiniest size: both fine-tunes train on the world
+    with white added, LoRA trains fewer parameters than the full model has, the shares of the
+    ground truth are 1 and every model's row is in the table."""
+    from harmony_jax.eval import finetune
+
+    lines = []
+    out = finetune.compare(
+        str(base_run), str(tmp_path), "white", steps=2, rank=2, num_clips=2, colour_clips=2,
+        timing_steps=1, sample_steps=2, modes=("t2av",), echo=lines.append,
+    )  # fmt: skip
+    (lora_count, lora_speed), (full_count, full_speed) = (
+        out["timing"][name] for name in ("LoRA", "full")
+    )
+    _, base = load_for_inference(str(base_run), dtype="float32")
+    assert full_count == lora.count(base) > lora_count > 0 and lora_speed > 0 and full_speed > 0
+    shares = out["results"]["base"]["shares"]
+    assert shares["truth colour"] == 1.0 and shares["truth pitch"] > 0.99
+    for name in ("base", "LoRA", "full"):
+        result = out["results"][name]
+        assert 0 <= result["shares"]["colour"] <= 1 and 0 <= result["shares"]["pitch"] <= 1
+        assert list(result["f1"]) == ["t2av"] and len(result["f1"]["t2av"]) == 2
+    text = lines[0]
+    for row in ("ground truth", "base (before)", "LoRA rank 2", "full fine-tune", "95% CI"):
+        assert row in text
+    saved = json.loads((tmp_path / "demo_lora.json").read_text())
+    assert saved["tables"] == out["tables"]
+    config = json.loads((tmp_path / "LoRA" / "config.json").read_text())
+    assert config["data"]["colors"][-1] == "white" and config["lora"]["train_also"] == "^text/"
+    with pytest.raises(ConfigError, match="already trained on it"):
+        finetune.fine_tune_configs(tiny.get_config(), "base", "red", 2, 2)

@@ -133,3 +133,24 @@ def test_ball_radius_sets_the_drawn_and_rendered_size():
     lit = np.abs(video[0] - (np.asarray(ss.BACKGROUND) * 2 - 1)).max(-1) > 1.0  # [H, W]
     disc = np.pi * scene.radius**2 * len(scene.colors)  # the balls' area, pixels
     assert abs(lit.sum() - disc) < 0.15 * disc
+
+
+def test_palette_of_a_world_is_data_colors():
+    """The default world draws from the six colours (clips as before white joined the palette);
+    a world of white alone has one white ball per clip, its tone at white's pitch; names outside
+    the palette or repeated are refused naming data.colors."""
+    default = ss.SoundingShapes(64, FPS, FRAMES, SIZE, SIZE, SR)
+    drawn = {c for i in range(64) for c in default.scene(i).colors}
+    assert drawn == set(ss.WORLD_COLORS) and "white" not in drawn
+    white = ss.SoundingShapes(8, FPS, FRAMES, SIZE, SIZE, SR, colors=("white",))
+    for i in range(8):
+        clip, scene = white[i], white.scene(i)
+        assert scene.colors == ("white",) and clip["video_caption"].startswith("a white ball")
+        spectrum = np.abs(np.fft.rfft(clip["audio"]))
+        peak = np.fft.rfftfreq(len(clip["audio"]), 1 / SR)[np.argmax(spectrum)]
+        assert abs(peak - ss.PALETTE["white"][1]) < 5
+    mixed = ss.SoundingShapes(64, FPS, FRAMES, SIZE, SIZE, SR, colors=(*ss.WORLD_COLORS, "white"))
+    assert any("white" in mixed.scene(i).colors for i in range(64))
+    for colors in (("red", "pink"), ("red", "red"), ()):
+        with pytest.raises(ValueError, match="data.colors"):
+            ss.SoundingShapes(8, FPS, FRAMES, SIZE, SIZE, SR, colors=colors)

@@ -93,6 +93,12 @@ def workdir(tmp_path, monkeypatch):
         ("data.fps", math.nan, "config.data.fps=nan: expected a finite number > 0"),
         ("batch_size", 3, "config.batch_size=3: expected a multiple of the mesh's 8 batch shards"),
         (
+            "data.colors",
+            ("red", "pink"),
+            "config.data.colors=('red', 'pink'): expected distinct names of red, green,",
+        ),
+
+        (
             "data.source",
             "clip_folder",
             "config.data.root='': data.source='clip_folder' needs the folder it reads",
@@ -102,6 +108,15 @@ def workdir(tmp_path, monkeypatch):
 def test_config_value_is_one_line_before_any_model(capsys, workdir, key, value, message):
     line = _one_line(capsys, loop.train, _config(**{key: value}), workdir)
     assert line.startswith(f"error: {message}"), line
+
+
+def test_a_cosine_run_shorter_than_its_warmup_is_one_line(capsys, workdir):
+    config = _config(**{"optim.schedule": "cosine", "optim.warmup_steps": 4})
+    line = _one_line(capsys, loop.train, config, workdir)
+    assert line.startswith(
+        "error: config.total_steps=4: optim.schedule='cosine' needs more than "
+        "optim.warmup_steps=4"
+    ), line
 
 
 def test_every_shipped_config_passes_the_check():

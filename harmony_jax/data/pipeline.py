@@ -50,9 +50,7 @@ def make_source(config: ml_collections.ConfigDict):
     if d.source == "sounding_shapes":
         from harmony_jax.data.sounding_shapes import SoundingShapes
 
-        return SoundingShapes(
-            num_clips=d.num_clips, seed=config.seed, radius_fraction=d.ball_radius, **clip_shape(d)
-        )
+        return SoundingShapes.like(d, num_clips=d.num_clips, seed=config.seed)
     if d.source == "clip_folder":
         if not d.root:
             raise ConfigError("config.data.source='clip_folder' needs config.data.root")

@@ -11,6 +11,8 @@ events are at least two frames apart and the balls never overlap in a frame.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +27,12 @@ PALETTE: dict[str, tuple[tuple[float, float, float], float]] = {
     "yellow": ((1.0, 0.95, 0.1), 1113.75),
     "magenta": ((1.0, 0.15, 1.0), 1670.6),
     "cyan": ((0.1, 0.95, 1.0), 2505.9),
+    # Outside the default world: the colour a fine-tune teaches (`data.colors`, bench/demo_lora),
+    # a fifth above cyan (below red, a 32-band mel would put it within a band of red's).
+    "white": ((0.95, 0.95, 0.95), 3758.85),
 }
-COLOR_NAMES = tuple(PALETTE)
+COLOR_NAMES = tuple(PALETTE)  # every colour the detectors name
+WORLD_COLORS = COLOR_NAMES[:6]  # the colours a world draws from unless `data.colors` says
 BACKGROUND = (0.05, 0.05, 0.08)  # RGB in [0, 1]
 
 RADIUS_FRACTION = 0.1  # default ball radius / min(height, width) (`data.ball_radius`)
@@ -139,19 +145,21 @@ def draw_scene(
     height: int,
     width: int,
     radius_fraction: float = RADIUS_FRACTION,
+    palette: tuple[str, ...] = WORLD_COLORS,
 ) -> Scene:
     """Rejection-sample a scene whose every bounce is recoverable from frames and from audio.
 
     A bounce needs a clean frame on either side to be seen (eval/sync.py), so bounces lie within
     [1, F - 2] frame periods; events are two frames apart so neither modality merges them.
     Balls are drawn one by one, then redrawn together until their events interleave cleanly.
+    Colours are drawn from `palette` (names of PALETTE), distinct within a clip.
     """
     radius = radius_fraction * min(height, width)
     size = np.array([width, height], np.float64)
     duration = num_frames / fps
     window = (1.0 / fps, (num_frames - 2) / fps, 2.0 / fps)  # first, last, min gap
-    num_balls = int(rng.integers(1, 3))
-    colors = tuple(COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), num_balls, replace=False))
+    num_balls = int(rng.integers(1, min(2, len(palette)) + 1))
+    colors = tuple(palette[i] for i in rng.choice(len(palette), num_balls, replace=False))
     speed = str(rng.choice(list(SPEEDS)))
     for _ in range(MAX_TRIES):
         balls = [_draw_ball(rng, speed, radius, size, duration, *window) for _ in range(num_balls)]
@@ -229,7 +237,16 @@ class SoundingShapes:
         sample_rate: int,
         seed: int = 0,
         radius_fraction: float = RADIUS_FRACTION,
+        colors: Sequence[str] = WORLD_COLORS,
     ):
+        unknown = [c for c in colors if c not in PALETTE]
+        if unknown or not colors or len(set(colors)) != len(colors):
+            raise ValueError(
+                f"sounding shapes: colours {tuple(colors)} (data.colors) must be distinct names "
+                f"of the palette {COLOR_NAMES}"
+                + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+            )
+        self.colors = tuple(colors)
         if num_frames < 4:
             raise ValueError(f"sounding shapes: num_frames={num_frames}, need >= 4 for a bounce")
         if not 0 < radius_fraction < 0.25:  # two balls must fit side by side with room to move
@@ -255,7 +272,23 @@ class SoundingShapes:
             f"SoundingShapes(num_clips={self.num_clips}, fps={self.fps}, "
             f"num_frames={self.num_frames}, height={self.height}, width={self.width}, "
             f"sample_rate={self.sample_rate}, seed={self.seed}, "
-            f"radius_fraction={self.radius_fraction})"
+            f"radius_fraction={self.radius_fraction}, colors={self.colors})"
+        )
+
+    @classmethod
+    def like(cls, world: Any, num_clips: int, seed: int) -> SoundingShapes:
+        """The world `world` describes (`config.data` or a system's ClipGeometry: its geometry,
+        ball radius and colours), `num_clips` clips of it drawn from `seed`."""
+        return cls(
+            num_clips,
+            float(world.fps),
+            int(world.num_frames),
+            int(world.height),
+            int(world.width),
+            int(world.sample_rate),
+            seed=seed,
+            radius_fraction=float(world.ball_radius),
+            colors=tuple(world.colors),
         )
 
     def scene(self, index: int) -> Scene:
@@ -264,7 +297,13 @@ class SoundingShapes:
             raise IndexError(f"sounding shapes: index {index} outside [0, {self.num_clips})")
         rng = np.random.default_rng([self.seed, int(index)])
         return draw_scene(
-            rng, self.fps, self.num_frames, self.height, self.width, self.radius_fraction
+            rng,
+            self.fps,
+            self.num_frames,
+            self.height,
+            self.width,
+            self.radius_fraction,
+            self.colors,
         )
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray | str]:

@@ -7,6 +7,7 @@ shuffled across clips (chance level) and the ground truth.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ def evaluate_sync(
     with_truth: bool = True,
     modes: Sequence[str] = generation.MODES,
     world_seed: int | None = None,
+    colors: Sequence[str] | None = None,
     keep: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     **sample_overrides,
 ) -> dict[str, list[dict[str, float]]]:
@@ -59,22 +61,17 @@ def evaluate_sync(
     Rows: each mode's generated clips and the same clips with the audio shuffled across clips
     (chance level), plus ground truth and shuffled ground truth when `with_truth`. Clips are
     written to `out_dir` when given. The prompts come from the world seeded `world_seed`
-    (default: the run's seed + EVAL_SEED_OFFSET). `sample_overrides` (guidance, s_v, s_a,
-    cfg_scale, steps, solver) override the run's (`system.sampler`). `keep`, when given, receives
-    each mode's (frames, waves) and the ground truth's, under the mode's name and 'ground truth'.
+    (default: the run's seed + EVAL_SEED_OFFSET) with the palette `colors` (default: the run's
+    `data.colors`; a fine-tune's old world, bench/demo_lora). `sample_overrides` (guidance,
+    s_v, s_a, cfg_scale, steps, solver) override the run's (`system.sampler`). `keep`, when
+    given, receives each mode's (frames, waves) and the ground truth's, under the mode's name
+    and 'ground truth'.
     """
     d, run = system.clip, system.sampler
     seed = run.seed + EVAL_SEED_OFFSET if world_seed is None else world_seed
-    world = SoundingShapes(
-        num_clips,
-        d.fps,
-        d.num_frames,
-        d.height,
-        d.width,
-        d.sample_rate,
-        seed=seed,
-        radius_fraction=d.ball_radius,
-    )
+    if colors is not None:
+        d = dataclasses.replace(d, colors=tuple(colors))
+    world = SoundingShapes.like(d, num_clips, seed)
     clips = [world[i] for i in range(num_clips)]
     colors = [world.scene(i).colors for i in range(num_clips)]  # (cheap: no rendering)
     truth_v = np.stack([c["video"] for c in clips])  # [N, F, H, W, 3]

@@ -19,7 +19,7 @@ import ml_collections
 
 from harmony_jax import plan
 from harmony_jax.data.clip_folder import CAPTIONS_FILE
-from harmony_jax.data.pipeline import clip_folder, clip_shape
+from harmony_jax.data.pipeline import clip_folder
 from harmony_jax.data.sounding_shapes import SoundingShapes
 from harmony_jax.encode import BatchEncoder, encode_folder, load_item
 from harmony_jax.media import write_av
@@ -35,9 +35,7 @@ def write_clip_folder(config: ml_collections.ConfigDict, root: str, num_clips: i
     """`num_clips` sounding-shapes clips at `config.data`'s geometry as a clip folder (mp4 files
     and captions.jsonl): real files for the encoder to decode."""
     d = config.data
-    shapes = SoundingShapes(
-        num_clips=num_clips, seed=config.seed, radius_fraction=d.ball_radius, **clip_shape(d)
-    )
+    shapes = SoundingShapes.like(d, num_clips=num_clips, seed=config.seed)
     os.makedirs(root, exist_ok=True)
     lines = []
     for i in range(num_clips):

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -230,14 +231,16 @@ def compiled_step(
     *,
     donate: bool = True,
     num_devices: int | None = None,
+    base: Callable[[Any], Any] | None = None,
 ) -> tuple[Callable[[], jax.Array], float, int]:
     """(one_step, compile seconds, compiled bytes) of `system`'s train step as the loop runs it
     (the train state of `make_train_state` on `config`'s mesh over the first `num_devices`
     devices, the step jitted with the state donated): `one_step()` advances its own state on
-    one random batch of `system`'s inputs and returns the loss."""
+    one random batch of `system`'s inputs and returns the loss. `base`: a LoRA system's frozen
+    base (make_train_state's)."""
     mesh = make_mesh(config.mesh, jax.devices()[:num_devices])
     rules = axis_rules(config)
-    tx, state = make_train_state(system, config, mesh, rules)
+    tx, state = make_train_state(system, config, mesh, rules, base=base)
     data_sharding = batch_sharding(mesh)
     batch = random_batch(system, config.batch_size, np.random.default_rng(1), data_sharding)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)

@@ -146,6 +146,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         logging.info(unloaded_message(config))
 
     def imported(params):  # a fresh run starts from the imported parts; a resumed one from its own
+        if latest is None and config.init.params_from:
+            return lora.run_weights(config.init.params_from, train_system, mesh, rules)
         if latest is None and config.init.video_from:
             params = load_video_tower(params, config.init.video_from)
         if latest is None and config.init.transcript_from:

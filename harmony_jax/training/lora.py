@@ -110,8 +110,9 @@ def fingerprint(params: Params) -> str:
 # ---- where a base comes from
 
 
-def _step_dir(path: str) -> epath.Path:
-    """The step directory `path` names: itself, or a workdir's newest intact step."""
+def _step_dir(path: str, key: str = "init.base_from") -> epath.Path:
+    """The step directory `path` (config.`key`) names: itself, or a workdir's newest intact
+    step."""
     where = epath.Path(path).absolute()
     if (where / "config").exists():
         return where
@@ -119,11 +120,19 @@ def _step_dir(path: str) -> epath.Path:
     if found is None:
         if (where / "_CHECKPOINT_METADATA").exists():
             raise ConfigError(
-                f"config.init.base_from={path} is a converted tower, not a run: leave "
-                f"base_from empty and set config.init.video_from={path}"
+                f"config.{key}={path} is a converted tower, not a run: leave "
+                f"{key.split('.')[-1]} empty and set config.init.video_from={path}"
             )
-        raise BaseMismatchError(f"config.init.base_from={path}: no run checkpoint there")
+        raise BaseMismatchError(f"config.{key}={path}: no run checkpoint there")
     return where / "checkpoints" / str(found[0])
+
+
+def run_weights(path: str, system: System, mesh, rules) -> Params:
+    """The plain model's weights of the run `path` (a workdir or a step): where a full
+    fine-tune starts (`init.params_from`). Another architecture is refused naming the leaf."""
+    if "://" not in path and not os.path.exists(path):
+        raise ConfigError(f"config.init.params_from={path} is missing")
+    return restore_merged(_step_dir(path, "init.params_from"), None, system, mesh, rules)
 
 
 def describe(config: ml_collections.ConfigDict) -> str:
