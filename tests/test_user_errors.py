@@ -97,7 +97,6 @@ def workdir(tmp_path, monkeypatch):
             ("red", "pink"),
             "config.data.colors=('red', 'pink'): expected distinct names of red, green,",
         ),
-
         (
             "data.source",
             "clip_folder",
@@ -114,8 +113,7 @@ def test_a_cosine_run_shorter_than_its_warmup_is_one_line(capsys, workdir):
     config = _config(**{"optim.schedule": "cosine", "optim.warmup_steps": 4})
     line = _one_line(capsys, loop.train, config, workdir)
     assert line.startswith(
-        "error: config.total_steps=4: optim.schedule='cosine' needs more than "
-        "optim.warmup_steps=4"
+        "error: config.total_steps=4: optim.schedule='cosine' needs more than optim.warmup_steps=4"
     ), line
 
 
