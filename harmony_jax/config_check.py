@@ -149,6 +149,9 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
             total,
             f"optim.schedule='cosine' needs more than optim.warmup_steps={warmup}",
         )
+    balls = _get(config, "data.max_balls")
+    if balls is not _MISSING and not (_is_int(balls) and balls in (1, 2)):
+        _fail("data.max_balls", balls, "expected 1 or 2")
     colors = _get(config, "data.colors")
     if colors is not _MISSING and (
         isinstance(colors, str)

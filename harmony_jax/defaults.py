@@ -148,6 +148,7 @@ def base_config() -> ml_collections.ConfigDict:
     # sounding shapes: the colours clips draw from, names of its palette (red green blue yellow
     # magenta cyan white; each colour's tone has its own pitch); white is left for fine-tunes
     d.colors = WORLD_COLORS
+    d.max_balls = 2  # sounding shapes: a clip has 1 to max_balls (1 or 2) balls
     d.root = ""  # clip folder: directory holding the mp4 files and captions.jsonl
     d.skip_bad_files = False
     d.num_workers = 0

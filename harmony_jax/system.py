@@ -48,6 +48,7 @@ class ClipGeometry:
     ref_audio_seconds: float = 0.0  # the reference-voice prefix (0: none)
     ball_radius: float = 0.1  # the sounding-shapes world's balls, a fraction of the short side
     colors: tuple[str, ...] = WORLD_COLORS  # the sounding-shapes world's palette (data.colors)
+    max_balls: int = 2  # the sounding-shapes world's most balls in a clip (data.max_balls)
     source: str = "sounding_shapes"  # config.data.source
 
     @property
@@ -65,6 +66,7 @@ class ClipGeometry:
             ref_audio_seconds=float(data.ref_audio_seconds),
             ball_radius=float(data.ball_radius),
             colors=tuple(data.colors),
+            max_balls=int(data.max_balls),
             source=str(data.source),
         )
 

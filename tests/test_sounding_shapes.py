@@ -154,3 +154,13 @@ def test_palette_of_a_world_is_data_colors():
     for colors in (("red", "pink"), ("red", "red"), ()):
         with pytest.raises(ValueError, match="data.colors"):
             ss.SoundingShapes(8, FPS, FRAMES, SIZE, SIZE, SR, colors=colors)
+
+
+def test_max_balls_one_gives_one_ball_per_clip():
+    """data.max_balls=1: every clip one ball (the default 2 draws both counts); 3 is refused."""
+    one = ss.SoundingShapes(32, FPS, FRAMES, SIZE, SIZE, SR, max_balls=1)
+    assert {len(one.scene(i).colors) for i in range(32)} == {1}
+    default = ss.SoundingShapes(32, FPS, FRAMES, SIZE, SIZE, SR)
+    assert {len(default.scene(i).colors) for i in range(32)} == {1, 2}
+    with pytest.raises(ValueError, match="data.max_balls"):
+        ss.SoundingShapes(8, FPS, FRAMES, SIZE, SIZE, SR, max_balls=3)

@@ -146,19 +146,21 @@ def draw_scene(
     width: int,
     radius_fraction: float = RADIUS_FRACTION,
     palette: tuple[str, ...] = WORLD_COLORS,
+    max_balls: int = 2,
 ) -> Scene:
     """Rejection-sample a scene whose every bounce is recoverable from frames and from audio.
 
     A bounce needs a clean frame on either side to be seen (eval/sync.py), so bounces lie within
     [1, F - 2] frame periods; events are two frames apart so neither modality merges them.
     Balls are drawn one by one, then redrawn together until their events interleave cleanly.
-    Colours are drawn from `palette` (names of PALETTE), distinct within a clip.
+    A clip has 1 to `max_balls` (1 or 2) balls, their colours drawn from `palette` (names of
+    PALETTE), distinct within a clip.
     """
     radius = radius_fraction * min(height, width)
     size = np.array([width, height], np.float64)
     duration = num_frames / fps
     window = (1.0 / fps, (num_frames - 2) / fps, 2.0 / fps)  # first, last, min gap
-    num_balls = int(rng.integers(1, min(2, len(palette)) + 1))
+    num_balls = int(rng.integers(1, min(max_balls, len(palette)) + 1))
     colors = tuple(palette[i] for i in rng.choice(len(palette), num_balls, replace=False))
     speed = str(rng.choice(list(SPEEDS)))
     for _ in range(MAX_TRIES):
@@ -238,6 +240,7 @@ class SoundingShapes:
         seed: int = 0,
         radius_fraction: float = RADIUS_FRACTION,
         colors: Sequence[str] = WORLD_COLORS,
+        max_balls: int = 2,
     ):
         unknown = [c for c in colors if c not in PALETTE]
         if unknown or not colors or len(set(colors)) != len(colors):
@@ -247,6 +250,9 @@ class SoundingShapes:
                 + (f"; unknown: {', '.join(unknown)}" if unknown else "")
             )
         self.colors = tuple(colors)
+        if max_balls not in (1, 2):
+            raise ValueError(f"sounding shapes: max_balls={max_balls} (data.max_balls): 1 or 2")
+        self.max_balls = int(max_balls)
         if num_frames < 4:
             raise ValueError(f"sounding shapes: num_frames={num_frames}, need >= 4 for a bounce")
         if not 0 < radius_fraction < 0.25:  # two balls must fit side by side with room to move
@@ -272,13 +278,14 @@ class SoundingShapes:
             f"SoundingShapes(num_clips={self.num_clips}, fps={self.fps}, "
             f"num_frames={self.num_frames}, height={self.height}, width={self.width}, "
             f"sample_rate={self.sample_rate}, seed={self.seed}, "
-            f"radius_fraction={self.radius_fraction}, colors={self.colors})"
+            f"radius_fraction={self.radius_fraction}, colors={self.colors}, "
+            f"max_balls={self.max_balls})"
         )
 
     @classmethod
     def like(cls, world: Any, num_clips: int, seed: int) -> SoundingShapes:
         """The world `world` describes (`config.data` or a system's ClipGeometry: its geometry,
-        ball radius and colours), `num_clips` clips of it drawn from `seed`."""
+        ball radius, colours and ball count), `num_clips` clips of it drawn from `seed`."""
         return cls(
             num_clips,
             float(world.fps),
@@ -289,6 +296,7 @@ class SoundingShapes:
             seed=seed,
             radius_fraction=float(world.ball_radius),
             colors=tuple(world.colors),
+            max_balls=int(world.max_balls),
         )
 
     def scene(self, index: int) -> Scene:
@@ -304,6 +312,7 @@ class SoundingShapes:
             self.width,
             self.radius_fraction,
             self.colors,
+            self.max_balls,
         )
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray | str]:
