@@ -13,7 +13,8 @@ colour's share of bright pixels and its pitch's share of tone energy in T2AV sam
 with it alone (the ground truth's beside them), and the held-out event F1 of the base's own
 world in every mode; a second table gives each fine-tune's change of that F1 with its paired
 bootstrap 95% CI (the old colours' sync must not move beyond noise). Runs already trained in
-the workdir are reused; the table is also written to `WORKDIR/demo_lora.json`.
+the workdir are reused; the table is also written to `WORKDIR/demo_lora.json`, and the T2AV
+samples naming the colour, per model above the ground truth, to `WORKDIR/demo_lora_sheet.png`.
 """
 
 from __future__ import annotations

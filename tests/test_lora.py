@@ -324,6 +324,7 @@ def test_teaching_a_new_colour_sets_lora_beside_full_fine_tuning(base_run, tmp_p
     text = lines[0]
     for row in ("ground truth", "base (before)", "LoRA rank 2", "full fine-tune", "95% CI"):
         assert row in text
+    assert (tmp_path / "demo_lora_sheet.png").stat().st_size > 0
     saved = json.loads((tmp_path / "demo_lora.json").read_text())
     assert saved["tables"] == out["tables"]
     config = json.loads((tmp_path / "LoRA" / "config.json").read_text())

@@ -17,6 +17,7 @@ import numpy as np
 from harmony_jax.atomic import atomic_path
 from harmony_jax.data.sounding_shapes import SoundingShapes
 from harmony_jax.errors import ConfigError
+from harmony_jax.eval.contact_sheet import write_contact_sheet
 from harmony_jax.eval.heldout import EVAL_SEED_OFFSET, evaluate_sync
 from harmony_jax.eval.new_colour import colour_shares
 from harmony_jax.eval.sync import nan_mean, paired_bootstrap_ci
@@ -83,12 +84,14 @@ def measure(
     colour_clips: int,
     sample_steps: int,
     modes: Sequence[str],
+    keep: dict | None = None,
 ) -> dict:
     """One model's new-colour shares and per-clip event F1 per mode on the old world `old`
-    (every model samples from the noise of the base's seed: the F1 changes are paired)."""
+    (every model samples from the noise of the base's seed: the F1 changes are paired);
+    `keep` receives its new-colour samples (`colour_shares`)."""
     system, params = load_for_inference(path, dtype="float32")
     overrides = {"steps": sample_steps} if sample_steps else {}
-    shares = colour_shares(system, params, color, colour_clips, old.seed + 1)
+    shares = colour_shares(system, params, color, colour_clips, old.seed + 1, keep)
     rows = evaluate_sync(
         system,
         params,
@@ -152,16 +155,27 @@ def compare(
     # the base's held-out world: clips of its own colours its training never drew
     old = SoundingShapes.like(base_config.data, num_clips, base_config.seed + EVAL_SEED_OFFSET)
     paths = {"base": base_dir, **{n: os.path.join(workdir, n) for n in configs}}
-    results = {
-        name: measure(
-            path, color, old, colour_clips=colour_clips, sample_steps=sample_steps, modes=modes
+    results, samples = {}, {}
+    for name, path in paths.items():
+        keep = {}
+        results[name] = measure(
+            path,
+            color,
+            old,
+            colour_clips=colour_clips,
+            sample_steps=sample_steps,
+            modes=modes,
+            keep=keep,
         )
-        for name, path in paths.items()
-    }
+        samples[name], truth = keep["t2av"], keep["ground truth"]
+    sheet = os.path.join(workdir, "demo_lora_sheet.png")
+    d = base_config.data
+    write_contact_sheet(sheet, samples | {"ground truth": truth}, d.fps, d.sample_rate, 4)
     text = tables(results, timing, rank, color)
     echo(
         f"\n{color} taught to {base_dir}: {steps} steps of batch {base_config.batch_size} each; "
-        f"old world: {num_clips} held-out clips per mode\n{text}"
+        f"old world: {num_clips} held-out clips per mode\n{text}\n"
+        f"T2AV samples naming {color} (per model) above the ground truth: {sheet}"
     )
     out = {"timing": timing, "results": results, "tables": text}
     with atomic_path(os.path.join(workdir, "demo_lora.json"), overwrite=True) as tmp:

@@ -65,10 +65,12 @@ def colour_prompts(system: System, color: str, num_clips: int, seed: int) -> lis
 
 
 def colour_shares(
-    system: System, params, color: str, num_clips: int, seed: int
+    system: System, params, color: str, num_clips: int, seed: int, keep: dict | None = None
 ) -> dict[str, float]:
     """T2AV samples of prompts naming `color` alone: its pixel and pitch shares, beside those
-    of the ground-truth clips of the same prompts (the ceiling the world itself sets)."""
+    of the ground-truth clips of the same prompts (the ceiling the world itself sets). `keep`,
+    when given, receives the samples and the ground truth as (frames, waves) under 't2av' and
+    'ground truth'."""
     clips = colour_prompts(system, color, num_clips, seed)
     batch = generation.prompt_batch(
         system, [c["video_caption"] for c in clips], [c["audio_caption"] for c in clips]
@@ -77,6 +79,8 @@ def colour_shares(
     rate = system.clip.sample_rate
     truth_v = np.stack([c["video"] for c in clips])
     truth_a = np.stack([c["audio"] for c in clips])
+    if keep is not None:
+        keep.update({"t2av": (frames, waves), "ground truth": (truth_v, truth_a)})
     return {
         "colour": colour_share(frames, color),
         "pitch": pitch_share(waves, rate, color),
