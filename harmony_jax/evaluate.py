@@ -253,13 +253,16 @@ def evaluate_run(
     mesh: str | None = None,
     dtype: str = "bfloat16",
     quantize: str = "none",
+    lora_base: str | None = None,
 ) -> dict[str, list[Metrics]]:
     """Per-clip sync metrics per row (`eval.heldout.evaluate_sync`) of the run at `path` (a
     workdir or a step directory, loaded by `inference.load_for_inference`) on `num_clips`
     held-out sounding-shapes prompts; clips are written to `out_dir` when given."""
     if num_clips < 1:
         raise FlagError(f"--num_clips {num_clips}: expected at least 1 clip")
-    system, params = load_for_inference(path, mesh=mesh, dtype=dtype, quantize=quantize)
+    system, params = load_for_inference(
+        path, mesh=mesh, dtype=dtype, quantize=quantize, lora_base=lora_base
+    )
     source = system.clip.source
     if source != "sounding_shapes":
         raise FlagError(
@@ -313,6 +316,7 @@ def main(args: argparse.Namespace) -> None:
             mesh=args.mesh,
             dtype=args.dtype,
             quantize=args.quantize,
+            lora_base=args.lora_base,
         )
         print(f"{sync.sync_table(rows)}\n\n{sync.versus_shuffled(rows)}")
         if args.json:

@@ -42,6 +42,7 @@ from harmony_jax.training.checkpoint import (
     damage,
     damaged_file,
     newest_intact,
+    read_config,
     read_config_file,
     steps_in,
 )
@@ -82,9 +83,9 @@ def inference_mesh(spec: str | None, devices: Sequence[jax.Device]) -> dict[str,
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """`--mesh`, `--dtype` and `--quantize`, spelled and explained alike by every entry point
-    that loads a run to sample from it (`sample`, `evaluate`); `load_for_inference` takes
-    them as they are parsed."""
+    """`--mesh`, `--dtype`, `--quantize` and `--lora_base`, spelled and explained alike by
+    every entry point that loads a run to sample from it (`sample`, `evaluate`);
+    `load_for_inference` takes them as they are parsed."""
     parser.add_argument(
         "--mesh",
         help="device mesh for the parameters and the sampler, e.g. "
@@ -93,6 +94,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help=DTYPE_HELP)
     parser.add_argument("--quantize", choices=QUANTIZE, default="none", help=QUANTIZE_HELP)
+    parser.add_argument(
+        "--lora_base",
+        help="a LoRA run's base run where it is now, if it moved since training (its hash "
+        "is checked against the one the run recorded)",
+    )
 
 
 def load_for_inference(
@@ -102,9 +108,11 @@ def load_for_inference(
     dtype: str = "bfloat16",
     quantize: str = "none",
     devices: Sequence[jax.Device] | None = None,
+    lora_base: str | None = None,
 ) -> tuple[System, Params]:
     """(system, params) from a workdir (its newest intact checkpoint) or a checkpoint step
-    directory.
+    directory; a LoRA run's adapters merged into its base (`lora_base`: where that base run is
+    now, if it moved).
 
     The parameters are restored straight into their shards, laid out by the run's logical axis
     rules (`config.axis_rules`, as training lays them out) on the mesh `mesh` describes
@@ -127,7 +135,14 @@ def load_for_inference(
     sizes = inference_mesh(mesh, devices)  # a bad --mesh is named before any step is read
     if quantize not in QUANTIZE:
         raise FlagError(f"--quantize {quantize!r} is not one of {QUANTIZE}")
-    load = lambda step_dir: _load_step(step_dir, sizes, dtype, quantize, devices)
+    if lora_base:  # named before any step is read
+        config = read_config(os.fspath(path))[0]
+        if not (config.lora.rank and config.init.base_from):
+            what = "no LoRA run"
+            if config.lora.rank:
+                what = "a LoRA run over its own init, not over another run"
+            raise FlagError(f"--lora_base {lora_base}: {path} is {what}")
+    load = lambda step_dir: _load_step(step_dir, sizes, dtype, quantize, devices, lora_base)
     path = epath.Path(os.fspath(path)).absolute()
     if (path / "config").exists():  # a checkpoint step directory
         try:
@@ -155,7 +170,12 @@ def load_for_inference(
 
 
 def _load_step(
-    step_dir: epath.Path, mesh: dict[str, int], dtype: str, quantize: str, devices: list
+    step_dir: epath.Path,
+    mesh: dict[str, int],
+    dtype: str,
+    quantize: str,
+    devices: list,
+    lora_base: str | None,
 ) -> tuple[System, Params]:
     config = read_config_file(step_dir / "config" / "metadata")
     config.mesh = mesh
@@ -186,7 +206,7 @@ def _load_step(
         targets[path] = targets[path].update(dtype=jnp.float32)
     if config.lora.rank:  # base + adapters, merged in float32, then cast (or rounded to int8)
         key = "the LoRA run merged"
-        merged = _flat(restore_merged(step_dir, config, system, on, rules))
+        merged = _flat(restore_merged(step_dir, config, system, on, rules, base_from=lora_base))
         chunks = [{path: merged[path].astype(t.dtype) for path, t in targets.items()}]
     else:
         state_dir = step_dir / "state"

@@ -17,8 +17,8 @@ Given media of another length, rate, channel count, fps or size is fitted to the
 geometry with a logged notice. Every mode needs a non-empty `--prompt`. Existing outputs are
 kept unless `--overwrite`; every file is written under a temporary name and renamed when
 complete, so an interrupted run leaves no partial file under an output's name. `--mesh`,
-`--dtype` and `--quantize` say how the weights are laid out while sampling
-(`inference.add_model_flags`); the prompts are embedded first, and a frozen text encoder's
+`--dtype` and `--quantize` say how the weights are laid out while sampling, `--lora_base`
+where a LoRA run's base is now if it moved (`inference.add_model_flags`); the prompts are embedded first, and a frozen text encoder's
 weights freed before the sampler runs.
 """
 
@@ -248,7 +248,11 @@ def main(args: argparse.Namespace) -> None:
     check_flags(args)  # before the slow part
     _check_inputs(args.mode, args.audio, args.video, args.image, args.ref_audio)
     system, params = load_for_inference(
-        args.workdir or args.checkpoint, mesh=args.mesh, dtype=args.dtype, quantize=args.quantize
+        args.workdir or args.checkpoint,
+        mesh=args.mesh,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        lora_base=args.lora_base,
     )
     try:
         paths = sample_to_files(

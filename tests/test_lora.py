@@ -19,7 +19,7 @@ from flax.linen import unbox
 from configs import tiny
 from harmony_jax.config_check import check_config
 from harmony_jax.convert.merge_lora import merge_run
-from harmony_jax.errors import ConfigError
+from harmony_jax.errors import ConfigError, FlagError
 from harmony_jax.inference import load_for_inference
 from harmony_jax.model import lora
 from harmony_jax.model.inputs import example_inputs
@@ -164,9 +164,18 @@ def test_a_missing_or_another_base_is_refused_naming_both(base_run, lora_run, tm
     shutil.move(str(base_run), str(moved))
     try:  # what `sample --workdir` prints: one line, exit status 2
         missing = one_line(capsys, load_for_inference, workdir)
+        _, found = load_for_inference(workdir, dtype="float32", lora_base=str(moved))
+        wrong = str(moved / "checkpoints" / "1")  # another model: refused by its hash
+        with pytest.raises(BaseMismatchError, match="hash"):
+            load_for_inference(workdir, dtype="float32", lora_base=wrong)
     finally:
         shutil.move(str(moved), str(base_run))
     assert str(base_run) in missing and str(workdir) in missing and "missing" in missing
+    _, recorded = load_for_inference(workdir, dtype="float32")
+    for a, b in zip(jax.tree.leaves(found), jax.tree.leaves(recorded)):  # `sample --lora_base`
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(FlagError, match="no LoRA run"):
+        load_for_inference(base_run, lora_base=str(base_run))
     other = base_run / "checkpoints" / "1"  # the base run's other step: other weights
     with pytest.raises(BaseMismatchError) as mismatch:
         train(_lora_config(str(other), total_steps=3), str(workdir))
@@ -331,3 +340,14 @@ def test_teaching_a_new_colour_sets_lora_beside_full_fine_tuning(base_run, tmp_p
     assert config["data"]["colors"][-1] == "white" and config["lora"]["train_also"] == "^text/"
     with pytest.raises(ConfigError, match="already trained on it"):
         finetune.fine_tune_configs(tiny.get_config(), "base", "red", 2, 2)
+
+
+def test_a_lora_run_can_be_the_base_of_another(lora_run, tmp_path):
+    """Adapters over a LoRA run: its base is that run merged; at step 1 (zero learning rate,
+    B = 0) the new run's merged weights are the old run's bit for bit."""
+    workdir, _ = lora_run
+    train(_lora_config(str(workdir), total_steps=1), str(tmp_path))
+    _, nested = load_for_inference(tmp_path, dtype="float32")
+    _, below = load_for_inference(workdir, dtype="float32")
+    for (path, a), b in zip(_flat(nested).items(), _flat(below).values()):
+        np.testing.assert_array_equal(a, b, err_msg=path)

@@ -455,10 +455,10 @@ def test_evaluate_cli_loads_the_run_as_sample_does(run, tmp_path, monkeypatch, c
     flags = lambda parser: {
         a.dest: (a.help, a.choices, a.default)
         for a in parser._actions
-        if a.dest in ("mesh", "dtype", "quantize")
+        if a.dest in ("mesh", "dtype", "quantize", "lora_base")
     }
     assert flags(evaluate_cli._parser()) == flags(sample_cli._parser())
-    assert len(flags(sample_cli._parser())) == 3
+    assert len(flags(sample_cli._parser())) == 4
     seen = {}
 
     def rows(system, params, num_clips, out_dir=None):

@@ -70,7 +70,7 @@ def trained_and_timed(configs: dict[str, ml_collections.ConfigDict], timing_step
             counts[name] = count(lora.trained_abstract(plain, system.lora))
             base = lambda abstract, c=config, s=system, m=mesh, r=rules: lora.load_base(
                 s, c, m, r, abstract
-            )
+            )[0]
             steps[name] = compiled_step(system, config, base=base)[0]
     seconds = interleaved_medians(steps, timing_steps, warmup=2)
     return {name: (counts[name], 1.0 / seconds[name]) for name in configs}

@@ -158,8 +158,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     train_system, base_hash = lora.with_lora(train_system, config), []
 
     def base(abstract):
-        params = lora.load_base(train_system, config, mesh, rules, abstract)
-        base_hash.append(lora.fingerprint(params))
+        params, found = lora.load_base(train_system, config, mesh, rules, abstract)
+        base_hash.append(found)
         return params
 
     tx, state = make_train_state(train_system, config, mesh, rules, imported=imported, base=base)

@@ -165,14 +165,16 @@ def init_base(system: System, config: ml_collections.ConfigDict, mesh, rules) ->
 
 def load_base(
     system: System, config: ml_collections.ConfigDict, mesh, rules, abstract: Params
-) -> Params:
-    """The frozen base of a LoRA run of `config`, laid out as `abstract` (the plain model's)."""
+) -> tuple[Params, str]:
+    """(the frozen base of a LoRA run of `config`, laid out as `abstract` (the plain model's),
+    its hash)."""
     base = config.init.base_from
     if not base:
-        return init_base(system, config, mesh, rules)
+        params = init_base(system, config, mesh, rules)
+        return params, fingerprint(params)
     if "://" not in base and not os.path.exists(base):
         raise BaseMismatchError(f"config.init.base_from={base} is missing")
-    return restore_merged(_step_dir(base), None, system, mesh, rules, abstract)
+    return _restore(_step_dir(base), None, system, mesh, rules, abstract)
 
 
 def check_base(config: ml_collections.ConfigDict, found: str, record: dict, where: str) -> None:
@@ -191,37 +193,53 @@ def restore_merged(
     mesh,
     rules,
     abstract: Params | None = None,
+    base_from: str | None = None,
 ) -> Params:
     """The plain model's weights of a step (float32 where the run kept them so): a full run's
     EMA or raw parameters; a LoRA run's base (hash checked) with its trained leaves, the
-    adapters merged in. `config`: the step's own (read when None)."""
+    adapters merged in. `config`: the step's own (read when None). `base_from`: where a LoRA
+    run's base run is now, when it has moved since (`sample --lora_base`; its hash is checked
+    as the recorded path's would be)."""
+    return _restore(step_dir, config, system, mesh, rules, abstract, base_from, hashed=False)[0]
+
+
+def _restore(
+    step_dir, config, system, mesh, rules, abstract=None, base_from=None, *, hashed=True
+) -> tuple[Params, str | None]:
+    """(`restore_merged`'s weights, their hash when `hashed`). A LoRA run's hash is of what it
+    stores, its base's hash and its trained leaves, not of the merged sum, whose last bits
+    depend on the mesh that computed it: a LoRA run is the same base on any mesh."""
     step_dir = epath.Path(step_dir)
     config = read_config_file(step_dir / "config" / "metadata") if config is None else config
     abstract = plain_abstract(system, mesh, rules) if abstract is None else abstract
     spec = lora_spec(config, abstract)
     if spec is None:
-        return restore_params(step_dir, abstract)[1]
+        params = restore_params(step_dir, abstract)[1]
+        return params, fingerprint(params) if hashed else None
     record = read_run(step_dir).get("lora_base")
     if record is None:
         raise CheckpointError(f"{step_dir}: a LoRA run's step without the record of its base")
-    if config.init.base_from:  # the absolute path the run recorded
+    if config.init.base_from:  # the absolute path the run recorded, or where it is now
         config = ml_collections.ConfigDict(config.to_dict())
-        config.init.base_from = record["from"]
+        config.init.base_from = base_from or record["from"]
     try:
-        base = load_base(system, config, mesh, rules, abstract)
+        base, base_hash = load_base(system, config, mesh, rules, abstract)
     except BaseMismatchError as e:
         raise BaseMismatchError(
             f"{step_dir} is a LoRA run of the base {record['from']} (hash {record['hash']}), "
             f"which cannot be loaded: {e}"
         ) from None
-    check_base(config, fingerprint(base), record, str(step_dir))
+    check_base(config, base_hash, record, str(step_dir))
     _, trained = restore_params(step_dir, trained_abstract(abstract, spec))
+    digest = None
+    if hashed:
+        digest = hashlib.sha256(f"{base_hash}+{fingerprint(trained)}".encode()).hexdigest()[:16]
     merge = jax.jit(  # the base donated: each kernel becomes its merged self in place
         lambda b, t: lora.merge(lora.combine(b, t), spec),
         out_shardings=jax.tree.map(lambda s: s.sharding, abstract),
         donate_argnums=0,
     )
-    return merge(base, trained)
+    return merge(base, trained), digest
 
 
 def trained_abstract(plain: Params, spec: lora.LoraSpec) -> Params:
