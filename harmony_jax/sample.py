@@ -18,8 +18,8 @@ geometry with a logged notice. Every mode needs a non-empty `--prompt`. Existing
 kept unless `--overwrite`; every file is written under a temporary name and renamed when
 complete, so an interrupted run leaves no partial file under an output's name. `--mesh`,
 `--dtype` and `--quantize` say how the weights are laid out while sampling, `--lora_base`
-where a LoRA run's base is now if it moved (`inference.add_model_flags`); the prompts are embedded first, and a frozen text encoder's
-weights freed before the sampler runs.
+where a LoRA run's base is now if it moved (`inference.add_model_flags`); the prompts are
+embedded first, and a frozen text encoder's weights freed before the sampler runs.
 """
 
 from __future__ import annotations
