@@ -22,7 +22,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from harmony_jax.data.sounding_shapes import PALETTE
-from harmony_jax.errors import ConfigError
+from harmony_jax.errors import reported_as_one_line
 from harmony_jax.eval.finetune import compare
 
 _BASE = flags.DEFINE_string("base", "runs/demo", "A trained sounding-shapes run (its workdir).")
@@ -36,23 +36,21 @@ _TIMING_STEPS = flags.DEFINE_integer("timing_steps", 20, "Timed train steps of e
 _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 0, "Sampler steps (0: the run's).")
 
 
+@reported_as_one_line  # a missing base, a colour it knows: one line, no traceback
 def main(argv):
     del argv
-    try:
-        compare(
-            _BASE.value,
-            _WORKDIR.value,
-            _COLOR.value,
-            steps=_STEPS.value,
-            rank=_RANK.value,
-            num_clips=_NUM_CLIPS.value,
-            colour_clips=_COLOUR_CLIPS.value,
-            timing_steps=_TIMING_STEPS.value,
-            sample_steps=_SAMPLE_STEPS.value,
-            echo=print,
-        )
-    except ConfigError as e:
-        raise SystemExit(f"demo_lora: {e}") from None
+    compare(
+        _BASE.value,
+        _WORKDIR.value,
+        _COLOR.value,
+        steps=_STEPS.value,
+        rank=_RANK.value,
+        num_clips=_NUM_CLIPS.value,
+        colour_clips=_COLOUR_CLIPS.value,
+        timing_steps=_TIMING_STEPS.value,
+        sample_steps=_SAMPLE_STEPS.value,
+        echo=print,
+    )
 
 
 if __name__ == "__main__":

@@ -25,3 +25,20 @@ def test_a_one_colour_world_is_all_that_colour(color):
 def test_empty_frames_and_silence_share_nothing():
     assert colour_share(-np.ones((2, 3, 8, 8, 3)), "white") == 0.0
     assert pitch_share(np.zeros((2, 8000)), 16000, "white") == 0.0
+
+
+def test_the_detectors_read_the_worlds_own_palette():
+    """A white ball's bounces are seen where the palette holds white, and not by the default
+    detectors (the six colours), which compressed footage of those six relies on."""
+    from harmony_jax.eval.shapes import balls_right
+    from harmony_jax.eval.sync import clip_sync_metrics
+
+    world = SoundingShapes(
+        4, 8.0, 12, 16, 16, 16000, seed=1, radius_fraction=0.15, colors=("white",)
+    )
+    for i in range(4):
+        clip = world[i]
+        own = clip_sync_metrics(clip["video"], 8.0, clip["audio"], 16000, palette=("white",))
+        assert own["event_f1"] == 1.0
+        assert clip_sync_metrics(clip["video"], 8.0, clip["audio"], 16000)["num_bounces"] == 0
+        assert balls_right(clip["video"], ("white",), palette=("white", "red")) == 1.0

@@ -7,10 +7,13 @@ tells speckle from balls and synchronized clips from chance. Ground truth comes 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import scipy.signal
 
 from harmony_jax.atomic import atomic_path
+from harmony_jax.data.sounding_shapes import WORLD_COLORS
 from harmony_jax.eval.sync import detect_bounces, detect_onsets
 
 _MAX_FRAMES = 8  # frames shown per clip (evenly spaced)
@@ -39,10 +42,12 @@ def write_contact_sheet(
     sample_rate: int,
     per_mode: int = 3,
     captions: list[str] | None = None,
+    palette: Sequence[str] = WORLD_COLORS,
 ) -> None:
     """PNG at `path`: one row per name (e.g. 't2av', ..., 'ground truth'), its first `per_mode`
     clips side by side (column j: the j-th prompt in every mode), each clip's frames
-    [N, F, H, W, 3] in [-1, 1] above its audio [N, S]'s spectrogram."""
+    [N, F, H, W, 3] in [-1, 1] above its audio [N, S]'s spectrogram, the bounces of the balls
+    of `palette` (the world's colours) and the onsets marked on it."""
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     names = list(clips)
@@ -71,7 +76,8 @@ def write_contact_sheet(
                 cmap="magma",
                 vmin=spec.max() - 60.0,
             )
-            bounces, onsets = detect_bounces(video, fps), detect_onsets(audio, sample_rate)
+            bounces = detect_bounces(video, fps, palette=palette)
+            onsets = detect_onsets(audio, sample_rate)
             for t in bounces:
                 ax_a.axvline(t, color="white", linewidth=1.5)
             for t in onsets:

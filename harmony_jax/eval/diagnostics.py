@@ -91,20 +91,22 @@ def per_sigma(system, params, batch, video, audio, captions) -> list[tuple[float
     return rows
 
 
-def _colour_share(x0, colors_per_clip) -> float:
-    """Mean share of palette-projected mass that falls on each clip's captioned colours."""
+def _colour_share(x0, colors_per_clip, palette) -> float:
+    """Mean share of the mass projected on the world's `palette` that falls on each clip's
+    captioned colours."""
     rgb = (np.asarray(x0, np.float64) + 1) / 2 - np.asarray(BACKGROUND)  # [B, T, H, W, 3]
-    cosine = np.einsum("bthwc,kc->bthwk", rgb, PALETTE_DIRECTIONS) / (
+    directions = PALETTE_DIRECTIONS[[COLOR_NAMES.index(n) for n in palette]]
+    cosine = np.einsum("bthwc,kc->bthwk", rgb, directions) / (
         np.linalg.norm(rgb, axis=-1, keepdims=True) + 1e-9
     )
     mass = np.where(cosine == cosine.max(-1, keepdims=True), np.abs(rgb).max(-1, keepdims=True), 0)
     mass = mass.sum(axis=(1, 2, 3))  # [B, K]
-    keep = np.array([[n in colors for n in COLOR_NAMES] for colors in colors_per_clip])
+    keep = np.array([[n in colors for n in palette] for colors in colors_per_clip])
     return float(np.mean((mass * keep).sum(-1) / (mass.sum(-1) + 1e-9)))
 
 
-def _swap_colours(caption: str, colors) -> tuple[str, tuple[str, ...]]:
-    others = [n for n in COLOR_NAMES if n not in colors]
+def _swap_colours(caption: str, colors, palette) -> tuple[str, tuple[str, ...]]:
+    others = [n for n in palette if n not in colors]
     new = tuple(others[: len(colors)])
     for old, replacement in zip(colors, new):
         caption = re.sub(rf"\b{old}\b", replacement, caption)
@@ -124,14 +126,15 @@ def text_path(system, params, world, n, video, audio) -> tuple[float, float]:
             video_caption, audio_caption = clip["video_caption"], clip["audio_caption"]
             colors = scene.colors
             if swap:
-                video_caption, new = _swap_colours(video_caption, scene.colors)
-                audio_caption, _ = _swap_colours(audio_caption, scene.colors)
+                video_caption, new = _swap_colours(video_caption, scene.colors, world.colors)
+                audio_caption, _ = _swap_colours(audio_caption, scene.colors, world.colors)
                 colors = new
             vc.append(video_caption)
             ac.append(audio_caption)
             captioned.append(colors)
         batch = generation.prompt_batch(system, vc, ac)
-        shares.append(_colour_share(_predict_x0(system, params, x_t, a_t, 0.9, batch), captioned))
+        x0 = _predict_x0(system, params, x_t, a_t, 0.9, batch)
+        shares.append(_colour_share(x0, captioned, world.colors))
     return shares[0], shares[1]
 
 

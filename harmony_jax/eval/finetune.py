@@ -68,10 +68,8 @@ def trained_and_timed(configs: dict[str, ml_collections.ConfigDict], timing_step
             steps[name] = compiled_step(system, config)[0]
         else:
             counts[name] = count(lora.trained_abstract(plain, system.lora))
-            base = lambda abstract, c=config, s=system, m=mesh, r=rules: lora.load_base(
-                s, c, m, r, abstract
-            )[0]
-            steps[name] = compiled_step(system, config, base=base)[0]
+            base = lora.load_base(system, config, mesh, rules, plain)[0]
+            steps[name] = compiled_step(system, config, base=lambda _, b=base: b)[0]
     seconds = interleaved_medians(steps, timing_steps, warmup=2)
     return {name: (counts[name], 1.0 / seconds[name]) for name in configs}
 
@@ -170,7 +168,9 @@ def compare(
         samples[name], truth = keep["t2av"], keep["ground truth"]
     sheet = os.path.join(workdir, "demo_lora_sheet.png")
     d = base_config.data
-    write_contact_sheet(sheet, samples | {"ground truth": truth}, d.fps, d.sample_rate, 4)
+    write_contact_sheet(
+        sheet, samples | {"ground truth": truth}, d.fps, d.sample_rate, 4, palette=(color,)
+    )
     text = tables(results, timing, rank, color)
     echo(
         f"\n{color} taught to {base_dir}: {steps} steps of batch {base_config.batch_size} each; "

@@ -26,21 +26,25 @@ from harmony_jax.system import System
 EVAL_SEED_OFFSET = 1_000_003  # the evaluation world: clips the training stream never draws
 
 
-def _frame_metrics(frames, fps: float, colors) -> list[dict[str, float]]:
+def _frame_metrics(frames, fps: float, colors, palette) -> list[dict[str, float]]:
     """Per clip, whether its frames show the captioned balls: `balls_right` (share of frames)
     and `smooth` (1.0 when no centroid jumps more than twice the world's fastest step, 0.0 when
-    one does, nan when no ball is tracked). The audio does not change them: computed once."""
+    one does, nan when no ball is tracked), balls named among the world's `palette`. The audio
+    does not change them: computed once."""
     limit = 2.0 * fastest_step(frames.shape[-2], fps)
     rows = []
     for video, balls in zip(frames, colors):
-        jump = max_jump(video, balls)
+        jump = max_jump(video, balls, palette)
         smooth = float(jump <= limit) if np.isfinite(jump) else jump
-        rows.append({"balls_right": balls_right(video, balls), "smooth": smooth})
+        rows.append({"balls_right": balls_right(video, balls, palette), "smooth": smooth})
     return rows
 
 
-def _metrics(frames, waves, fps: float, sample_rate: int, shapes) -> list[dict[str, float]]:
-    return [clip_sync_metrics(v, fps, a, sample_rate) | s for v, a, s in zip(frames, waves, shapes)]
+def _metrics(frames, waves, fps: float, sample_rate: int, shapes, palette) -> list[dict]:
+    return [
+        clip_sync_metrics(v, fps, a, sample_rate, palette=palette) | s
+        for v, a, s in zip(frames, waves, shapes)
+    ]
 
 
 def evaluate_sync(
@@ -81,15 +85,14 @@ def evaluate_sync(
     )
     rng = jax.random.key(run.seed)
     shuffle = lambda x: np.roll(x, 1, axis=0)  # pair each clip with another clip's audio
+    score = lambda v, a, shapes: _metrics(v, a, d.fps, d.sample_rate, shapes, world.colors)
     rows = {}
     if keep is not None:
         keep["ground truth"] = (truth_v, truth_a)
     if with_truth:
-        shapes = _frame_metrics(truth_v, d.fps, colors)
-        rows["ground truth"] = _metrics(truth_v, truth_a, d.fps, d.sample_rate, shapes)
-        rows["ground truth, shuffled"] = _metrics(
-            truth_v, shuffle(truth_a), d.fps, d.sample_rate, shapes
-        )
+        shapes = _frame_metrics(truth_v, d.fps, colors, world.colors)
+        rows["ground truth"] = score(truth_v, truth_a, shapes)
+        rows["ground truth, shuffled"] = score(truth_v, shuffle(truth_a), shapes)
     # A model trained on reference first frames (TI2V, `cts.ref_image_prob` > 0) is evaluated
     # with the clip's first frame as the reference, as the paper always samples.
     ref = {"ref_image": truth_v[:, 0]} if run.ref_image else {}
@@ -106,7 +109,7 @@ def evaluate_sync(
             )
         if keep is not None:
             keep[mode] = (frames, waves)
-        shapes = _frame_metrics(frames, d.fps, colors)
-        rows[f"{mode} generated"] = _metrics(frames, waves, d.fps, d.sample_rate, shapes)
-        rows[f"{mode} shuffled"] = _metrics(frames, shuffle(waves), d.fps, d.sample_rate, shapes)
+        shapes = _frame_metrics(frames, d.fps, colors, world.colors)
+        rows[f"{mode} generated"] = score(frames, waves, shapes)
+        rows[f"{mode} shuffled"] = score(frames, shuffle(waves), shapes)
     return rows

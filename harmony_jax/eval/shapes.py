@@ -17,7 +17,13 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.ndimage
 
-from harmony_jax.data.sounding_shapes import BACKGROUND, COLOR_NAMES, PALETTE, SPEEDS
+from harmony_jax.data.sounding_shapes import (
+    BACKGROUND,
+    COLOR_NAMES,
+    PALETTE,
+    SPEEDS,
+    WORLD_COLORS,
+)
 from harmony_jax.eval.sync import color_tracks
 
 BRIGHT = 0.45  # max-channel offset from the background (values in [0, 1]) of a ball pixel
@@ -34,29 +40,36 @@ def _palette_directions() -> np.ndarray:
 PALETTE_DIRECTIONS = _palette_directions()
 
 
-def frame_balls(frame: np.ndarray) -> list[str]:
-    """Palette colours of the balls in one frame [H, W, 3] in [-1, 1], one entry per ball."""
+def frame_balls(frame: np.ndarray, palette: Sequence[str] = WORLD_COLORS) -> list[str]:
+    """Colours of `palette` (the world's) of the balls in one frame [H, W, 3] in [-1, 1], one
+    entry per ball."""
     offset = (np.asarray(frame, np.float64) + 1.0) / 2.0 - np.asarray(BACKGROUND)  # [H, W, 3]
     labels, count = scipy.ndimage.label(np.abs(offset).max(-1) > BRIGHT, _FOUR_NEIGHBOURS)
+    directions = PALETTE_DIRECTIONS[[COLOR_NAMES.index(n) for n in palette]]
     balls = []
     for component in range(1, count + 1):
         pixels = labels == component
         if pixels.sum() >= MIN_PIXELS:
             mean = offset[pixels].mean(axis=0)
-            balls.append(COLOR_NAMES[int(np.argmax(PALETTE_DIRECTIONS @ mean))])
+            balls.append(palette[int(np.argmax(directions @ mean))])
     return balls
 
 
-def balls_right(video: np.ndarray, colors: Sequence[str]) -> float:
-    """Fraction of frames of `video` [F, H, W, 3] whose balls are exactly `colors`."""
+def balls_right(
+    video: np.ndarray, colors: Sequence[str], palette: Sequence[str] = WORLD_COLORS
+) -> float:
+    """Fraction of frames of `video` [F, H, W, 3] whose balls are exactly `colors` (named
+    among `palette`)."""
     want = sorted(colors)
-    return float(np.mean([sorted(frame_balls(frame)) == want for frame in video]))
+    return float(np.mean([sorted(frame_balls(frame, palette)) == want for frame in video]))
 
 
-def max_jump(video: np.ndarray, colors: Sequence[str]) -> float:
+def max_jump(
+    video: np.ndarray, colors: Sequence[str], palette: Sequence[str] = WORLD_COLORS
+) -> float:
     """Largest frame-to-frame centroid move (pixels) of any captioned colour; nan if never seen
     in two consecutive frames."""
-    tracks = color_tracks(video)
+    tracks = color_tracks(video, palette=palette)
     steps = np.concatenate(
         [np.linalg.norm(np.diff(tracks[c], axis=0), axis=-1) for c in colors]
     )  # nan where the colour is absent in either frame

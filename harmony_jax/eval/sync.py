@@ -20,7 +20,7 @@ import scipy.ndimage
 import scipy.optimize
 import scipy.signal
 
-from harmony_jax.data.sounding_shapes import BACKGROUND, PALETTE
+from harmony_jax.data.sounding_shapes import BACKGROUND, PALETTE, WORLD_COLORS
 
 _ONSET_WINDOW = 0.016  # s, RMS window on either side of a candidate onset
 _ONSET_HOP = 0.002  # s
@@ -39,9 +39,14 @@ def _to_unit(video: np.ndarray) -> np.ndarray:
 
 
 def color_tracks(
-    video: np.ndarray, min_mass: float = 5.0, min_cosine: float = 0.9
+    video: np.ndarray,
+    min_mass: float = 5.0,
+    min_cosine: float = 0.9,
+    palette: Sequence[str] = WORLD_COLORS,
 ) -> dict[str, np.ndarray]:
-    """Per palette colour, the centroid track [F, 2] (x, y pixels; nan where the colour is absent).
+    """Per colour of `palette` (the world's, `data.colors`: a colour the world never draws would
+    claim the desaturated edges of compressed balls), the centroid track [F, 2] (x, y pixels;
+    nan where the colour is absent).
 
     Each pixel's offset from the frame's background (per-channel median) is assigned to the palette
     colour it points to (cosine >= `min_cosine`) with a coverage weight in [0, 1]: the projection
@@ -51,13 +56,13 @@ def color_tracks(
     frames = _to_unit(video)  # [F, H, W, 3]
     height, width = frames.shape[1:3]
     offset = frames - np.median(frames, axis=(1, 2), keepdims=True)  # [F, H, W, 3]
-    directions = np.array([rgb for rgb, _ in PALETTE.values()]) - np.asarray(BACKGROUND)  # [K, 3]
+    directions = np.array([PALETTE[n][0] for n in palette]) - np.asarray(BACKGROUND)  # [K, 3]
     projection = np.einsum("fhwc,kc->fhwk", offset, directions)  # [F, H, W, K]
     coverage = projection / np.sum(directions**2, -1)
     cosine = projection / (
         np.linalg.norm(offset, axis=-1, keepdims=True) * np.linalg.norm(directions, axis=-1) + 1e-9
     )
-    best = np.argmax(cosine, axis=-1)[..., None] == np.arange(len(PALETTE))
+    best = np.argmax(cosine, axis=-1)[..., None] == np.arange(len(palette))
     weight = np.where(best & (cosine >= min_cosine), np.clip(coverage, 0.0, 1.0), 0.0)  # [F,H,W,K]
     ys, xs = np.mgrid[0:height, 0:width] + 0.5
     mass = weight.sum(axis=(1, 2))  # [F, K]
@@ -66,7 +71,7 @@ def color_tracks(
         cy = np.einsum("fhwk,hw->fk", weight, ys) / mass
     tracks = np.stack([cx, cy], axis=-1)  # [F, K, 2]
     tracks[mass < min_mass] = np.nan
-    return {name: tracks[:, k] for k, name in enumerate(PALETTE)}
+    return {name: tracks[:, k] for k, name in enumerate(palette)}
 
 
 def _reversals(x: np.ndarray, min_excursion: float) -> list[float]:
@@ -101,13 +106,17 @@ def _merge(times: np.ndarray, min_gap: float) -> np.ndarray:
 
 
 def detect_bounces(
-    video: np.ndarray, fps: float, min_mass: float = 5.0, min_excursion: float = 0.5
+    video: np.ndarray,
+    fps: float,
+    min_mass: float = 5.0,
+    min_excursion: float = 0.5,
+    palette: Sequence[str] = WORLD_COLORS,
 ) -> np.ndarray:
     """Bounce times (seconds, sorted) seen in the frames: velocity reversals, in x or y, of each
     palette colour's centroid. Reversals within one frame of each other (a corner, or two balls)
     are one event, as they sound as one onset."""
     events = []
-    for track in color_tracks(video, min_mass).values():
+    for track in color_tracks(video, min_mass, palette=palette).values():
         for axis in range(2):
             events += _reversals(track[:, axis], min_excursion)
     return _merge(np.asarray(events, np.float64) / fps, 1.0 / fps)
@@ -330,15 +339,17 @@ def clip_sync_metrics(
     audio: np.ndarray,
     sample_rate: int,
     tolerance: float | None = None,
+    palette: Sequence[str] = WORLD_COLORS,
 ) -> dict[str, float]:
     """Sync of one clip, no ground truth needed: bounces seen in the frames (reference) vs onsets
-    heard in the audio (estimate). `tolerance` seconds; None = half a frame period.
+    heard in the audio (estimate). `tolerance` seconds; None = half a frame period; `palette`:
+    the world's colours.
 
     Returns event_f1, precision, recall, mean_abs_offset_ms (nan if nothing matched),
     av_offset_ms (positive = audio late), num_bounces, num_onsets.
     """
     tolerance = 0.5 / fps if tolerance is None else tolerance
-    bounces = detect_bounces(video, fps)
+    bounces = detect_bounces(video, fps, palette=palette)
     onsets = detect_onsets(audio, sample_rate)
     f1, precision, recall = event_f1(bounces, onsets, tolerance)
     return {
