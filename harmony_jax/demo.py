@@ -57,8 +57,9 @@ def main(argv):
     table = sync_table(rows)
     sheet = os.path.join(workdir, "demo_sheet.png")
     clips["ground truth"] = clips.pop("ground truth")  # last: the generated rows above it
+    d = config.data
     write_contact_sheet(
-        sheet, clips, config.data.fps, config.data.sample_rate, captions=_captions(config, 3)
+        sheet, clips, d.fps, d.sample_rate, captions=_captions(config, 3), palette=tuple(d.colors)
     )
     print(
         f"\ntrained {config.total_steps} steps in {trained / 60:.1f} min; "
