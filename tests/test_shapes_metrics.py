@@ -63,3 +63,5 @@ def test_versus_shuffled_table_rows():
     assert lines[0].split()[:5] == ["ground", "truth", "1.000", "0.200", "5.0"]
     assert lines[1].split()[:4] == ["t2av", "0.600", "0.100", "6.0"]
     assert "[+0.500, +0.500]" in lines[1]
+    nothing = sync.versus_shuffled({"a2v generated": [row(0.0)], "a2v shuffled": [row(0.0)]})
+    assert nothing.splitlines()[2].split()[:4] == ["a2v", "0.000", "0.000", "nan"]  # not inf

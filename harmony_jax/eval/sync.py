@@ -405,7 +405,8 @@ def versus_shuffled(rows: dict[str, list[dict[str, float]]]) -> str:
         chance = [c["event_f1"] for c in rows[base]]
         low, high = paired_bootstrap_ci(f1, chance)
         mean, mean_chance = float(np.mean(f1)), float(np.mean(chance))
-        ratio = mean / mean_chance if mean_chance > 0 else float("inf")
+        # no chance hits: any F1 is infinitely many times chance, none is no ratio at all
+        ratio = mean / mean_chance if mean_chance > 0 else float("inf") if mean > 0 else np.nan
         lines.append(
             f"{name.removesuffix(' generated'):<14} {mean:>6.3f} {mean_chance:>9.3f} "
             f"{ratio:>6.1f} {f'[{low:+.3f}, {high:+.3f}]':>24}"
