@@ -17,7 +17,7 @@ import ml_collections
 
 from harmony_jax.codecs import NAMES as CODEC_NAMES
 from harmony_jax.data.pipeline import SOURCES
-from harmony_jax.data.sounding_shapes import PALETTE
+from harmony_jax.data.sounding_shapes import PALETTE, is_palette
 from harmony_jax.diffusion.cts import MODES as CTS_MODES
 from harmony_jax.diffusion.flow import LOSSES, PREDICTIONS, SIGMA_SAMPLINGS
 from harmony_jax.diffusion.sampler import SOLVERS
@@ -153,12 +153,7 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     if balls is not _MISSING and not (_is_int(balls) and balls in (1, 2)):
         _fail("data.max_balls", balls, "expected 1 or 2")
     colors = _get(config, "data.colors")
-    if colors is not _MISSING and (
-        isinstance(colors, str)
-        or not colors
-        or any(c not in PALETTE for c in colors)
-        or len(set(colors)) != len(colors)
-    ):
+    if colors is not _MISSING and not is_palette(colors):
         _fail("data.colors", colors, f"expected distinct names of {', '.join(PALETTE)}")
     ema = _get(config, "optim.ema_decay")
     if ema is not _MISSING and not (_is_number(ema) and 0 <= ema < 1):

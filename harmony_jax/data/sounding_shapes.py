@@ -35,6 +35,17 @@ COLOR_NAMES = tuple(PALETTE)  # every colour the detectors name
 WORLD_COLORS = COLOR_NAMES[:6]  # the colours a world draws from unless `data.colors` says
 BACKGROUND = (0.05, 0.05, 0.08)  # RGB in [0, 1]
 
+
+def is_palette(colors: Any) -> bool:
+    """Whether `colors` can be a world's palette (`data.colors`): distinct names of PALETTE."""
+    return (
+        not isinstance(colors, str)
+        and len(colors) > 0
+        and all(c in PALETTE for c in colors)
+        and len(set(colors)) == len(colors)
+    )
+
+
 RADIUS_FRACTION = 0.1  # default ball radius / min(height, width) (`data.ball_radius`)
 SPEEDS = {"slowly": (0.3, 0.4), "fast": (0.6, 0.75)}  # frame widths per second
 MIN_AXIS_FRACTION = 0.5  # each velocity component >= this fraction of the speed
@@ -242,8 +253,8 @@ class SoundingShapes:
         colors: Sequence[str] = WORLD_COLORS,
         max_balls: int = 2,
     ):
-        unknown = [c for c in colors if c not in PALETTE]
-        if unknown or not colors or len(set(colors)) != len(colors):
+        if not is_palette(colors):
+            unknown = [c for c in colors if c not in PALETTE]
             raise ValueError(
                 f"sounding shapes: colours {tuple(colors)} (data.colors) must be distinct names "
                 f"of the palette {COLOR_NAMES}"

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from harmony_jax import generation
-from harmony_jax.data.sounding_shapes import BACKGROUND, COLOR_NAMES
+from harmony_jax.data.sounding_shapes import BACKGROUND
 from harmony_jax.diffusion import flow
-from harmony_jax.eval.shapes import PALETTE_DIRECTIONS
+from harmony_jax.eval.shapes import palette_directions
 from harmony_jax.model.rope import axis_split
 
 SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95)
@@ -95,7 +95,7 @@ def _colour_share(x0, colors_per_clip, palette) -> float:
     """Mean share of the mass projected on the world's `palette` that falls on each clip's
     captioned colours."""
     rgb = (np.asarray(x0, np.float64) + 1) / 2 - np.asarray(BACKGROUND)  # [B, T, H, W, 3]
-    directions = PALETTE_DIRECTIONS[[COLOR_NAMES.index(n) for n in palette]]
+    directions = palette_directions(palette)
     cosine = np.einsum("bthwc,kc->bthwk", rgb, directions) / (
         np.linalg.norm(rgb, axis=-1, keepdims=True) + 1e-9
     )

@@ -16,7 +16,7 @@ import scipy.signal
 
 from harmony_jax import generation
 from harmony_jax.data.sounding_shapes import BACKGROUND, COLOR_NAMES, PALETTE, SoundingShapes
-from harmony_jax.eval.shapes import BRIGHT, PALETTE_DIRECTIONS
+from harmony_jax.eval.shapes import BRIGHT, palette_directions
 from harmony_jax.system import System
 
 _STFT_SECONDS = 0.032  # window: 31 Hz bins, far finer than the palette's fifths
@@ -27,7 +27,7 @@ def colour_share(videos: np.ndarray, color: str) -> float:
     (0 for a clip without any)."""
     offset = (np.asarray(videos, np.float64) + 1.0) / 2.0 - np.asarray(BACKGROUND)
     bright = np.abs(offset).max(-1) > BRIGHT  # [N, F, H, W]
-    named = np.argmax(offset @ PALETTE_DIRECTIONS.T, axis=-1) == COLOR_NAMES.index(color)
+    named = np.argmax(offset @ palette_directions().T, axis=-1) == COLOR_NAMES.index(color)
     hits = (bright & named).sum(axis=(1, 2, 3))
     return float(np.mean(hits / np.maximum(bright.sum(axis=(1, 2, 3)), 1)))
 

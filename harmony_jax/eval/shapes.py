@@ -31,13 +31,10 @@ MIN_PIXELS = 3  # smaller components are noise (the default ball covers ~13 pixe
 _FOUR_NEIGHBOURS = scipy.ndimage.generate_binary_structure(2, 1)
 
 
-def _palette_directions() -> np.ndarray:
-    """Unit offsets [K, 3] from the background to each palette colour, in COLOR_NAMES order."""
-    offsets = np.array([PALETTE[n][0] for n in COLOR_NAMES]) - np.asarray(BACKGROUND)
+def palette_directions(palette: Sequence[str] = COLOR_NAMES) -> np.ndarray:
+    """Unit offsets [K, 3] from the background to each colour of `palette`, in its order."""
+    offsets = np.array([PALETTE[n][0] for n in palette]) - np.asarray(BACKGROUND)
     return offsets / np.linalg.norm(offsets, axis=-1, keepdims=True)
-
-
-PALETTE_DIRECTIONS = _palette_directions()
 
 
 def frame_balls(frame: np.ndarray, palette: Sequence[str] = WORLD_COLORS) -> list[str]:
@@ -45,7 +42,7 @@ def frame_balls(frame: np.ndarray, palette: Sequence[str] = WORLD_COLORS) -> lis
     entry per ball."""
     offset = (np.asarray(frame, np.float64) + 1.0) / 2.0 - np.asarray(BACKGROUND)  # [H, W, 3]
     labels, count = scipy.ndimage.label(np.abs(offset).max(-1) > BRIGHT, _FOUR_NEIGHBOURS)
-    directions = PALETTE_DIRECTIONS[[COLOR_NAMES.index(n) for n in palette]]
+    directions = palette_directions(palette)
     balls = []
     for component in range(1, count + 1):
         pixels = labels == component
