@@ -25,8 +25,15 @@ install-dev: $(VENV)/.dev-deps
 demo: $(VENV)/.run-deps
 	JAX_PLATFORMS=cpu $(PY) -m harmony_jax.demo --config configs/demo.py --workdir runs/demo
 
+# Two passes (tests/conftest.py): the tests that need a mesh on 8 simulated devices, the rest on
+# one device, where they compile and run faster; the second pass runs even if the first fails.
 test: $(VENV)/.dev-deps
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --durations=15 tests
+	status=0; \
+	HARMONY_TEST_DEVICES=1 JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --durations=10 \
+		-m "not devices" tests || status=$$?; \
+	HARMONY_TEST_DEVICES=8 JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --durations=5 \
+		-m devices tests || status=$$?; \
+	exit $$status
 
 lint: $(VENV)/.dev-deps
 	$(PY) -m ruff check .

@@ -169,6 +169,7 @@ def test_forced_blockwise_attention_with_no_queries():
     np.testing.assert_array_equal(out, dot_product_attention(q, k, v))
 
 
+@pytest.mark.devices(8)
 def test_sampler_layout_table():
     """One device in float32 (the base), bfloat16, int8 kernels, and a 2x2x2 mesh: every row
     against the base, the base against itself; int8 and the mesh hold fewer bytes per device."""

@@ -124,6 +124,7 @@ def test_unknown_layout_is_named():
         wan.import_wan({"foo.weight": np.zeros(3)}, random_params(CFG, 0), CFG)
 
 
+@pytest.mark.devices(8)
 def test_convert_cli_then_load_with_the_params_shardings(tmp_path):
     source = random_params(CFG, 0)
     write_sharded(wan.export_wan(source, CFG, "original"), tmp_path / "wan")

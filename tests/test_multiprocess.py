@@ -49,11 +49,16 @@ def _train(workdir, *overrides):
     ]
 
 
-def _env():
-    """The test session's compile cache and XLA flags (`conftest.py`: 8 devices, which a cluster
-    replaces by its own count per process)."""
+def _env(devices: int | None = None):
+    """The test session's compile cache and XLA flags (`conftest.py`), with `devices` simulated
+    devices where given (a cluster replaces the count by its own per process)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if devices is not None:
+        flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", flags)
+        flags = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     return dict(
         os.environ,
+        XLA_FLAGS=flags,
         JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
     )
@@ -153,7 +158,7 @@ def test_two_processes_train_like_one_and_come_back_after_a_kill(tmp_path):
     subprocess.run(
         _train(tmp_path / "alone", *FSDP_OVER_HOSTS),
         cwd=ROOT,
-        env=_env(),
+        env=_env(devices=8),
         check=True,
         timeout=TIMEOUT,
         stdout=subprocess.DEVNULL,

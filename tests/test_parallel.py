@@ -24,7 +24,6 @@ from harmony_jax.parallel.sharding import axis_rules, batch_sharding, replicated
 from harmony_jax.training.state import make_train_state
 from harmony_jax.training.step import make_train_step
 
-needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 STEPS, BATCH = 3, 8
 # ~2.5x faster CPU compiles of the train steps; the arithmetic is the same
 _FAST_COMPILE = dict(xla_backend_optimization_level=0, xla_llvm_disable_expensive_passes=True)
@@ -98,7 +97,7 @@ def runs():
     return out
 
 
-@needs_8
+@pytest.mark.devices(8)
 @pytest.mark.slow
 def test_same_losses_on_every_mesh(runs):
     reference = runs["1x1x1"][0]
@@ -109,7 +108,7 @@ def test_same_losses_on_every_mesh(runs):
         )
 
 
-@needs_8
+@pytest.mark.devices(8)
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name, embed",
@@ -169,7 +168,7 @@ def test_parameters_land_as_the_rules_say(runs, name, embed):
         assert leaf.sharding.is_equivalent_to(attention["q"]["kernel"].sharding, 3)
 
 
-@needs_8
+@pytest.mark.devices(8)
 def test_state_layout_with_a_frozen_tower():
     """Moments exist only for trained parameters (multi_transform); each is laid out as its
     parameter, EMA too; counters are replicated."""
@@ -195,7 +194,7 @@ def test_state_layout_with_a_frozen_tower():
     assert checked > 0 and state.step.sharding.is_fully_replicated
 
 
-@needs_8
+@pytest.mark.devices(8)
 def test_ulysses_attention_equals_plain_attention():
     """Self-attention (values and gradients) with tokens split 4 ways over 'sequence'."""
     config = ml_collections.ConfigDict(
@@ -255,7 +254,7 @@ def test_auto_attention_goes_blockwise_for_long_sequences_off_gpu():
     np.testing.assert_allclose(auto(q, q, q), dot_product_attention(q, q, q), rtol=1e-4, atol=1e-5)
 
 
-@needs_8
+@pytest.mark.devices(8)
 def test_ulysses_runs_the_blockwise_kernel():
     """Ulysses around the long-sequence kernel (loops inside shard_map), values and gradients."""
     mesh = jax.make_mesh((4, 2), ("sequence", "data"), devices=jax.devices()[:8])

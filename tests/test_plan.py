@@ -80,7 +80,7 @@ def test_cli_values_and_errors():
         plan.run(tiny.get_config(), mesh="data=-1,fsdp=2")
 
 
-@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+@pytest.mark.devices(8)
 @pytest.mark.slow
 def test_tiny_plan_on_8_devices():
     """The compiled step's memory splits as the shardings say: 2x2 weight shards, Adam moments
@@ -104,7 +104,7 @@ def test_tiny_plan_on_8_devices():
     assert "optimizer state" in text and "fits in 1 GiB" in text
 
 
-@pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (simulated) devices")
+@pytest.mark.devices(2)
 @pytest.mark.slow
 def test_splash_plan_prints_beside_the_blockwise_plan():
     """`model.attention=splash` plans the interpreted splash step and the blockwise step, one
@@ -132,7 +132,7 @@ def test_splash_plan_prints_beside_the_blockwise_plan():
     assert lines[-1] == plan.SPLASH_NOTE
 
 
-@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+@pytest.mark.devices(8)
 def test_sample_plan_dtype_quantize_and_mesh():
     """`plan --mode sample`: the sampler's parameters per device are float32's 4 bytes a
     parameter, 2 in bfloat16, about 1 for int8 kernels, and split over a 2x2x2 mesh; the table

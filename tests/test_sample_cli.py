@@ -320,6 +320,7 @@ def reference(model):
         ),
     ],
 )
+@pytest.mark.devices(8)
 def test_sharded_sampling_matches_one_device(run, reference, mesh, shape, q_spec, monkeypatch):
     """One compile per mesh: the parameters lie as the training rules say, SyncCFG's 3B rows go
     into and come out of the denoiser split over data x fsdp, the video's self-attention runs
@@ -409,6 +410,7 @@ def test_int8_weights_against_float32(run, model, reference):
     assert np.abs(audio - ref_audio).max() < 0.1  # measured: 0.037
 
 
+@pytest.mark.devices(8)
 def test_mesh_flag_errors_name_it():
     devices = jax.devices()
     assert inference_mesh(None, devices) == dict(
@@ -426,6 +428,7 @@ def test_mesh_flag_errors_name_it():
         load_for_inference("nowhere", dtype="float16")
 
 
+@pytest.mark.devices(8)
 def test_cli_mesh_and_dtype_errors_are_one_line(run, tmp_path, capsys):
     step = os.path.join(run[0], "checkpoints", "2")
     for flags, message in (
@@ -447,6 +450,7 @@ def test_cli_mesh_and_dtype_errors_are_one_line(run, tmp_path, capsys):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.devices(8)
 def test_evaluate_cli_loads_the_run_as_sample_does(run, tmp_path, monkeypatch, capsys):
     """`evaluate --checkpoint` takes sample's --mesh/--dtype/--quantize (one definition) to the
     loader and prints the held-out sync table; clips and a model at once are refused."""

@@ -25,7 +25,7 @@ def test_mesh_shape_resolution_and_errors():
         resolve_mesh_shape(ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=2)), 8)
 
 
-@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+@pytest.mark.devices(8)
 def test_sharded_init_and_forward_on_2x2x2_mesh():
     config = tiny.get_config()
     config.mesh.update(data=2, fsdp=2, tensor=2)

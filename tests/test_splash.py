@@ -31,7 +31,6 @@ from harmony_jax.timeline import interval_centres
 from harmony_jax.training.optim import make_optimizer
 from harmony_jax.training.step import create_train_state, make_train_step
 
-needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 SMALL = SplashBlocks(block_q=128, block_kv=128, block_kv_compute=128)  # the kernel's minimum
 AUDIO_RATE = 31.25  # MMAudio 16 kHz latents per second
 F32_TOL, BF16_TOL = 1e-5, 2e-2  # bf16: outputs and gradients of O(1) values, 8-bit mantissa
@@ -217,7 +216,7 @@ def test_default_band_tiles_skip_at_the_papers_geometry():
         assert computed_blocks(mask, block_sizes(SplashBlocks(), *mask.shape)).all()
 
 
-@needs_8
+@pytest.mark.devices(8)
 def test_ulysses_runs_the_splash_kernel_on_local_heads():
     """Self-attention with tokens split 4 ways over 'sequence' and the batch 2 ways over 'data':
     splash on each device's heads equals plain 'xla' attention, values and gradients."""
@@ -351,7 +350,7 @@ def test_band_block_maps_are_built_once_per_geometry(monkeypatch):
     assert len(built["attention"]) == 4  # each layer's A2V and V2A ran the built block map
 
 
-@needs_8
+@pytest.mark.devices(8)
 def test_band_split_over_the_batch_equals_xla():
     """A2V with the batch split 2 ways ('data') and heads 2 ways ('tensor'): each device runs
     its rows of the block map built once outside (`band_kernel`), values and gradients as

@@ -91,7 +91,12 @@ def workdir(tmp_path, monkeypatch):
             "config.model.video.patch=(1, 2): expected 3 positive integers",
         ),
         ("data.fps", math.nan, "config.data.fps=nan: expected a finite number > 0"),
-        ("batch_size", 3, "config.batch_size=3: expected a multiple of the mesh's 8 batch shards"),
+        pytest.param(
+            "batch_size",
+            3,
+            "config.batch_size=3: expected a multiple of the mesh's 8 batch shards",
+            marks=pytest.mark.devices(8),
+        ),
         (
             "data.colors",
             ("red", "pink"),
