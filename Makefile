@@ -26,12 +26,13 @@ demo: $(VENV)/.run-deps
 	JAX_PLATFORMS=cpu $(PY) -m harmony_jax.demo --config configs/demo.py --workdir runs/demo
 
 # Two passes (tests/conftest.py): the tests that need a mesh on 8 simulated devices, the rest on
-# one device, where they compile and run faster; the second pass runs even if the first fails.
+# one device, where they compile and run faster; the second pass runs even if the first fails,
+# a file per worker (its module fixtures, the meshes' trainings, are built once).
 test: $(VENV)/.dev-deps
 	status=0; \
 	HARMONY_TEST_DEVICES=1 JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --durations=10 \
 		-m "not devices" tests || status=$$?; \
-	HARMONY_TEST_DEVICES=8 JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --durations=5 \
+	HARMONY_TEST_DEVICES=8 JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --dist loadfile --durations=5 \
 		-m devices tests || status=$$?; \
 	exit $$status
 
