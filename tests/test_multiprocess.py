@@ -22,7 +22,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from configs import tiny  # noqa: E402
-from harmony_jax.parallel.local_cluster import LocalCluster  # noqa: E402
+from harmony_jax.parallel.local_cluster import LocalCluster, with_device_count  # noqa: E402
 from harmony_jax.training import loop  # noqa: E402
 from harmony_jax.training.checkpoint import Checkpointer, CheckpointMismatchError  # noqa: E402
 
@@ -54,8 +54,7 @@ def _env(devices: int | None = None):
     devices where given (a cluster replaces the count by its own per process)."""
     flags = os.environ.get("XLA_FLAGS", "")
     if devices is not None:
-        flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", flags)
-        flags = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+        flags = with_device_count(flags, devices)
     return dict(
         os.environ,
         XLA_FLAGS=flags,
@@ -245,3 +244,11 @@ def test_processes_started_with_different_configs_are_refused(tmp_path):
             "same command"
         )
     assert not os.path.exists(tmp_path / "pod" / "checkpoints")  # nothing was started
+
+
+def test_a_process_gets_the_device_count_it_is_given_and_keeps_its_other_flags():
+    flags = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+    assert with_device_count(flags, 8) == (
+        "--xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8"
+    )
+    assert with_device_count("", 4) == "--xla_force_host_platform_device_count=4"

@@ -34,18 +34,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def with_device_count(xla_flags: str, devices: int) -> str:
+    """`xla_flags` with `devices` simulated CPU devices in place of any count they set."""
+    flags = _DEVICE_FLAG.sub("", xla_flags).strip()
+    return f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+
+
 def process_env(
     index: int, count: int, devices: int, port: int, base: dict[str, str] | None = None
 ) -> dict[str, str]:
     """The environment of process `index` of `count`, each with `devices` CPU devices."""
     env = dict(os.environ if base is None else base)
-    flags = _DEVICE_FLAG.sub("", env.get("XLA_FLAGS", "")).strip()
     env.update(
         JAX_PLATFORMS="cpu",
         JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
         JAX_NUM_PROCESSES=str(count),
         JAX_PROCESS_ID=str(index),
-        XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip(),
+        XLA_FLAGS=with_device_count(env.get("XLA_FLAGS", ""), devices),
     )
     return env
 
