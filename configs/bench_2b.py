@@ -5,20 +5,13 @@ batch 2: one GPU's worth of work at a realistic token count. On N GPUs pass
 `--config.batch_size=2N` (the mesh is fsdp over every device).
 """
 
-import importlib.util
 import os
 
-
-def _paper_config():
-    path = os.path.join(os.path.dirname(__file__), "harmony_5b.py")
-    spec = importlib.util.spec_from_file_location("harmony_5b", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from harmony_jax.config_cli import load_config_file
 
 
 def get_config():
-    c = _paper_config()
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "harmony_5b.py"))
     c.model.depth = 4
     c.data.update(num_frames=81, height=480, width=832)
     c.batch_size = 2

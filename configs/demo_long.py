@@ -1,20 +1,13 @@
 """The demo's world trained longer: 4800 steps of batch 8 (2.8x the demo's samples, ~25 min on
 2 CPU cores at ~3.4 steps/s), where every mode is above chance (README, the demo's curve)."""
 
-import importlib.util
 import os
 
-
-def _demo_config():
-    path = os.path.join(os.path.dirname(__file__), "demo.py")
-    spec = importlib.util.spec_from_file_location("demo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from harmony_jax.config_cli import load_config_file
 
 
 def get_config():
-    c = _demo_config()
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "demo.py"))
     c.batch_size = 8
     c.total_steps = 4800
     c.checkpoint_every = 800
