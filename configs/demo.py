@@ -5,7 +5,7 @@
 (a token narrower than its patch cannot carry the noise through). A fixed sin-cos absolute
 position tells the tower where the walls are, where every event of this world happens. A 32-band
 log-mel at 31.25 frames/s gives 47 audio tokens. 3400 steps of batch 4 at ~6 steps/s on a 2-core
-machine. `configs/demo_long.py` is the same world trained 2.4x as many samples (README).
+machine. `configs/demo_long.py` is the same world trained on 2.8x as many samples (README).
 """
 
 from harmony_jax.defaults import base_config
@@ -29,7 +29,7 @@ def get_config():
     c.codecs.audio.update(n_mels=32, n_fft=1024, hop_length=512, griffin_lim_iters=32)
     c.codecs.text.update(max_len=12, vocab_size=512)
     # The driven tasks weigh as much as the joint one (defaults 0.1 / 0.3): the audio-driven
-    # video rows are half of what teaches the video tower its trajectories.
+    # video rows are a third of the rows that teach the video tower its trajectories.
     c.cts.update(lambda_v=1.0, lambda_a=1.0)
 
     # Batch 4: the step costs half of batch 8's on a CPU, so the budget buys twice the updates.
