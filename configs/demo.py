@@ -15,9 +15,14 @@ def get_config():
     c = base_config()
     # One ball: with two, the frames of a 10-minute model were blotches (README, finding 6)
     c.data.update(
-        fps=8.0, num_frames=12, height=16, width=16, ball_radius=0.15, max_balls=1,
+        fps=8.0,
+        num_frames=12,
+        height=16,
+        width=16,
+        ball_radius=0.15,
+        max_balls=1,
         num_clips=100_000,
-    )  # fmt: skip
+    )
     m = c.model
     m.depth = 3
     m.text_dim = 64

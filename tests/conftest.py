@@ -30,6 +30,6 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     marker = item.get_closest_marker("devices")
-    if marker is not None and jax.device_count() < marker.args[0]:
-        n = marker.args[0]
+    n = marker.args[0] if marker is not None else 0
+    if jax.device_count() < n:
         pytest.skip(f"needs {n} simulated devices (HARMONY_TEST_DEVICES={n})")
